@@ -1,0 +1,150 @@
+"""The committed models in models/: files match their cards, and the cards' metrics hold on the test split.
+
+Every number checked here is recomputed with ONNX Runtime from the committed ONNX files on the held-out
+test data, so a regressed or hand-edited model cannot be committed silently.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from training import registry
+from training.baselines import PCA, add_noise, median3x3, mse, psnr, roc_auc
+from training.data.mnist import load_mnist
+from training.data.timeseries import load_basic_motions
+from training.export import PARITY_TOL, sha256_file
+from training.models.lstm_forecast import make_pairs
+from training.models.sequence import window_starts
+
+MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
+NAMES = list(registry.MODELS)
+
+
+def card_of(name: str) -> dict:
+    return json.loads((MODELS_DIR / name / "card.json").read_text())
+
+
+def session(name: str, graph: str) -> ort.InferenceSession:
+    return ort.InferenceSession(
+        str(MODELS_DIR / name / card_of(name)["graphs"][graph]["file"]), providers=["CPUExecutionProvider"]
+    )
+
+
+def run_batched(sess: ort.InferenceSession, x: np.ndarray, output: int = 0, batch: int = 250) -> np.ndarray:
+    name = sess.get_inputs()[0].name
+    return np.concatenate([sess.run(None, {name: x[i : i + batch]})[output] for i in range(0, len(x), batch)])
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    return load_mnist()
+
+
+@pytest.fixture(scope="module")
+def motions():
+    return load_basic_motions()
+
+
+def test_every_registered_model_is_committed():
+    assert sorted(p.parent.name for p in MODELS_DIR.glob("*/card.json")) == sorted(NAMES)
+    readme = (MODELS_DIR / "README.md").read_text()
+    assert all(f"`{name}`" in readme for name in NAMES)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_files_match_card(name):
+    card = card_of(name)
+    assert card["name"] == name and not card["training"]["quick"]
+    assert all(g["passed"] for g in card["metrics"]["gates"]), card["metrics"]["gates"]
+    for graph in card["graphs"].values():
+        path = MODELS_DIR / name / graph["file"]
+        assert sha256_file(path) == graph["sha256"], f"{path} does not match its card"
+        assert graph["parity"]["max_abs"] <= PARITY_TOL
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        for kind, actual in (("inputs", sess.get_inputs()), ("outputs", sess.get_outputs())):
+            assert [t.name for t in actual] == [t["name"] for t in graph[kind]]
+            for t, spec in zip(actual, graph[kind], strict=True):
+                assert t.type == "tensor(float)" and spec["dtype"] == "float32"
+                assert [d if isinstance(d, int) else "sym" for d in t.shape] == [
+                    d if isinstance(d, int) else "sym" for d in spec["shape"]
+                ]
+    # Nothing in a model folder but the card, the graphs and the declared artefacts (no pickles).
+    expected = {"card.json", *(g["file"] for g in card["graphs"].values()), *card["artifacts"]}
+    assert {p.name for p in (MODELS_DIR / name).iterdir()} == expected
+
+
+@pytest.mark.parametrize("name", ["dense", "dense-shallow", "conv", "conv-dense-latent"])
+def test_mnist_reconstruction_metrics_hold(name, mnist):
+    card = card_of(name)
+    m = card["metrics"]
+    x = mnist.test.x.reshape(len(mnist.test), 784) if card["input"]["layout"] == "vector" else mnist.test.x[:, None]
+    recon = run_batched(session(name, "full"), x)
+    test_mse = mse(recon, x)
+    assert test_mse == pytest.approx(m["test_mse_per_pixel"], rel=1e-4)
+    (pca_key, pca_mse), *_ = m["baselines"].items()
+    k = int(pca_key.split("_")[1])
+    assert mse(PCA(k).fit(mnist.train.x).reconstruct(mnist.test.x), mnist.test.x) == pytest.approx(pca_mse, rel=1e-4)
+    # Scores from the full graph are the per-sample MSE of its reconstruction.
+    scores = run_batched(session(name, "full"), x, output=1)
+    assert np.allclose(scores, ((recon - x) ** 2).reshape(len(x), -1).mean(1), atol=1e-6)
+    # encoder -> decoder equals the full graph.
+    z = run_batched(session(name, "encoder"), x)
+    assert np.allclose(run_batched(session(name, "decoder"), z), recon, atol=1e-5)
+    if name == "dense":
+        assert test_mse <= 0.7 * pca_mse
+
+
+def test_denoise_metrics_hold(mnist):
+    m = card_of("denoise")["metrics"]
+    sess = session("denoise", "full")
+    for i, (sigma, expected) in enumerate(m["psnr_by_sigma"].items()):
+        noisy = add_noise(mnist.test.x, float(sigma), seed=3000 + i)  # the seeds training reports with
+        got = psnr(mnist.test.x, run_batched(sess, noisy[:, None])[:, 0])
+        assert got == pytest.approx(expected["model_psnr_db"], abs=1e-3)
+        if float(sigma) == 0.5:
+            assert got >= psnr(mnist.test.x, median3x3(noisy)) + 5.0
+            assert got > expected["gaussian_blur_psnr_db"]
+
+
+def test_denoise_keeps_any_size():
+    sess = session("denoise", "full")
+    for h, w in ((28, 28), (30, 45), (5, 7), (101, 64)):
+        out = sess.run(None, {"x": np.random.default_rng(h).random((2, 1, h, w), dtype=np.float32)})[0]
+        assert out.shape == (2, 1, h, w)
+
+
+def test_lstm_metrics_hold(motions):
+    _, test, _ = motions
+    card = card_of("lstm")
+    scores = run_batched(session("lstm", "full"), test.x, output=1)
+    # All test series have the same length, so the mean of per-series scores is the test MSE.
+    assert float(scores.mean()) == pytest.approx(card["metrics"]["test_mse_standardized"], rel=1e-4)
+    assert card["metrics"]["test_mse_standardized"] < card["metrics"]["baselines"]["per_step_pca_3_mse_standardized"]
+    z = run_batched(session("lstm", "encoder"), test.x)
+    assert z.shape == (40, 100, 3)  # a real bottleneck: 3 numbers per step for 6 channels
+
+
+def test_lstm_anomaly_auc_holds(motions):
+    _, test, _ = motions
+    card = card_of("lstm-anomaly")
+    seq = card["input"]["sequence"]
+    sess = session("lstm-anomaly", "full")
+    starts = window_starts(test.x.shape[1], seq["window"], seq["stride"])
+    per_window = np.stack([run_batched(sess, test.x[:, s : s + seq["window"]], output=1) for s in starts], axis=1)
+    scores = per_window.max(axis=1)
+    is_anomaly = test.y != card["anomaly"]["normal_class"]
+    assert roc_auc(scores, is_anomaly) == pytest.approx(card["metrics"]["roc_auc"], abs=1e-6)
+
+
+def test_lstm_forecast_beats_persistence(motions):
+    _, test, _ = motions
+    card = card_of("lstm-forecast")
+    x, y = make_pairs(test.x, card["forecast"]["window"], card["forecast"]["horizon"])
+    pred = run_batched(session("lstm-forecast", "full"), x)
+    assert mse(pred, y) == pytest.approx(card["metrics"]["test_mse_raw_units"], rel=1e-4)
+    assert card["metrics"]["test_mse_standardized"] < card["metrics"]["baselines"]["persistence_mse_standardized"]

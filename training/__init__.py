@@ -1,0 +1,1 @@
+"""Offline training and ONNX export of the autoencoders served by `app`."""

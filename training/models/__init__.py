@@ -1,0 +1,1 @@
+"""One module per model; `training.registry` lists them."""

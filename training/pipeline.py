@@ -1,0 +1,100 @@
+"""Train one model, export its graphs (each export verifies itself) and write its model card."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import logging
+import platform
+import shutil
+import time
+from pathlib import Path
+
+import onnx
+import onnxruntime
+import torch
+
+from training import registry
+from training.export import export_graph
+from training.spec import DataOptions
+
+log = logging.getLogger("training")
+
+CARD_FILE = "card.json"
+CARD_SCHEMA_VERSION = 1
+
+
+def make_config(name: str, quick: bool = False, overrides: dict | None = None):
+    """The model's default config, with quick mode and `field=value` overrides applied."""
+    module = registry.get(name)
+    cfg = module.Config()
+    fields = {f.name: f for f in dataclasses.fields(cfg)}
+    for key, value in (overrides or {}).items():
+        if key not in fields:
+            raise ValueError(f"{name}: unknown config field {key!r}; fields: {', '.join(sorted(fields))}")
+        current = getattr(cfg, key)
+        if isinstance(current, bool):
+            value = str(value).lower() in ("1", "true", "yes", "on")
+        setattr(cfg, key, type(current)(value) if current is not None else value)
+    if quick:
+        cfg.quick = True
+        cfg.epochs = 1
+    return cfg
+
+
+def run(name: str, out_root: Path, cfg=None, data: DataOptions | None = None) -> dict:
+    """Train `name`, export into `out_root/name/` (replacing what was there) and return its card."""
+    module = registry.get(name)
+    cfg = cfg if cfg is not None else make_config(name)
+    data = data or DataOptions()
+    log.info("training %s with %s", name, cfg)
+    start = time.perf_counter()
+    trained = module.train(cfg, data)
+    train_seconds = time.perf_counter() - start
+
+    # Export into a fresh staging folder, then swap: a failed export never leaves a half-written model.
+    out_dir = out_root / name
+    staging = out_root / f".{name}.staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    graphs = {g.name: export_graph(g, staging) for g in trained.graphs}
+    for file_name, payload in trained.artifacts.items():
+        (staging / file_name).write_bytes(payload)
+
+    failed = [g for g in trained.gates if not g.passed]
+    card = {
+        "schema_version": CARD_SCHEMA_VERSION,
+        "name": name,
+        "version": "1",
+        "kind": trained.kind,
+        "description": trained.description,
+        "tasks": trained.tasks,
+        "graphs": graphs,
+        **trained.sections,
+        "metrics": {**trained.metrics, "gates": [g.to_card() for g in trained.gates]},
+        "training": {
+            "config": dataclasses.asdict(cfg),
+            "best_epoch": trained.fit.best_epoch,
+            "best_val_loss": trained.fit.best_val_loss,
+            "seconds": round(train_seconds, 1),
+            "quick": cfg.quick,
+        },
+        "data": trained.data,
+        "artifacts": sorted(trained.artifacts),
+        "provenance": {
+            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "command": f"python -m training {name}",
+            "torch": torch.__version__,
+            "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__,
+            "python": platform.python_version(),
+        },
+    }
+    (staging / CARD_FILE).write_text(json.dumps(card, indent=2, allow_nan=False) + "\n")
+    shutil.rmtree(out_dir, ignore_errors=True)
+    staging.rename(out_dir)
+    log.info("%s: trained in %.1f s, written to %s", name, train_seconds, out_dir)
+    for gate in failed:
+        log.warning("%s: quality gate NOT met: %s (value %.4g, target %.4g)", name, gate.name, gate.value, gate.target)
+    return card
