@@ -1,0 +1,242 @@
+"""The model card (`models/<name>/card.json`) as typed objects.
+
+The exporter writes the card; the service reads what it needs to serve and passes the rest through to
+`GET /v1/models/{name}`. Unknown keys are kept, so a newer card still loads.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+CARD_FILE = "card.json"
+SUPPORTED_SCHEMA_VERSIONS = (1,)
+GraphRole = Literal["encoder", "decoder", "full"]
+Layout = Literal["vector", "image", "sequence"]
+MODEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+
+# ONNX Runtime's type strings for the dtypes a card may declare.
+ORT_TYPES = {
+    "float32": "tensor(float)",
+    "float64": "tensor(double)",
+    "int64": "tensor(int64)",
+    "uint8": "tensor(uint8)",
+}
+NUMPY_DTYPES = {"float32": np.float32, "float64": np.float64, "int64": np.int64, "uint8": np.uint8}
+
+
+class CardError(ValueError):
+    """The card is missing, unreadable or inconsistent; the message says what."""
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+
+class TensorSpec(_Open):
+    """One graph input or output: shape entries are ints (fixed) or names (dynamic axes such as "batch")."""
+
+    name: str
+    shape: list[int | str]
+    dtype: str = "float32"
+    range: list[float | None] | None = None
+    layout: str = ""
+    description: str = ""
+
+    @field_validator("range")
+    @classmethod
+    def _two_sided(cls, value: list[float | None] | None) -> list[float | None] | None:
+        if value is not None and len(value) != 2:
+            raise ValueError("range must be [low, high] (either may be null)")
+        return value
+
+    @field_validator("dtype")
+    @classmethod
+    def _known_dtype(cls, value: str) -> str:
+        if value not in NUMPY_DTYPES:
+            raise ValueError(f"dtype {value!r} is not one of {sorted(NUMPY_DTYPES)}")
+        return value
+
+    @property
+    def low(self) -> float:
+        return -math.inf if self.range is None or self.range[0] is None else float(self.range[0])
+
+    @property
+    def high(self) -> float:
+        return math.inf if self.range is None or self.range[1] is None else float(self.range[1])
+
+    @property
+    def bounded(self) -> bool:
+        return math.isfinite(self.low) or math.isfinite(self.high)
+
+    @property
+    def numpy_dtype(self) -> type[np.generic]:
+        return NUMPY_DTYPES[self.dtype]
+
+    @property
+    def sample_shape(self) -> list[int | str]:
+        """The shape without its leading batch axis."""
+        return self.shape[1:]
+
+
+class GraphCard(_Open):
+    file: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    bytes: int | None = None
+    description: str = ""
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    opset: int | None = None
+
+    @field_validator("file")
+    @classmethod
+    def _plain_file_name(cls, value: str) -> str:
+        # A card names a file in its own folder: no directories, no parent references, ONNX only.
+        if "/" in value or "\\" in value or value in ("", ".", "..") or not value.endswith(".onnx"):
+            raise ValueError(f"graph file {value!r} must be a plain *.onnx file name in the model's folder")
+        return value
+
+    def output(self, name: str) -> TensorSpec | None:
+        return next((t for t in self.outputs if t.name == name), None)
+
+
+class ImageSection(_Open):
+    height: int | None = None
+    width: int | None = None
+    channels: int = 1
+    min_side: int | None = None
+
+
+class SequenceSection(_Open):
+    channels: int
+    channel_names: list[str] = []
+    window: int
+    stride: int
+    min_length: int = 1
+
+
+class InputSection(_Open):
+    layout: Layout
+    range: list[float | None] | None = None
+    image: ImageSection | None = None
+    fully_convolutional: bool = False
+    sequence: SequenceSection | None = None
+    polarity: str | None = None
+
+
+class AnomalySection(_Open):
+    score: str = ""
+    threshold: float
+    threshold_rule: str = ""
+
+
+class ForecastSection(_Open):
+    horizon: int
+    window: int
+    step_seconds: float | None = None
+
+
+class ModelCard(_Open):
+    schema_version: int
+    name: str = Field(pattern=MODEL_NAME_PATTERN)
+    version: str
+    kind: str = ""
+    description: str = ""
+    tasks: list[str]
+    graphs: dict[GraphRole, GraphCard]
+    input: InputSection
+    latent: dict[str, Any] | None = None
+    anomaly: AnomalySection | None = None
+    forecast: ForecastSection | None = None
+    metrics: dict[str, Any] = {}
+    training: dict[str, Any] = {}
+    data: dict[str, Any] = {}
+    provenance: dict[str, Any] = {}
+    artifacts: list[str] = []
+
+    @field_validator("schema_version")
+    @classmethod
+    def _supported(cls, value: int) -> int:
+        if value not in SUPPORTED_SCHEMA_VERSIONS:
+            raise ValueError(
+                f"card schema_version {value} is not supported (this service reads {SUPPORTED_SCHEMA_VERSIONS})"
+            )
+        return value
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version_text(cls, value: object) -> object:
+        return str(value) if isinstance(value, int) else value
+
+
+def read_card(folder: Path) -> ModelCard:
+    """Parse and validate `folder/card.json`; raises CardError with a readable reason."""
+    path = folder / CARD_FILE
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise CardError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    try:
+        card = ModelCard.model_validate_json(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        raise CardError(f"{path}: invalid card at {where or 'top level'}: {first.get('msg')}") from exc
+    if card.name != folder.name:
+        raise CardError(f"{path}: card name {card.name!r} differs from its folder name {folder.name!r}")
+    return card
+
+
+def name_is_valid(name: str) -> bool:
+    return re.fullmatch(MODEL_NAME_PATTERN, name) is not None
+
+
+# What each task needs from a card: the graph it runs and the outputs it reads from that graph.
+# These names are the exporter's contract with the service (see the training issue); a card that
+# declares a task without them fails to load with a reason, instead of failing on the first request.
+TASK_GRAPH: dict[str, GraphRole] = {
+    "encode": "encoder",
+    "decode": "decoder",
+    "reconstruct": "full",
+    "score": "full",
+    "denoise": "full",
+    "predict": "full",
+}
+TASK_OUTPUTS: dict[str, tuple[str, ...]] = {
+    "encode": (),
+    "decode": (),
+    "reconstruct": ("reconstruction", "score"),
+    "score": ("score",),
+    "denoise": ("denoised",),
+    "predict": ("forecast",),
+}
+TASKS = tuple(TASK_GRAPH)
+
+
+def check_card(card: ModelCard) -> None:
+    """Cross-field checks: every declared task has its graph and outputs; the input section fits the graphs."""
+    for task in card.tasks:
+        if task not in TASK_GRAPH:
+            raise CardError(f"task {task!r} is not one this service knows ({', '.join(TASKS)})")
+        role = TASK_GRAPH[task]
+        graph = card.graphs.get(role)
+        if graph is None:
+            raise CardError(f"task {task!r} needs the {role!r} graph, which the card does not list")
+        if len(graph.inputs) != 1:
+            raise CardError(f"task {task!r}: the {role!r} graph must take exactly one input")
+        for output in TASK_OUTPUTS[task]:
+            if graph.output(output) is None:
+                raise CardError(f"task {task!r} needs output {output!r} of the {role!r} graph")
+    if "score" in card.tasks and card.anomaly is None:
+        raise CardError("task 'score' needs the card's anomaly section (threshold)")
+    if "predict" in card.tasks and card.forecast is None:
+        raise CardError("task 'predict' needs the card's forecast section")
+    if card.input.layout == "sequence" and card.input.sequence is None:
+        raise CardError("input layout 'sequence' needs input.sequence (channels, window, stride)")
+    if card.input.layout in ("vector", "image") and card.input.image is None:
+        raise CardError(f"input layout {card.input.layout!r} needs input.image (height, width, channels)")

@@ -1,0 +1,307 @@
+"""Bytes <-> arrays: JSON and `.npy` request bodies, value checks, `.npy`/`.npz`/PNG/JSON response bodies,
+and content negotiation. Nothing here knows about models beyond a `TensorSpec`.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import orjson
+from PIL import Image
+
+from app.cards import TensorSpec
+from app.errors import (
+    InvalidInput,
+    InvalidJSON,
+    InvalidNpy,
+    NonFiniteValue,
+    NotAcceptable,
+    PayloadTooLarge,
+    ValueOutOfRange,
+)
+
+JSON = "application/json"
+NPY = "application/x-npy"
+NPZ = "application/x-npz"
+PNG = "image/png"
+MULTIPART = "multipart/form-data"
+NPY_DTYPES = {np.dtype("<f4"), np.dtype(">f4")}
+_NPY_MAX_HEADER = 10_000
+_NON_FINITE_TOKENS = (b"NaN", b"Infinity", b"-Infinity", b"inf", b"-inf", b"nan")
+
+
+# -- request bodies -----------------------------------------------------------------------------------------
+def media_type(content_type: str | None) -> str:
+    """`image/PNG; charset=x` -> `image/png`."""
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+def parse_json(body: bytes) -> Any:
+    """orjson parse with a 400 that says where it broke (422 for NaN/Infinity, which JSON cannot hold)."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        pos = int(getattr(exc, "pos", 0) or 0)
+        details = {"position": pos, "line": getattr(exc, "lineno", None), "column": getattr(exc, "colno", None)}
+        if "infinity" in str(exc) or body[pos : pos + 9].startswith(_NON_FINITE_TOKENS):
+            raise NonFiniteValue(
+                f"non-finite number at character {pos} of the body: values must be finite numbers "
+                "(JSON has no NaN or Infinity)",
+                details,
+            ) from exc
+        raise InvalidJSON(f"the body is not valid JSON: {exc}", details) from exc
+
+
+def _index_text(field: str, index: Sequence[int]) -> str:
+    return field + "".join(f"[{i}]" for i in index)
+
+
+def _walk(value: Any, index: tuple[int, ...] = ()) -> Iterator[tuple[tuple[int, ...], Any]]:
+    """Every leaf of a nested list with its index (only used to explain a bad body; never on the fast path)."""
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _walk(item, (*index, i))
+    else:
+        yield index, value
+
+
+def _describe_bad_leaf(field: str, data: list[Any]) -> InvalidInput | None:
+    for index, leaf in _walk(data):
+        if isinstance(leaf, bool) or not isinstance(leaf, (int, float)):
+            kind = {bool: "a boolean", str: "a string", type(None): "null", dict: "an object"}.get(
+                type(leaf), "not a number"
+            )
+            return InvalidInput(
+                f"{_index_text(field, index)} is {kind}; every value must be a number",
+                {"field": field, "index": list(index)},
+            )
+    return None
+
+
+def _describe_ragged(field: str, data: list[Any]) -> InvalidInput:
+    def shape_of(value: Any) -> list[int]:
+        shape = []
+        while isinstance(value, list):
+            shape.append(len(value))
+            value = value[0] if value else None
+        return shape
+
+    expected = shape_of(data)
+
+    def check(value: Any, index: tuple[int, ...], depth: int) -> InvalidInput | None:
+        if depth == len(expected):
+            if isinstance(value, list):
+                return InvalidInput(
+                    f"{_index_text(field, index)} is a list where a number belongs (shape {expected} implied by "
+                    f"{field}[0])",
+                    {"field": field, "index": list(index), "expected_shape": expected},
+                )
+            return None
+        if not isinstance(value, list) or len(value) != expected[depth]:
+            got = f"length {len(value)}" if isinstance(value, list) else "a number"
+            return InvalidInput(
+                f"{_index_text(field, index)} has {got}, expected length {expected[depth]}: the array is ragged "
+                f"(shape {expected} implied by the first element)",
+                {"field": field, "index": list(index), "expected_shape": expected},
+            )
+        for i, item in enumerate(value):
+            problem = check(item, (*index, i), depth + 1)
+            if problem:
+                return problem
+        return None
+
+    return check(data, (), 0) or InvalidInput(f"{field} is not a rectangular array of numbers", {"field": field})
+
+
+def json_tensor(body: bytes, max_rows: int, field: str = "inputs") -> np.ndarray:
+    """The `{"inputs": [...]}` body as a float64 array, batch first; 4xx naming the field and index on error."""
+    doc = parse_json(body)
+    if not isinstance(doc, dict):
+        raise InvalidInput(f'the body must be a JSON object like {{"{field}": [[...], ...]}}', {"field": ""})
+    unknown = sorted(set(doc) - {field})
+    if unknown:
+        raise InvalidInput(
+            f"unknown field(s) {unknown}; the body holds only {field!r} (options go in the query string)",
+            {"field": unknown[0]},
+        )
+    if field not in doc:
+        raise InvalidInput(f"missing field {field!r}: a batch (list) of samples", {"field": field})
+    data = doc[field]
+    if not isinstance(data, list):
+        raise InvalidInput(f"{field} must be a list (a batch of samples)", {"field": field})
+    if not data:
+        raise InvalidInput(f"{field} is an empty batch; send at least one sample", {"field": field})
+    if len(data) > max_rows:
+        raise PayloadTooLarge(
+            f"{field} holds {len(data)} samples; at most {max_rows} per request", {"field": field, "limit": max_rows}
+        )
+    try:
+        array = np.asarray(data)
+    except (ValueError, TypeError):
+        raise _describe_ragged(field, data) from None
+    if array.dtype.kind not in "fiu" or (b"true" in body or b"false" in body or b"null" in body):
+        problem = _describe_bad_leaf(field, data)
+        if problem:
+            raise problem
+        if array.dtype.kind not in "fiu":
+            raise _describe_ragged(field, data)
+    if array.ndim < 2:
+        raise InvalidInput(
+            f"{field} must be a batch: a list of samples, each a list (got a flat list of {len(data)} numbers; "
+            f"wrap it as [[...]] for one sample)",
+            {"field": field},
+        )
+    return array.astype(np.float64, copy=False)
+
+
+def npy_tensor(body: bytes, max_rows: int) -> np.ndarray:
+    """A `.npy` body (float32, C order, never pickled) as an array; the header must match the byte count."""
+    buffer = io.BytesIO(body)
+    try:
+        version = np.lib.format.read_magic(buffer)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(buffer, max_header_size=_NPY_MAX_HEADER)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(buffer, max_header_size=_NPY_MAX_HEADER)
+        else:
+            raise InvalidNpy(f".npy format version {version} is not supported (use 1.0 or 2.0)")
+    except InvalidNpy:
+        raise
+    except Exception as exc:  # numpy raises ValueError / SyntaxError on a malformed header
+        raise InvalidNpy(f"the body is not a valid .npy file: {exc}") from exc
+    if dtype not in NPY_DTYPES:
+        raise InvalidInput(
+            f".npy dtype {dtype.str} is not accepted; send float32 (e.g. array.astype(numpy.float32))",
+            {"field": "body", "dtype": dtype.str},
+        )
+    if fortran:
+        raise InvalidInput(".npy array is Fortran-ordered; send C order (numpy.ascontiguousarray)", {"field": "body"})
+    if len(shape) < 2:
+        raise InvalidInput(f".npy array has shape {list(shape)}; it must be a batch (samples first, rank >= 2)")
+    if shape[0] == 0:
+        raise InvalidInput(".npy array is an empty batch; send at least one sample", {"field": "body"})
+    if shape[0] > max_rows:
+        raise PayloadTooLarge(
+            f".npy array holds {shape[0]} samples; at most {max_rows} per request", {"limit": max_rows}
+        )
+    count = math.prod(shape)
+    offset = buffer.tell()
+    if len(body) - offset != count * dtype.itemsize:
+        raise InvalidNpy(
+            f".npy header says shape {list(shape)} ({count * dtype.itemsize} data bytes) but the body holds "
+            f"{len(body) - offset} data bytes",
+            {"shape": list(shape)},
+        )
+    array = np.frombuffer(body, dtype=dtype, count=count, offset=offset).reshape(shape)
+    return array.astype(np.float32, copy=False) if dtype.byteorder in ("=", "<", "|") else array.astype(np.float32)
+
+
+def check_values(array: np.ndarray, spec: TensorSpec, field: str) -> None:
+    """Finite and inside the card's range, else a 422 naming the field, the index and the allowed range."""
+    finite = np.isfinite(array)
+    if not finite.all():
+        index = [int(i) for i in np.argwhere(~finite)[0]]
+        value = array[tuple(index)]
+        raise NonFiniteValue(
+            f"{_index_text(field, index)} is {value!s}; values must be finite",
+            {"field": field, "index": index, "value": str(value)},
+        )
+    if array.dtype != np.float32:
+        too_big = np.abs(array) > np.finfo(np.float32).max
+        if too_big.any():
+            index = [int(i) for i in np.argwhere(too_big)[0]]
+            raise ValueOutOfRange(
+                f"{_index_text(field, index)} = {float(array[tuple(index)]):g} does not fit in float32",
+                {"field": field, "index": index, "value": float(array[tuple(index)])},
+            )
+    if not spec.bounded:
+        return
+    low, high = spec.low, spec.high
+    bad = (array < low) | (array > high)
+    if bad.any():
+        index = [int(i) for i in np.argwhere(bad)[0]]
+        value = float(array[tuple(index)])
+        allowed = [None if math.isinf(low) else low, None if math.isinf(high) else high]
+        hint = ""
+        if high == 1.0 and low == 0.0 and float(array.max()) <= 255.0:
+            hint = " (pixels are 0-1 here, not 0-255: divide by 255)"
+        raise ValueOutOfRange(
+            f"{_index_text(field, index)} = {value:g} is outside the allowed range {allowed}{hint}",
+            {"field": field, "index": index, "value": value, "allowed_range": allowed},
+        )
+
+
+# -- response bodies ----------------------------------------------------------------------------------------
+def to_json(payload: dict[str, Any]) -> bytes:
+    """orjson with numpy arrays serialised natively (no per-float Python objects)."""
+    return orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def to_npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.lib.format.write_array(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def to_npz(arrays: dict[str, np.ndarray]) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, allow_pickle=False, **{k: np.ascontiguousarray(v) for k, v in arrays.items()})
+    return buffer.getvalue()
+
+
+def to_png(pixels: np.ndarray) -> bytes:
+    """A [H, W] array in [0, 1] as an 8-bit grayscale PNG (rounded to the nearest of 256 levels)."""
+    u8 = np.rint(np.clip(pixels, 0.0, 1.0) * 255.0).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(u8).save(buffer, format="PNG", compress_level=3)
+    return buffer.getvalue()
+
+
+# -- content negotiation ------------------------------------------------------------------------------------
+def _media_ranges(accept: str) -> list[tuple[str, float]]:
+    ranges = []
+    for part in accept.split(","):
+        fields = [f.strip() for f in part.split(";")]
+        if not fields[0]:
+            continue
+        quality = 1.0
+        for param in fields[1:]:
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        ranges.append((fields[0].lower(), quality))
+    return ranges
+
+
+def negotiate(accept: str | None, offered: Sequence[str], default: str) -> str:
+    """The offered media type the Accept header prefers (`default` for none or `*/*`); 406 when none fits.
+
+    Each candidate takes the quality of the most specific range that matches it (RFC 9110 12.5.1); ties go to
+    the default, then to the order of `offered`.
+    """
+    if not accept or not accept.strip():
+        return default
+    ranges = _media_ranges(accept)
+    best, best_q = None, 0.0
+    for candidate in [default, *[o for o in offered if o != default]]:
+        main = candidate.split("/")[0]
+        quality, specificity = 0.0, -1
+        for pattern, q in ranges:
+            level = 2 if pattern == candidate else 1 if pattern == f"{main}/*" else 0 if pattern == "*/*" else -1
+            if level >= 0 and (level > specificity or (level == specificity and q > quality)):
+                quality, specificity = q, level
+        if specificity >= 0 and quality > best_q:
+            best, best_q = candidate, quality
+    if best is None:
+        raise NotAcceptable(
+            f"cannot answer with {accept!r}; this endpoint answers with {', '.join(offered)}",
+            {"accept": accept, "available": list(offered)},
+        )
+    return best

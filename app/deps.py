@@ -1,0 +1,34 @@
+"""Typed dependencies: the app-wide objects the lifespan creates, handed to routes by FastAPI."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from app.metrics import Metrics
+from app.registry import ModelRegistry
+from app.service import InferenceService
+from app.settings import Settings
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings  # type: ignore[no-any-return]
+
+
+def get_registry(request: Request) -> ModelRegistry:
+    return request.app.state.registry  # type: ignore[no-any-return]
+
+
+def get_service(request: Request) -> InferenceService:
+    return request.app.state.service  # type: ignore[no-any-return]
+
+
+def get_metrics(request: Request) -> Metrics:
+    return request.app.state.metrics  # type: ignore[no-any-return]
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
+ServiceDep = Annotated[InferenceService, Depends(get_service)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]

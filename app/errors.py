@@ -1,0 +1,173 @@
+"""Domain errors and the one place they become HTTP responses.
+
+The core raises `ServiceError` subclasses (never `HTTPException`); `install_error_handlers` maps them, plus
+FastAPI's validation errors, Starlette's HTTP errors and anything unexpected, to one JSON shape:
+`{"error": {"type": ..., "message": ..., "details": ...}}`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+log = logging.getLogger("app.errors")
+
+
+class ServiceError(Exception):
+    """A failure with its HTTP status, a stable machine-readable type and a human message."""
+
+    status: int = 500
+    type: str = "internal_error"
+
+    def __init__(self, message: str, details: dict[str, Any] | None = None, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.message = message
+        self.details = details or {}
+        self.headers = headers or {}
+
+
+class BadRequest(ServiceError):
+    status, type = 400, "bad_request"
+
+
+class InvalidJSON(ServiceError):
+    status, type = 400, "invalid_json"
+
+
+class InvalidImage(ServiceError):
+    status, type = 400, "invalid_image"
+
+
+class InvalidNpy(ServiceError):
+    status, type = 400, "invalid_npy"
+
+
+class ModelNotFound(ServiceError):
+    status, type = 404, "model_not_found"
+
+
+class TaskNotSupported(ServiceError):
+    status, type = 404, "task_not_supported"
+
+
+class RouteNotFound(ServiceError):
+    status, type = 404, "not_found"
+
+
+class MethodNotAllowed(ServiceError):
+    status, type = 405, "method_not_allowed"
+
+
+class NotAcceptable(ServiceError):
+    status, type = 406, "not_acceptable"
+
+
+class PayloadTooLarge(ServiceError):
+    status, type = 413, "payload_too_large"
+
+
+class UnsupportedMediaType(ServiceError):
+    status, type = 415, "unsupported_media_type"
+
+
+class InvalidInput(ServiceError):
+    """The body parsed but does not fit the model (shape, type, dtype)."""
+
+    status, type = 422, "invalid_input"
+
+
+class ValueOutOfRange(ServiceError):
+    status, type = 422, "value_out_of_range"
+
+
+class NonFiniteValue(ServiceError):
+    status, type = 422, "non_finite_value"
+
+
+class ModelUnavailable(ServiceError):
+    """The model has a card but did not load (or has not loaded yet)."""
+
+    status, type = 503, "model_unavailable"
+
+
+class InferenceError(ServiceError):
+    """ONNX Runtime failed, or returned something the card does not allow (wrong shape, non-finite)."""
+
+    status, type = 500, "inference_error"
+
+
+def error_body(type_: str, message: str, details: dict[str, Any] | None = None) -> bytes:
+    return orjson.dumps({"error": {"type": type_, "message": message, "details": details or {}}})
+
+
+def error_response(
+    status: int, type_: str, message: str, details: dict[str, Any] | None = None, headers: dict[str, str] | None = None
+) -> Response:
+    return Response(
+        error_body(type_, message, details), status_code=status, media_type="application/json", headers=headers
+    )
+
+
+def _service_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ServiceError)
+    request.scope.setdefault("state", {})["error_type"] = exc.type
+    return error_response(exc.status, exc.type, exc.message, exc.details, exc.headers)
+
+
+def _validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    problems = [
+        {
+            "field": ".".join(str(part) for part in err.get("loc", ())),
+            "message": err.get("msg", ""),
+            "type": err.get("type", ""),
+        }
+        for err in exc.errors()
+    ]
+    first = problems[0] if problems else {"field": "", "message": "invalid request"}
+    message = f"{first['field']}: {first['message']}" if first["field"] else str(first["message"])
+    request.scope.setdefault("state", {})["error_type"] = "invalid_request"
+    return error_response(422, "invalid_request", message, {"errors": problems})
+
+
+_STATUS_TYPES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_request",
+    503: "unavailable",
+}
+
+
+def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    type_ = _STATUS_TYPES.get(exc.status_code, "http_error")
+    if exc.status_code == 404 and exc.detail == "Not Found":
+        message = f"no route {request.method} {request.url.path}; see /docs for the API"
+    elif exc.status_code == 405:
+        message = f"method {request.method} not allowed on {request.url.path}"
+    else:
+        message = str(exc.detail)
+    request.scope.setdefault("state", {})["error_type"] = type_
+    return error_response(exc.status_code, type_, message, {}, dict(exc.headers or {}))
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register the handlers that give every failure on our routes the one error shape."""
+    handlers: dict[type[Exception], Callable[[Request, Exception], Response]] = {
+        ServiceError: _service_error,
+        RequestValidationError: _validation_error,
+        StarletteHTTPException: _http_error,
+    }
+    for exc_type, handler in handlers.items():
+        app.add_exception_handler(exc_type, handler)

@@ -1,0 +1,179 @@
+"""HTTP request -> `InputBatch`: reads the body (bounded), picks the parser by Content-Type, and for images
+decodes and preprocesses each upload. The formats:
+
+- `application/json`: `{"inputs": [...]}`, a batch of samples (flat vectors or nested arrays);
+- `application/x-npy`: one float32 C-order array, batch first (never unpickled);
+- `multipart/form-data`: one or more image files (any field name; `file` in the docs);
+- `image/*`: one image as the raw body.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import anyio.to_thread
+import numpy as np
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import Request
+
+from app.codecs import JSON, MULTIPART, NPY, json_tensor, media_type, npy_tensor
+from app.errors import BadRequest, InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from app.images import decode_image
+from app.preprocess import Preprocess, prepare_image
+from app.registry import ModelEntry
+from app.service import InferenceService, InputBatch, model_image_target
+from app.settings import Settings
+
+ACCEPTED_TYPES = (JSON, NPY, MULTIPART, "image/*")
+_MAX_FORM_FIELDS = 8
+_MAX_FORM_FIELD_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class InputOptions:
+    """Query options of the inference routes."""
+
+    preprocess: Preprocess = "auto"
+    invert: bool | None = None
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, refusing (413) as soon as it is known to exceed `limit` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit}", {"limit": limit})
+    chunks: list[bytes] = []
+    received = 0
+    async for chunk in request.stream():
+        received += len(chunk)
+        if received > limit:
+            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes", {"limit": limit})
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def takes_images(entry: ModelEntry, task: str) -> bool:
+    card = entry.card
+    assert card is not None
+    return task != "decode" and card.input.layout in ("vector", "image") and card.input.image is not None
+
+
+async def _multipart_files(request: Request, body: bytes, settings: Settings) -> list[tuple[str | None, bytes]]:
+    async def stream() -> AsyncIterator[bytes]:
+        yield body
+
+    parser = MultiPartParser(
+        request.headers,
+        stream(),
+        max_files=settings.max_upload_files,
+        max_fields=_MAX_FORM_FIELDS,
+        max_part_size=_MAX_FORM_FIELD_BYTES,
+    )
+    try:
+        form = await parser.parse()
+    except MultiPartException as exc:
+        raise BadRequest(f"malformed multipart body: {exc.message}") from exc
+    files: list[tuple[str | None, bytes]] = []
+    try:
+        for key, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                files.append((value.filename, await value.read()))
+            else:
+                raise InvalidInput(
+                    f"unexpected form field {key!r}: the form holds only image files; options such as "
+                    "preprocess go in the query string",
+                    {"field": key},
+                )
+    finally:
+        await form.close()
+    if not files:
+        raise InvalidInput("the multipart body holds no file; send the image as a file part named 'file'")
+    return files
+
+
+async def read_inputs(
+    request: Request,
+    entry: ModelEntry,
+    task: str,
+    options: InputOptions,
+    settings: Settings,
+    service: InferenceService,
+) -> InputBatch:
+    """Parse the request body into the batch the task's graph takes."""
+    card = entry.card
+    assert card is not None
+    spec = entry.graph_for(task).inputs[0]
+    ctype = media_type(request.headers.get("content-type"))
+    images_ok = takes_images(entry, task)
+    offered = ", ".join(t for t in ACCEPTED_TYPES if images_ok or t in (JSON, NPY))
+    if not ctype:
+        raise UnsupportedMediaType(f"missing Content-Type; send one of {offered}", {"accepted": offered})
+    is_image_body = ctype == MULTIPART or ctype.startswith("image/")
+    if ctype not in (JSON, NPY) and not ctype.endswith("+json") and not is_image_body:
+        raise UnsupportedMediaType(
+            f"Content-Type {ctype} is not accepted; send one of {offered}", {"accepted": offered}
+        )
+    if is_image_body and not images_ok:
+        what = "latent codes" if task == "decode" else f"{card.input.layout}s"
+        raise UnsupportedMediaType(
+            f"{task} on model {card.name!r} takes {what}, not images; send {JSON} or {NPY}", {"accepted": offered}
+        )
+    if not is_image_body and (options.preprocess not in ("auto", "none") or options.invert is not None):
+        raise BadRequest("preprocess and invert apply to image uploads only (multipart/form-data or image/*)")
+    body = await read_body(request, settings.max_body_bytes)
+    if ctype == NPY:
+        array = npy_tensor(body, settings.max_batch_rows)
+        return InputBatch([service.fit_array(card, spec, array, "body")], "npy")
+    if not is_image_body:
+        array = json_tensor(body, settings.max_batch_rows)
+        return InputBatch([service.fit_array(card, spec, array, "inputs")], "json")
+    uploads = await _multipart_files(request, body, settings) if ctype == MULTIPART else [(None, body)]
+    if len(uploads) > settings.max_batch_rows:
+        raise PayloadTooLarge(f"{len(uploads)} images; at most {settings.max_batch_rows} per request")
+    return await anyio.to_thread.run_sync(_image_batch, entry, task, uploads, options, settings, service)
+
+
+def _image_batch(
+    entry: ModelEntry,
+    task: str,
+    uploads: list[tuple[str | None, bytes]],
+    options: InputOptions,
+    settings: Settings,
+    service: InferenceService,
+) -> InputBatch:
+    """Decode and preprocess every upload (in a worker thread: Pillow work is CPU-bound)."""
+    card = entry.card
+    assert card is not None and card.input.image is not None
+    spec = entry.graph_for(task).inputs[0]
+    target = model_image_target(card, spec)
+    min_side = card.input.image.min_side or 1
+    samples: list[np.ndarray] = []
+    reports = []
+    inverted = []
+    sizes = []
+    for i, (filename, data) in enumerate(uploads):
+        field_name = "file" if len(uploads) == 1 else f"file[{i}]"
+        decoded = decode_image(
+            data,
+            max_pixels=settings.max_image_pixels,
+            max_side=settings.max_image_side,
+            filename=filename,
+            field_name=field_name,
+        )
+        pixels, steps = prepare_image(decoded.pixels, options.preprocess, target, min_side, options.invert)
+        decoded.steps = steps
+        reports.append(decoded.report())
+        inverted.append(bool(steps.get("inverted")))
+        sizes.append((decoded.height, decoded.width))
+        # [C, H, W] image tensors get their channel axis; vector models take the image flattened row-major.
+        sample_shape = [d if isinstance(d, int) else -1 for d in spec.sample_shape]
+        samples.append(pixels[None, :, :] if len(sample_shape) == 3 else pixels.reshape(sample_shape))
+    shapes = {s.shape for s in samples}
+    if len(shapes) == 1:
+        stacked = np.stack(samples)
+        parts = [service.fit_array(card, spec, stacked, "file")]
+    else:
+        parts = [service.fit_array(card, spec, s[None], f"file[{i}]") for i, s in enumerate(samples)]
+    return InputBatch(parts, "image", images=reports, inverted=inverted, source_sizes=sizes)

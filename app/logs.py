@@ -1,0 +1,69 @@
+"""Structured logging: one JSON object per line, with the fields passed as `extra=` kept as top-level keys."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import Any
+
+import orjson
+
+# Attributes every LogRecord has; anything else on a record came from `extra=`.
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
+
+
+class JsonFormatter(logging.Formatter):
+    """`{"ts": ..., "level": ..., "logger": ..., "message": ..., <extra fields>}`."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in _STANDARD and not key.startswith("_"):
+                entry[key] = value
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return orjson.dumps(entry, default=str).decode()
+
+
+class _Marker(logging.StreamHandler):  # type: ignore[type-arg]
+    """Our handler, so configuring twice (tests create many apps) replaces rather than duplicates it."""
+
+
+def configure_logging(level: str = "info", json_lines: bool = True) -> None:
+    """Send the `app` loggers to stderr, JSON by default; idempotent."""
+    logger = logging.getLogger("app")
+    for handler in [h for h in logger.handlers if isinstance(h, _Marker)]:
+        logger.removeHandler(handler)
+    handler = _Marker(sys.stderr)
+    handler.setFormatter(
+        JsonFormatter() if json_lines else logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s")
+    )
+    logger.addHandler(handler)
+    logger.setLevel(level.upper())
+    logger.propagate = False
+
+
+def uvicorn_log_config(level: str = "info", json_lines: bool = True) -> dict[str, Any]:
+    """uvicorn's own log lines in the same format (its access log is off: we log each request ourselves)."""
+    formatter = (
+        {"()": "app.logs.JsonFormatter"} if json_lines else {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}
+    )
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"default": formatter},
+        "handlers": {
+            "default": {"class": "logging.StreamHandler", "formatter": "default", "stream": "ext://sys.stderr"}
+        },
+        "loggers": {
+            "uvicorn": {"handlers": ["default"], "level": level.upper(), "propagate": False},
+            "uvicorn.error": {"level": level.upper()},
+            "uvicorn.access": {"handlers": [], "level": "WARNING", "propagate": False},
+        },
+    }

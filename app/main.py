@@ -1,0 +1,88 @@
+"""The app factory. Nothing is loaded at import: models load in the lifespan of the app `create_app` returns."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio.to_thread
+from fastapi import FastAPI
+
+from app import __version__
+from app.docs import install_docs
+from app.errors import install_error_handlers
+from app.inference import InferenceEngine
+from app.logs import configure_logging
+from app.metrics import Metrics
+from app.middleware import RequestContextMiddleware
+from app.registry import ModelRegistry
+from app.routers import health, inference, models
+from app.service import InferenceService
+from app.settings import Settings, get_settings
+
+log = logging.getLogger("app")
+
+DESCRIPTION = """
+Autoencoders exported to ONNX, served with ONNX Runtime.
+
+* **Models**: `GET /v1/models` lists every model with its tasks, tensor specs, status and providers.
+* **Tasks**: `POST /v1/models/{name}/{encode|decode|reconstruct|score|denoise|predict}`, and the same on each
+  task's default model at `POST /v1/{task}`.
+* **Inputs**: JSON `{"inputs": [...]}` (a batch), `application/x-npy` (float32), and for image models
+  `multipart/form-data` uploads or a raw `image/*` body (PNG, JPEG, BMP, GIF, WebP; converted to grayscale
+  with BT.601 luma, alpha over black, EXIF orientation applied). Pixels are in [0, 1].
+* **Outputs** by `Accept`: JSON, `application/x-npy`, `application/x-npz`, `image/png` (one image).
+* **Errors**: always `{"error": {"type", "message", "details"}}` with status 400/404/406/413/415/422/500/503.
+* **Operations**: `/healthz`, `/readyz`, `/metrics`; every response carries `X-Request-ID`.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the service; the models load when the app starts (its lifespan), not here."""
+    settings = settings or get_settings()
+    configure_logging(settings.log_level, settings.log_json)
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = InferenceEngine(metrics, settings.inference_concurrency)
+        registry = ModelRegistry(settings, engine, metrics)
+        app.state.registry = registry
+        app.state.service = InferenceService(engine, settings)
+        await anyio.to_thread.run_sync(registry.load_all)
+        readiness = registry.readiness()
+        log.info(
+            "service started",
+            extra={
+                "models_dir": str(settings.models_dir),
+                "ready": readiness.ready,
+                "models": {e.name: e.status.value for e in registry.entries()},
+                "not_ready": readiness.not_ready,
+            },
+        )
+        try:
+            yield
+        finally:
+            registry.close()
+            log.info("service stopped")
+
+    app = FastAPI(
+        title="Autoencoder inference service",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url="/openapi.json",
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(models.router)
+    app.include_router(inference.router)
+    if settings.docs:
+        install_docs(app)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics)
+    return app

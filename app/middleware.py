@@ -1,0 +1,110 @@
+"""Per-request context as a plain ASGI middleware: request id, one JSON log line, metrics, and a JSON 500
+for anything unexpected (never a stack trace to the client).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.errors import error_body
+from app.metrics import Metrics
+
+REQUEST_ID_HEADER = "X-Request-ID"
+_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/+=@-]{1,128}$")
+
+access_log = logging.getLogger("app.access")
+error_log = logging.getLogger("app.errors")
+
+
+def request_id_from(scope: Scope) -> str:
+    """The client's X-Request-ID when it is a sane token, else a fresh one."""
+    for key, value in scope.get("headers", ()):
+        if key == b"x-request-id":
+            text = value.decode("latin-1").strip()
+            if _VALID_REQUEST_ID.match(text):
+                return text
+            break
+    return uuid.uuid4().hex
+
+
+class RequestContextMiddleware:
+    """Wraps every HTTP request: id in and out, latency, log line, counters."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = request_id_from(scope)
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        started = time.perf_counter()
+        status = 500
+        response_started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status, response_started
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                response_started = True
+                MutableHeaders(scope=message).append(REQUEST_ID_HEADER, request_id)
+            await send(message)
+
+        self.metrics.in_flight.inc()
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            error_log.exception("unhandled error", extra={"request_id": request_id, "path": scope.get("path")})
+            state["error_type"] = "internal_error"
+            if not response_started:
+                body = error_body(
+                    "internal_error", f"internal error; quote request id {request_id} when reporting it", {}
+                )
+                await send_with_id(
+                    {
+                        "type": "http.response.start",
+                        "status": 500,
+                        "headers": [
+                            (b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()),
+                        ],
+                    }
+                )
+                await send_with_id({"type": "http.response.body", "body": body})
+        finally:
+            self.metrics.in_flight.dec()
+            self._record(scope, state, request_id, status, time.perf_counter() - started)
+
+    def _record(self, scope: Scope, state: dict, request_id: str, status: int, seconds: float) -> None:  # type: ignore[type-arg]
+        route = scope.get("route")
+        template = getattr(route, "path", None) or "unmatched"
+        model = state.get("model", "")
+        method = scope.get("method", "")
+        self.metrics.requests.labels(method, template, model, str(status)).inc()
+        self.metrics.latency.labels(template, model).observe(seconds)
+        error_type = state.get("error_type")
+        if status >= 400:
+            self.metrics.errors.labels(template, model, error_type or str(status)).inc()
+        access_log.info(
+            "request",
+            extra={
+                "request_id": request_id,
+                "method": method,
+                "path": scope.get("path", ""),
+                "route": template,
+                "model": model or None,
+                "task": state.get("task"),
+                "status": status,
+                "latency_ms": round(seconds * 1000, 3),
+                "error_type": error_type,
+            },
+        )

@@ -1,0 +1,55 @@
+"""Liveness, readiness and metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from starlette.responses import Response
+
+from app.codecs import to_json
+from app.deps import MetricsDep, RegistryDep
+from app.metrics import CONTENT_TYPE
+from app.schemas import ErrorInfo, Liveness, ModelHealth, Readiness
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", response_model=Liveness, summary="Liveness")
+async def get_liveness() -> Liveness:
+    """The process is up and answering (says nothing about the models)."""
+    return Liveness()
+
+
+@router.get(
+    "/readyz",
+    response_model=Readiness,
+    summary="Readiness",
+    responses={503: {"model": Readiness, "description": "a required model does not serve (see `not_ready`)"}},
+)
+async def get_readiness(registry: RegistryDep) -> Response:
+    """200 when every required model is loaded (by default every card found), else 503; per-model status."""
+    state = registry.readiness()
+    models = {
+        entry.name: ModelHealth(
+            status=entry.status.value,
+            reason=entry.reason,
+            providers=list(entry.providers.used) if entry.providers else [],
+            fallback=entry.providers.fallback if entry.providers else False,
+        )
+        for entry in registry.entries()
+    }
+    body = Readiness(ready=state.ready, required=state.required, not_ready=state.not_ready, models=models)
+    if not state.ready:
+        names = ", ".join(f"{k}: {v}" for k, v in state.not_ready.items())
+        body.error = ErrorInfo(type="not_ready", message=f"not ready: {names}", details={"not_ready": state.not_ready})
+    return Response(to_json(body.model_dump()), status_code=200 if state.ready else 503, media_type="application/json")
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE: {"schema": {"type": "string"}}}, "description": "text exposition"}},
+)
+async def get_metrics(metrics: MetricsDep) -> Response:
+    """Requests, errors and latency per route and model; batch sizes and ONNX time per model and endpoint."""
+    return Response(metrics.render(), media_type=CONTENT_TYPE)

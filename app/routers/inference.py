@@ -1,0 +1,250 @@
+"""Inference routes: `POST /v1/models/{name}/{task}` for every task, and `POST /v1/{task}` on the task's
+default model. Each handler is parse -> run -> render; the work lives in `app.inputs`, `app.service` and
+`app.outputs`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Query, Request
+from starlette.responses import Response
+
+from app.cards import TASKS
+from app.codecs import JSON, NPY, NPZ, PNG
+from app.deps import RegistryDep, ServiceDep, SettingsDep
+from app.inputs import InputOptions, read_inputs
+from app.outputs import IMAGE_TASKS, choose_format, render
+from app.preprocess import Preprocess
+from app.registry import ModelRegistry
+from app.schemas import TASK_RESPONSES, ErrorResponse, TensorRequest
+from app.service import InferenceService
+from app.settings import Settings
+
+router = APIRouter(tags=["inference"])
+
+ModelName = Annotated[str, Path(description="model name, as listed by `GET /v1/models`", examples=["dense"])]
+PreprocessQuery = Annotated[
+    Preprocess,
+    Query(
+        description="image uploads only. `auto`: `resize` for fixed-size models, `none` for fully convolutional "
+        "ones; `none`: as decoded; `resize`: bilinear to the model's size; `mnist`: invert if dark on light, crop "
+        "to the digit, fit in 20x20, centre by mass in 28x28"
+    ),
+]
+InvertQuery = Annotated[
+    bool | None,
+    Query(
+        description="image uploads only: invert pixels (1 - x) first. Default: no, except that `mnist` "
+        "decides from the border"
+    ),
+]
+
+SUMMARIES = {
+    "encode": "Encode samples to latent codes",
+    "decode": "Decode latent codes to samples",
+    "reconstruct": "Reconstruct samples, with the per-sample error",
+    "score": "Anomaly scores and flags",
+    "denoise": "Denoise images",
+    "predict": "Forecast the next step of a series",
+}
+DESCRIPTIONS = {
+    "encode": "Vectors, images or series -> latent codes (the encoder graph).",
+    "decode": "Latent codes (as `encode` returns them) -> samples in the model's output shape (the decoder graph). "
+    "Image models answer with a PNG for `Accept: image/png` and one code.",
+    "reconstruct": "Inputs -> reconstructions plus each sample's mean squared reconstruction error (the full "
+    "graph). `Accept: image/png` with one image gives the reconstruction as a PNG, its error in `X-Score`.",
+    "score": "Inputs -> anomaly score (mean squared reconstruction error) and `anomalous = score > threshold` "
+    "(the card's threshold). Series longer than the model's window are scored in sliding windows (window and "
+    "stride from the card, the last window ends at the series' end): every window's score is returned and the "
+    "series' score is its worst window.",
+    "denoise": "An image -> the denoised image, the same size as the upload. Fully convolutional models run at "
+    "the native size; others are resized in and out (stated in the `X-Resize` header). An image upload is "
+    "answered with a PNG unless JSON or .npy is asked for.",
+    "predict": "Series [N][time][channels] in raw sensor units -> every channel one horizon ahead. The model "
+    "reads the last `forecast.window` steps of longer series.",
+}
+FORMATS_NOTE = (
+    '\n\n**Request bodies**: `application/json` (`{{"inputs": [...]}}`), `application/x-npy` (float32, C order, '
+    "batch first, never unpickled){images}.\n\n**Responses** by `Accept`: `application/json` (default), "
+    "`application/x-npy` (the main output), `application/x-npz` (every output){png}.\n\nPixels are in [0, 1]; values "
+    "outside the card's range or non-finite are refused with a 422 naming the field and index."
+)
+BINARY = {"schema": {"type": "string", "format": "binary"}}
+
+
+def _request_examples(task: str) -> dict[str, Any]:
+    digit = [[0.0] * 784]
+    series = [[[0.12, -0.05, 9.81, 0.01, 0.0, -0.02]] * 25]
+    examples = {
+        "encode": {"dense (vector)": digit, "conv (image)": [[[0.0] * 28] * 28], "lstm (series)": series},
+        "decode": {"dense (latent)": [[0.0] * 32], "lstm (per-step latent)": [[[0.1, -0.3, 0.2]] * 25]},
+        "reconstruct": {"dense (vector)": digit, "lstm (series)": series},
+        "score": {"dense (vector)": digit, "lstm-anomaly (series)": series},
+        "denoise": {"denoise (one 8x8 image)": [[[[0.0] * 8] * 8]]},
+        "predict": {"lstm-forecast (20 steps)": [[[0.12, -0.05, 9.81, 0.01, 0.0, -0.02]] * 20]},
+    }[task]
+    return {name: {"summary": name, "value": {"inputs": value}} for name, value in examples.items()}
+
+
+def openapi_for(task: str) -> dict[str, Any]:
+    """The request body and responses of a task route, documented for every accepted format."""
+    takes_images = task != "decode"
+    content: dict[str, Any] = {
+        JSON: {"schema": TensorRequest.model_json_schema(), "examples": _request_examples(task)},
+        NPY: BINARY,
+    }
+    if takes_images:
+        content["multipart/form-data"] = {
+            "schema": {
+                "type": "object",
+                "required": ["file"],
+                "properties": {
+                    "file": {
+                        "type": "array",
+                        "items": {"type": "string", "format": "binary"},
+                        "description": "one or more images (PNG, JPEG, BMP, GIF, WebP); each is one sample",
+                    }
+                },
+            }
+        }
+        for image_type in ("image/png", "image/jpeg", "image/bmp", "image/gif", "image/webp"):
+            content[image_type] = BINARY
+    return {
+        "requestBody": {
+            "required": True,
+            "description": "a batch of samples, as JSON, .npy, or (image models) image uploads",
+            "content": content,
+        }
+    }
+
+
+def responses_for(task: str) -> dict[int | str, dict[str, Any]]:
+    ok_content: dict[str, Any] = {NPY: BINARY, NPZ: BINARY}
+    if task in IMAGE_TASKS:
+        ok_content[PNG] = BINARY
+    return {
+        200: {"model": TASK_RESPONSES[task], "description": "the task's outputs", "content": ok_content},
+        400: {"model": ErrorResponse, "description": "unreadable body (JSON, .npy, image, multipart)"},
+        404: {"model": ErrorResponse, "description": "no such model, or the model does not offer this task"},
+        406: {"model": ErrorResponse, "description": "the Accept header asks for a format this answer cannot take"},
+        413: {"model": ErrorResponse, "description": "body, batch, series or image over the limits"},
+        415: {"model": ErrorResponse, "description": "missing or unsupported Content-Type / image format"},
+        422: {"model": ErrorResponse, "description": "wrong shape, non-numeric, non-finite or out-of-range values"},
+        500: {"model": ErrorResponse, "description": "the model failed or produced invalid output"},
+        503: {"model": ErrorResponse, "description": "the model exists but did not load"},
+    }
+
+
+async def serve_task(
+    request: Request,
+    name: str,
+    task: str,
+    options: InputOptions,
+    registry: ModelRegistry,
+    service: InferenceService,
+    settings: Settings,
+) -> Response:
+    """Parse the request, run the task on the model, answer in the negotiated format."""
+    entry = registry.get(name)
+    request.state.model = entry.name
+    request.state.task = task
+    entry = registry.serving(name)
+    entry.graph_for(task)  # 404 before the body is read when the model has no such task
+    batch = await read_inputs(request, entry, task, options, settings, service)
+    fmt = choose_format(entry, task, batch, request.headers.get("accept"))
+    result = await service.run(entry, task, batch)
+    return render(result, fmt)
+
+
+Handler = Callable[..., Awaitable[Response]]
+
+
+def _model_route(task: str) -> Handler:
+    if task == "decode":
+
+        async def handler(
+            name: ModelName, request: Request, registry: RegistryDep, service: ServiceDep, settings: SettingsDep
+        ) -> Response:
+            return await serve_task(request, name, task, InputOptions(), registry, service, settings)
+
+    else:
+
+        async def handler(  # type: ignore[misc]
+            name: ModelName,
+            request: Request,
+            registry: RegistryDep,
+            service: ServiceDep,
+            settings: SettingsDep,
+            preprocess: PreprocessQuery = "auto",
+            invert: InvertQuery = None,
+        ) -> Response:
+            options = InputOptions(preprocess=preprocess, invert=invert)
+            return await serve_task(request, name, task, options, registry, service, settings)
+
+    handler.__name__ = f"{task}_model"
+    handler.__doc__ = SUMMARIES[task]
+    return handler
+
+
+def _alias_route(task: str) -> Handler:
+    if task == "decode":
+
+        async def handler(
+            request: Request, registry: RegistryDep, service: ServiceDep, settings: SettingsDep
+        ) -> Response:
+            name = settings.default_model(task)
+            return await serve_task(request, name, task, InputOptions(), registry, service, settings)
+
+    else:
+
+        async def handler(  # type: ignore[misc]
+            request: Request,
+            registry: RegistryDep,
+            service: ServiceDep,
+            settings: SettingsDep,
+            preprocess: PreprocessQuery = "auto",
+            invert: InvertQuery = None,
+        ) -> Response:
+            name = settings.default_model(task)
+            options = InputOptions(preprocess=preprocess, invert=invert)
+            return await serve_task(request, name, task, options, registry, service, settings)
+
+    handler.__name__ = f"{task}_default"
+    handler.__doc__ = SUMMARIES[task]
+    return handler
+
+
+def _note(task: str) -> str:
+    images = ", `multipart/form-data` image files (field `file`) or a raw `image/*` body" if task != "decode" else ""
+    png = ", `image/png` (one image)" if task in IMAGE_TASKS else ""
+    return FORMATS_NOTE.format(images=images, png=png)
+
+
+for _task in TASKS:
+    router.add_api_route(
+        f"/v1/models/{{name}}/{_task}",
+        _model_route(_task),
+        methods=["POST"],
+        summary=SUMMARIES[_task],
+        description=DESCRIPTIONS[_task] + _note(_task),
+        operation_id=f"{_task}_model",
+        openapi_extra=openapi_for(_task),
+        responses=responses_for(_task),
+        response_model=None,
+    )
+for _task in TASKS:
+    router.add_api_route(
+        f"/v1/{_task}",
+        _alias_route(_task),
+        methods=["POST"],
+        summary=f"{SUMMARIES[_task]} (default model)",
+        description=f"`POST /v1/models/{{default}}/{_task}` on the default model of the task "
+        f"(setting `AE_DEFAULT_{_task.upper()}_MODEL`). " + DESCRIPTIONS[_task] + _note(_task),
+        operation_id=f"{_task}_default",
+        openapi_extra=openapi_for(_task),
+        responses=responses_for(_task),
+        response_model=None,
+        tags=["inference (default models)"],
+    )
