@@ -91,6 +91,14 @@ def to_gray(image: Image.Image) -> np.ndarray:
     return ((_luma(rgba) * alpha) / (1000.0 * 255.0 * 255.0)).astype(np.float32)
 
 
+_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"BM", b"GIF87a", b"GIF89a")
+
+
+def looks_like_allowed_image(data: bytes) -> bool:
+    """The magic bytes of an accepted format (so a file that then fails to open is corrupt, not foreign)."""
+    return data.startswith(_SIGNATURES) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")
+
+
 def decode_image(
     data: bytes, *, max_pixels: int, max_side: int, filename: str | None = None, field_name: str = "file"
 ) -> DecodedImage:
@@ -102,6 +110,8 @@ def decode_image(
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
     except UnidentifiedImageError as exc:
+        if looks_like_allowed_image(data):
+            raise InvalidImage(f"{field_name}: the image data is truncated or corrupt", {"field": field_name}) from exc
         raise UnsupportedMediaType(
             f"{field_name}: not an image in an accepted format ({', '.join(ALLOWED_FORMATS)})",
             {"field": field_name, "accepted": list(ALLOWED_FORMATS)},
