@@ -53,7 +53,10 @@ async def list_models(registry: RegistryDep) -> ModelList:
     "/{name}",
     response_model=ModelDetail,
     summary="Describe a model",
-    responses={404: {"model": ErrorResponse, "description": "no such model"}},
+    responses={
+        404: {"model": ErrorResponse, "description": "no such model"},
+        422: {"model": ErrorResponse, "description": "invalid request"},
+    },
 )
 async def get_model(name: ModelName, registry: RegistryDep, request: Request) -> ModelDetail:
     """The model card as a client needs it: tasks, tensor specs and ranges, metrics, providers, status."""

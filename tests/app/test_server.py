@@ -1,0 +1,107 @@
+"""End to end against a real uvicorn process on 127.0.0.1 (`python -m app`), started and stopped here."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.app.conftest import REPO, TOLERANCE, Reference, png_bytes
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def server(models_dir: Path) -> Iterator[str]:
+    port = free_port()
+    env = {**os.environ, "AE_LOG_LEVEL": "warning", "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", str(port), "--models-dir", str(models_dir)]
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    try:
+        while True:
+            if process.poll() is not None:
+                output = process.stdout.read().decode() if process.stdout else ""
+                pytest.fail(f"the server exited with {process.returncode} before it was ready:\n{output}")
+            try:
+                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail("the server was not ready within 60 s")
+            time.sleep(0.1)
+        yield base
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            code = process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            code = process.wait()
+        if process.stdout:
+            process.stdout.close()
+        assert code == 0, f"server exit code {code}"
+
+
+def test_multipart_upload_to_png(server: str, reference: Reference) -> None:
+    """Upload a noisy digit-sized image, get the denoised PNG of the same size back."""
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, size=(45, 30), dtype=np.uint8)
+    response = httpx.post(
+        f"{server}/v1/denoise",
+        files={"file": ("noisy.png", png_bytes(pixels), "image/png")},
+        headers={"x-request-id": "e2e-1"},
+        timeout=30,
+    )
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "image/png"
+    assert response.headers["x-request-id"] == "e2e-1"
+    assert response.headers["x-image-size"] == "30x45"
+    out = Image.open(io.BytesIO(response.content))
+    assert out.format == "PNG" and out.size == (30, 45) and out.mode == "L"
+    x = (pixels / 255.0).astype(np.float32)[None, None]
+    want = np.rint(np.clip(reference.run("denoise", "full", x)["denoised"][0, 0], 0, 1) * 255)
+    assert np.abs(np.asarray(out).astype(int) - want.astype(int)).max() <= 1
+
+
+def test_reconstruct_png_of_an_upload(server: str, reference: Reference) -> None:
+    pixels = np.random.default_rng(1).integers(0, 256, size=(28, 28), dtype=np.uint8)
+    response = httpx.post(
+        f"{server}/v1/models/conv/reconstruct",
+        files={"file": ("d.png", png_bytes(pixels), "image/png")},
+        headers={"accept": "image/png"},
+        timeout=30,
+    )
+    assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+    want = reference.run("conv", "full", (pixels / 255.0).astype(np.float32)[None, None])
+    assert abs(float(response.headers["x-score"]) - float(want["score"][0])) <= TOLERANCE
+
+
+def test_json_and_health_over_the_wire(server: str, reference: Reference) -> None:
+    x = np.random.default_rng(2).uniform(0, 1, size=(4, 784)).astype(np.float32)
+    response = httpx.post(f"{server}/v1/encode", json={"inputs": x.tolist()}, timeout=30)
+    np.testing.assert_allclose(
+        np.asarray(response.json()["latent"]), reference.run("dense", "encoder", x)["z"], atol=TOLERANCE
+    )
+    assert httpx.get(f"{server}/healthz").json() == {"status": "ok"}
+    assert "ae_http_requests_total" in httpx.get(f"{server}/metrics").text
+    docs = httpx.get(f"{server}/docs")
+    assert docs.status_code == 200 and "/docs-assets/swagger-ui-bundle.js" in docs.text
+    assert httpx.get(f"{server}/docs-assets/swagger-ui-bundle.js").status_code == 200
