@@ -105,3 +105,29 @@ def test_json_and_health_over_the_wire(server: str, reference: Reference) -> Non
     docs = httpx.get(f"{server}/docs")
     assert docs.status_code == 200 and "/docs-assets/swagger-ui-bundle.js" in docs.text
     assert httpx.get(f"{server}/docs-assets/swagger-ui-bundle.js").status_code == 200
+
+
+def test_concurrent_requests_to_several_models(server: str, reference: Reference) -> None:
+    """Many requests in flight at once across models: every answer is the right one (sessions are shared)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(3)
+    jobs = []
+    for i in range(24):
+        model, graph, shape = [
+            ("dense", "encoder", (3, 784)),
+            ("conv", "encoder", (2, 1, 28, 28)),
+            ("lstm", "encoder", (2, 30, 6)),
+        ][i % 3]
+        jobs.append((model, graph, rng.uniform(0, 1, size=shape).astype(np.float32)))
+
+    def call(job: tuple) -> np.ndarray:
+        model, _, x = job
+        response = httpx.post(f"{server}/v1/models/{model}/encode", json={"inputs": x.tolist()}, timeout=60)
+        assert response.status_code == 200, response.text
+        return np.asarray(response.json()["latent"])
+
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        results = list(pool.map(call, jobs))
+    for (model, graph, x), got in zip(jobs, results, strict=True):
+        np.testing.assert_allclose(got, reference.run(model, graph, x)["z"], atol=TOLERANCE)
