@@ -27,7 +27,7 @@ ORT_TYPES = {
     "int64": "tensor(int64)",
     "uint8": "tensor(uint8)",
 }
-NUMPY_DTYPES = {"float32": np.float32, "float64": np.float64, "int64": np.int64, "uint8": np.uint8}
+NUMPY_DTYPES: dict[str, np.dtype[Any]] = {name: np.dtype(name) for name in ("float32", "float64", "int64", "uint8")}
 
 
 class CardError(ValueError):
@@ -75,7 +75,7 @@ class TensorSpec(_Open):
         return math.isfinite(self.low) or math.isfinite(self.high)
 
     @property
-    def numpy_dtype(self) -> type[np.generic]:
+    def numpy_dtype(self) -> np.dtype[Any]:
         return NUMPY_DTYPES[self.dtype]
 
     @property

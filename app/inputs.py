@@ -9,7 +9,7 @@ decodes and preprocesses each upload. The formats:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
 import anyio.to_thread
@@ -61,7 +61,7 @@ def takes_images(entry: ModelEntry, task: str) -> bool:
 
 
 async def _multipart_files(request: Request, body: bytes, settings: Settings) -> list[tuple[str | None, bytes]]:
-    async def stream() -> AsyncIterator[bytes]:
+    async def stream() -> AsyncGenerator[bytes, None]:
         yield body
 
     parser = MultiPartParser(
@@ -129,7 +129,9 @@ async def read_inputs(
     if not is_image_body:
         array = json_tensor(body, settings.max_batch_rows)
         return InputBatch([service.fit_array(card, spec, array, "inputs")], "json")
-    uploads = await _multipart_files(request, body, settings) if ctype == MULTIPART else [(None, body)]
+    uploads: list[tuple[str | None, bytes]] = (
+        await _multipart_files(request, body, settings) if ctype == MULTIPART else [(None, body)]
+    )
     if len(uploads) > settings.max_batch_rows:
         raise PayloadTooLarge(f"{len(uploads)} images; at most {settings.max_batch_rows} per request")
     return await anyio.to_thread.run_sync(_image_batch, entry, task, uploads, options, settings, service)

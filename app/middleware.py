@@ -26,7 +26,7 @@ def request_id_from(scope: Scope) -> str:
     """The client's X-Request-ID when it is a sane token, else a fresh one."""
     for key, value in scope.get("headers", ()):
         if key == b"x-request-id":
-            text = value.decode("latin-1").strip()
+            text = bytes(value).decode("latin-1").strip()
             if _VALID_REQUEST_ID.match(text):
                 return text
             break

@@ -99,14 +99,15 @@ def _image_headers(result: TaskResult) -> dict[str, str]:
 def _primary_array(result: TaskResult) -> np.ndarray:
     value = result.outputs[PRIMARY[result.task]]
     if isinstance(value, list):
-        return value[0] if len(value) == 1 else np.concatenate(value)
+        parts: list[np.ndarray] = value
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
     return np.asarray(value)
 
 
 def _as_image(result: TaskResult) -> np.ndarray:
-    array = _primary_array(result)[0]
+    array: np.ndarray = _primary_array(result)[0]
     if array.ndim == 3:  # [1, H, W]
-        return array[0]
+        return np.asarray(array[0])
     card = result.card
     hw = image_shape(card, result.entry.graph_for(result.task).outputs[0])
     assert hw is not None

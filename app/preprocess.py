@@ -91,11 +91,11 @@ def prepare_image(
     if mode == "auto":
         mode = "resize" if target is not None else "none"
     if mode == "mnist":
-        out, report = mnist_recipe(pixels, invert)
+        out, recipe = mnist_recipe(pixels, invert)
         if target is not None and target != out.shape:
             out = resize(out, *target)
-            report["model_size"] = [target[1], target[0]]
-        return out, report
+            recipe["model_size"] = [target[1], target[0]]
+        return out, recipe
     inverted = bool(invert)
     x = 1.0 - pixels if inverted else pixels
     h, w = x.shape

@@ -258,11 +258,11 @@ class ModelRegistry:
                 entry.providers = report
         for note in entry.providers.notes if entry.providers else ():
             log.warning("providers: %s", note, extra={"model": entry.name})
-        for role, graph in entry.graphs.items():
+        for graph in entry.graphs.values():
             try:
                 self._engine.run_blocking(graph, warmup_feeds(card, graph.card), "warmup")
             except Exception as exc:
-                raise LoadError(f"graph {role}: warm-up failed: {exc}") from exc
+                raise LoadError(f"graph {graph.role}: warm-up failed: {exc}") from exc
         entry.status = ModelStatus.READY
 
     # -- lookup --------------------------------------------------------------------------------------------

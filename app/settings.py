@@ -17,7 +17,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 ENV_PREFIX = "AE_"
 
 GraphOptimization = Literal["disable", "basic", "extended", "layout", "all"]
-Task = Literal["encode", "decode", "reconstruct", "score", "denoise", "predict"]
+TASK_NAMES = ("encode", "decode", "reconstruct", "score", "denoise", "predict")
 
 
 def usable_cpus() -> int:
@@ -123,8 +123,10 @@ class Settings(BaseSettings):
     def _comma_list(cls, value: object) -> object:
         return _split_list(value)
 
-    def default_model(self, task: Task) -> str:
+    def default_model(self, task: str) -> str:
         """The model the short alias route of `task` serves."""
+        if task not in TASK_NAMES:
+            raise ValueError(f"unknown task {task!r}")
         return str(getattr(self, f"default_{task}_model"))
 
     def ort_intra_op_threads(self) -> int:

@@ -77,15 +77,15 @@ BINARY = {"schema": {"type": "string", "format": "binary"}}
 def _request_examples(task: str) -> dict[str, Any]:
     digit = [[0.0] * 784]
     series = [[[0.12, -0.05, 9.81, 0.01, 0.0, -0.02]] * 25]
-    examples = {
+    table: dict[str, dict[str, Any]] = {
         "encode": {"dense (vector)": digit, "conv (image)": [[[0.0] * 28] * 28], "lstm (series)": series},
         "decode": {"dense (latent)": [[0.0] * 32], "lstm (per-step latent)": [[[0.1, -0.3, 0.2]] * 25]},
         "reconstruct": {"dense (vector)": digit, "lstm (series)": series},
         "score": {"dense (vector)": digit, "lstm-anomaly (series)": series},
         "denoise": {"denoise (one 8x8 image)": [[[[0.0] * 8] * 8]]},
         "predict": {"lstm-forecast (20 steps)": [[[0.12, -0.05, 9.81, 0.01, 0.0, -0.02]] * 20]},
-    }[task]
-    return {name: {"summary": name, "value": {"inputs": value}} for name, value in examples.items()}
+    }
+    return {name: {"summary": name, "value": {"inputs": value}} for name, value in table[task].items()}
 
 
 def openapi_for(task: str) -> dict[str, Any]:

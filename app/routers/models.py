@@ -63,7 +63,7 @@ async def get_model(name: ModelName, registry: RegistryDep, request: Request) ->
     entry = registry.get(name)
     request.state.model = entry.name
     card = entry.card
-    graphs = {}
+    graphs: dict[str, GraphInfo] = {}
     if card is not None:
         graphs = {
             role: GraphInfo(**g.model_dump(include=set(GraphInfo.model_fields))) for role, g in card.graphs.items()
