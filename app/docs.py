@@ -62,7 +62,12 @@ def install_docs(app: FastAPI) -> None:
             swagger_css_url=f"{root}{ASSETS_URL}/{SWAGGER_CSS}",
             swagger_favicon_url=f"{root}{ASSETS_URL}/{FAVICON}",
             # validatorUrl null: Swagger UI would otherwise fetch a badge from the internet.
-            swagger_ui_parameters={"validatorUrl": None, "tryItOutEnabled": True, "displayRequestDuration": True},
+            swagger_ui_parameters={
+                "validatorUrl": None,
+                "tryItOutEnabled": True,
+                "displayRequestDuration": True,
+                "deepLinking": True,
+            },
         )
 
     async def swagger_redirect() -> HTMLResponse:

@@ -22,7 +22,7 @@ from app.schemas import TASK_RESPONSES, ErrorResponse, TensorRequest
 from app.service import InferenceService
 from app.settings import Settings
 
-router = APIRouter(tags=["inference"])
+router = APIRouter()
 
 ModelName = Annotated[str, Path(description="model name, as listed by `GET /v1/models`", examples=["dense"])]
 PreprocessQuery = Annotated[
@@ -111,6 +111,8 @@ def openapi_for(task: str) -> dict[str, Any]:
         }
         for image_type in ("image/png", "image/jpeg", "image/bmp", "image/gif", "image/webp"):
             content[image_type] = BINARY
+        if task == "denoise":  # an upload is the natural way in: list it first (Swagger UI's default)
+            content = {"multipart/form-data": content.pop("multipart/form-data"), **content}
     return {
         "requestBody": {
             "required": True,
@@ -230,6 +232,7 @@ for _task in TASKS:
         summary=SUMMARIES[_task],
         description=DESCRIPTIONS[_task] + _note(_task),
         operation_id=f"{_task}_model",
+        tags=["inference"],
         openapi_extra=openapi_for(_task),
         responses=responses_for(_task),
         response_model=None,
