@@ -60,7 +60,9 @@ class Settings(BaseSettings):
     then CPU. Providers the runtime does not offer are skipped and reported."""
 
     intra_op_threads: int = Field(default=0, ge=0)
-    """Threads ONNX Runtime uses inside one operator. 0: usable CPUs divided by `workers`, at least 1."""
+    """Threads ONNX Runtime uses inside one operator. 0: the usable CPUs (affinity and cgroup quota, not the
+    host's core count) divided by `workers` x `inference_concurrency`, at least 1, so that concurrent ONNX
+    calls of every worker together do not oversubscribe the CPUs."""
 
     inter_op_threads: int = Field(default=1, ge=1)
     """Threads ONNX Runtime uses to run independent operators in parallel (sequential mode uses 1)."""
@@ -133,7 +135,7 @@ class Settings(BaseSettings):
         """The intra-op thread count actually used (resolves 0 = automatic)."""
         if self.intra_op_threads:
             return self.intra_op_threads
-        return max(1, usable_cpus() // self.workers)
+        return max(1, usable_cpus() // (self.workers * self.inference_concurrency))
 
 
 @lru_cache(maxsize=1)
