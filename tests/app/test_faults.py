@@ -1,0 +1,92 @@
+"""Faults inside the server: a model that produces NaN (built here as a tiny real ONNX file), and an
+unexpected exception, both answered in the one JSON error shape with a request id, never a stack trace."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import onnx
+import pytest
+from fastapi.testclient import TestClient
+from onnx import TensorProto, helper
+
+from app.main import create_app
+from app.settings import Settings
+from tests.app.conftest import assert_error, make_client
+
+
+def sqrt_model(folder: Path, offset: float) -> None:
+    """encoder: z = sqrt(offset - x) on [batch, 4]; NaN wherever x > offset. Written with its card."""
+    folder.mkdir(parents=True)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Constant", [], ["c"], value=helper.make_tensor("c", TensorProto.FLOAT, [], [offset])),
+            helper.make_node("Sub", ["c", "x"], ["d"]),
+            helper.make_node("Sqrt", ["d"], ["z"]),
+        ],
+        "sqrt",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["batch", 4])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    data = model.SerializeToString()
+    onnx.checker.check_model(model)
+    (folder / "encoder.onnx").write_bytes(data)
+    spec = {"shape": ["batch", 4], "dtype": "float32", "layout": "N x 4", "description": ""}
+    card = {
+        "schema_version": 1,
+        "name": folder.name,
+        "version": "1",
+        "kind": "test",
+        "description": "sqrt test model",
+        "tasks": ["encode"],
+        "graphs": {
+            "encoder": {
+                "file": "encoder.onnx",
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "bytes": len(data),
+                "inputs": [{"name": "x", "range": [0.0, 1.0], **spec}],
+                "outputs": [{"name": "z", "range": None, **spec}],
+            }
+        },
+        "input": {"layout": "vector", "range": [0.0, 1.0], "image": {"height": 2, "width": 2, "channels": 1}},
+    }
+    (folder / "card.json").write_text(json.dumps(card))
+
+
+def test_non_finite_model_output_is_a_clear_json_error(tmp_path: Path) -> None:
+    sqrt_model(tmp_path / "sqrt", offset=0.5)
+    with make_client(models_dir=tmp_path) as c:
+        ok = c.post("/v1/models/sqrt/encode", json={"inputs": [[0.0, 0.1, 0.25, 0.5]]})
+        assert ok.status_code == 200 and ok.json()["latent"][0][0] == pytest.approx(0.5**0.5)
+        response = c.post("/v1/models/sqrt/encode", json={"inputs": [[0.0, 0.9, 0.1, 0.1]]})
+        error = assert_error(response, 500, "inference_error")
+        assert "non-finite" in error["message"] and error["details"]["output"] == "z"
+        assert "Traceback" not in response.text
+        assert c.post("/v1/models/sqrt/encode", json={"inputs": [[0.2] * 4]}).status_code == 200
+
+
+def test_model_failing_its_warm_up_is_not_served(tmp_path: Path) -> None:
+    sqrt_model(tmp_path / "broken", offset=-1.0)  # NaN on every input
+    with make_client(models_dir=tmp_path) as c:
+        detail = c.get("/v1/models/broken").json()
+        assert detail["status"] == "failed" and "warm-up failed" in detail["reason"]
+        assert_error(c.post("/v1/models/broken/encode", json={"inputs": [[0.0] * 4]}), 503, "model_unavailable")
+
+
+def test_unexpected_exception_is_a_json_500_with_request_id(tmp_path: Path) -> None:
+    """The real app with one extra route that raises: the client sees JSON and the request id, not internals."""
+
+    async def explode() -> None:
+        raise RuntimeError("secret internals")
+
+    app = create_app(Settings(models_dir=tmp_path, log_level="error"))
+    app.add_api_route("/boom", explode)
+    with TestClient(app, raise_server_exceptions=False) as c:
+        response = c.get("/boom", headers={"x-request-id": "boom-1"})
+        assert c.get("/healthz").status_code == 200
+    error = assert_error(response, 500, "internal_error")
+    assert "boom-1" in error["message"] and "secret internals" not in response.text
