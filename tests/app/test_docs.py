@@ -72,6 +72,23 @@ def test_response_schemas_have_examples(spec: dict) -> None:
     assert "HTTPValidationError" not in schemas  # our 422 shape replaces FastAPI's
 
 
+def test_every_json_body_has_an_example(spec: dict) -> None:
+    """Every request and response schema in the spec comes with an example."""
+    schemas = spec["components"]["schemas"]
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            bodies = [("request", operation.get("requestBody", {}).get("content", {}).get("application/json"))]
+            for status, response in operation["responses"].items():
+                bodies.append((status, response.get("content", {}).get("application/json")))
+            for where, media in bodies:
+                if media is None:
+                    continue
+                schema = media["schema"]
+                if "$ref" in schema:
+                    schema = schemas[schema["$ref"].rsplit("/", 1)[-1]]
+                assert media.get("examples") or media.get("example") or schema.get("examples"), (path, method, where)
+
+
 def local_urls(html: str) -> list[str]:
     urls = re.findall(r"""(?:src|href)\s*=\s*["']([^"']+)["']""", html)
     urls += re.findall(r"""(?:url|spec-url)\s*:\s*["']([^"']+)["']""", html)

@@ -171,3 +171,22 @@ def test_several_files_make_a_batch(client: TestClient, reference: Reference) ->
     want = reference.run("dense", "full", x)
     np.testing.assert_allclose(np.asarray(body["scores"]), want["score"], atol=TOLERANCE)
     assert [r["filename"] for r in body["inputs"]] == ["0.png", "1.png", "2.png"]
+
+
+@pytest.mark.parametrize(
+    ("fmt", "options"),
+    [("PNG", {}), ("JPEG", {"quality": 95}), ("BMP", {}), ("GIF", {}), ("WEBP", {"quality": 90})],
+)
+def test_every_format_through_the_service(client: TestClient, reference: Reference, fmt: str, options: dict) -> None:
+    """Each accepted format reaches the model as Pillow decodes it (converted by the documented rules)."""
+    rgb = np.random.default_rng(9).integers(0, 256, size=(28, 28, 3), dtype=np.uint8)
+    data = encoded(Image.fromarray(rgb), fmt, **options)
+    decoded = Image.open(io.BytesIO(data))
+    decoded.load()
+    if decoded.mode == "P":
+        decoded = decoded.convert("RGB")
+    want_pixels = luma(np.asarray(decoded.convert("RGB")))
+    body = client.post("/v1/models/conv/encode", files={"file": (f"x.{fmt.lower()}", data, "image/*")}).json()
+    assert body["inputs"][0]["format"] == fmt
+    want = reference.run("conv", "encoder", want_pixels[None, None])["z"]
+    np.testing.assert_allclose(np.asarray(body["latent"]), want, atol=TOLERANCE)
