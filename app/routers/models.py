@@ -76,6 +76,7 @@ async def get_model(name: ModelName, registry: RegistryDep, request: Request) ->
         latent=card.latent if card else None,
         anomaly=card.anomaly.model_dump() if card and card.anomaly else None,
         forecast=card.forecast.model_dump() if card and card.forecast else None,
+        preprocessing=card.preprocessing if card else None,
         metrics=card.metrics if card else {},
         data=card.data if card else {},
         training=card.training if card else {},

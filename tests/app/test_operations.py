@@ -40,6 +40,7 @@ def test_model_list_and_detail(client: TestClient) -> None:
                 {k: t[k] for k in ("name", "shape", "dtype", "range", "layout", "description")} for t in graph["inputs"]
             ]
         assert detail.metrics == card["metrics"]
+        assert detail.preprocessing == card.get("preprocessing")
         assert detail.providers is not None and detail.providers.used == ["CPUExecutionProvider"]
         if card["input"]["layout"] == "sequence":
             assert detail.pixel_scale is None and detail.input["sequence"]["channels"] == 6
