@@ -131,3 +131,11 @@ def test_concurrent_requests_to_several_models(server: str, reference: Reference
         results = list(pool.map(call, jobs))
     for (model, graph, x), got in zip(jobs, results, strict=True):
         np.testing.assert_allclose(got, reference.run(model, graph, x)["z"], atol=TOLERANCE)
+
+
+def test_command_line_help() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "app", "--help"], cwd=REPO, capture_output=True, text=True, timeout=60, check=True
+    )
+    for flag in ("--host", "--port", "--workers", "--models-dir", "--log-level"):
+        assert flag in result.stdout
