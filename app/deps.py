@@ -1,4 +1,8 @@
-"""Typed dependencies: the app-wide objects the lifespan creates, handed to routes by FastAPI."""
+"""Typed dependencies: the app-wide objects the lifespan creates, handed to routes by FastAPI.
+
+They are `async def` on purpose: FastAPI runs a plain `def` dependency in the thread pool, a thread hop per
+dependency per request for what is an attribute lookup.
+"""
 
 from __future__ import annotations
 
@@ -12,19 +16,19 @@ from app.service import InferenceService
 from app.settings import Settings
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings  # type: ignore[no-any-return]
 
 
-def get_registry(request: Request) -> ModelRegistry:
+async def get_registry(request: Request) -> ModelRegistry:
     return request.app.state.registry  # type: ignore[no-any-return]
 
 
-def get_service(request: Request) -> InferenceService:
+async def get_service(request: Request) -> InferenceService:
     return request.app.state.service  # type: ignore[no-any-return]
 
 
-def get_metrics(request: Request) -> Metrics:
+async def get_metrics(request: Request) -> Metrics:
     return request.app.state.metrics  # type: ignore[no-any-return]
 
 
