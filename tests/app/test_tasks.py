@@ -349,3 +349,57 @@ def test_big_batch_matches_rows_alone(client: TestClient, reference: Reference) 
     for i in (0, 31, 63):
         alone = np.asarray(client.post("/v1/encode", json={"inputs": x[i : i + 1].tolist()}).json()["latent"])[0]
         np.testing.assert_allclose(batch[i], alone, atol=TOLERANCE)
+
+
+def _requests(model: str, task: str) -> dict[str, tuple[dict[str, Any], np.ndarray]]:
+    """Every input format this model and task accept, each with the tensor the model must see (one sample)."""
+    formats: dict[str, tuple[dict[str, Any], np.ndarray]] = {}
+    x = sample_input(model, task, batch=1, seed=11)
+    formats["json"] = ({"json": {"inputs": x.tolist()}}, x)
+    formats["npy"] = ({"content": npy_bytes(x), "headers": {"content-type": "application/x-npy"}}, x)
+    if (model, task) in IMAGE_PAIRS:
+        height, width = model_side(model)
+        pixels = np.random.default_rng(12).integers(0, 256, size=(height, width), dtype=np.uint8)
+        image = as_model_input(model, task, pixels)
+        data = png_bytes(pixels)
+        formats["multipart"] = ({"files": {"file": ("x.png", data, "image/png")}}, image)
+        formats["raw-image"] = ({"content": data, "headers": {"content-type": "image/png"}}, image)
+    return formats
+
+
+OUTPUTS = ["application/json", "application/x-npy", "application/x-npz", "image/png"]
+
+
+@pytest.mark.parametrize(("model", "task"), task_params())
+def test_every_input_format_with_every_output_format(
+    client: TestClient, reference: Reference, model: str, task: str
+) -> None:
+    """The full matrix for one sample: each accepted body format x each response format (PNG where the
+    output is an image; 406 where it is not)."""
+    png_possible = task in ("decode", "reconstruct", "denoise") and CARDS[model]["input"]["layout"] != "sequence"
+    for input_format, (kwargs, x) in _requests(model, task).items():
+        want = expected(reference, model, task, x)[PRIMARY[task]]
+        for accept in OUTPUTS:
+            headers = {**kwargs.get("headers", {}), "accept": accept}
+            call = {k: v for k, v in kwargs.items() if k != "headers"}
+            response = client.post(f"/v1/models/{model}/{task}", headers=headers, **call)
+            where = f"{input_format} -> {accept}"
+            if accept == "image/png" and not png_possible:
+                assert response.status_code == 406, where
+                continue
+            assert response.status_code == 200, (where, response.text)
+            assert response.headers["content-type"] == accept, where
+            if accept == "application/json":
+                got = response.json()[PRIMARY[task]]
+            elif accept == "application/x-npy":
+                got = load_npy(response.content)
+            elif accept == "application/x-npz":
+                got = np.load(io.BytesIO(response.content), allow_pickle=False)[PRIMARY[task]]
+            else:
+                image = np.asarray(Image.open(io.BytesIO(response.content))).astype(int)
+                want_u8 = np.rint(np.clip(want.reshape(image.shape), 0, 1) * 255).astype(int)
+                assert np.abs(image - want_u8).max() <= 1, where
+                continue
+            got = np.asarray(got, dtype=np.float64)
+            assert got.shape == want.shape, where
+            np.testing.assert_allclose(got, want, atol=TOLERANCE, err_msg=where)
