@@ -71,6 +71,7 @@ def run(name: str, out_root: Path, cfg=None, data: DataOptions | None = None) ->
         "description": trained.description,
         "tasks": trained.tasks,
         "graphs": graphs,
+        "preprocessing": trained.preprocessing,
         **trained.sections,
         "metrics": {**trained.metrics, "gates": [g.to_card() for g in trained.gates]},
         "training": {

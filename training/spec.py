@@ -52,6 +52,8 @@ class Trained:
     gates: list[Gate]
     data: dict
     fit: FitResult
+    # What a client must do to raw data before the graph, and what the graph does itself.
+    preprocessing: dict
     # Extra card sections: "input" (how clients feed it), "anomaly", "image", "sequence", "forecast".
     sections: dict = field(default_factory=dict)
     # Extra files written beside the model (e.g. a PNG of samples): name -> bytes.

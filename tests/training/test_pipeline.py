@@ -17,7 +17,7 @@ from training.export import PARITY_TOL, sha256_file
 from training.pipeline import CARD_FILE, make_config, run
 
 REQUIRED_CARD_KEYS = {
-    "schema_version", "name", "version", "kind", "description", "tasks", "graphs", "input", "metrics",
+    "schema_version", "name", "version", "kind", "description", "tasks", "graphs", "preprocessing", "input", "metrics",
     "training", "data", "provenance",
 }  # fmt: skip
 

@@ -17,7 +17,7 @@ NAME = "conv"
 @dataclass
 class Config(MnistAEConfig):
     channels: int = 32
-    latent_channels: int = 4  # latent map 4 x 7 x 7 = 196 numbers
+    latent_channels: int = 2  # latent map 2 x 7 x 7 = 98 numbers (1/8 of the pixels)
     epochs: int = 40
     batch_size: int = 64
     lr: float = 3e-3

@@ -19,7 +19,10 @@ NAME = "conv-dense-latent"
 @dataclass
 class Config(MnistAEConfig):
     channels: int = 16
-    epochs: int = 40
+    # A 196-number linear code on 3,500 digits: augmentation cost accuracy and a longer schedule helped
+    # (validation MSE 0.00319 augmented / 40 epochs, 0.00283 plain / 60, 0.00263 plain / 150).
+    augment_fraction: float = 0.0
+    epochs: int = 120
     batch_size: int = 64
     lr: float = 2e-3
     weight_decay: float = 1e-4
@@ -63,4 +66,6 @@ def train(cfg: Config, data: DataOptions) -> Trained:
         latent_size=196,
         cfg=cfg,
         data=data,
+        in_graph="per-image standardisation (subtract the image mean, divide by its standard deviation) "
+        "as the encoder's first step",
     )

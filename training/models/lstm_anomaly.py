@@ -17,7 +17,7 @@ from training.common import predict
 from training.data.mnist import stratified_split
 from training.data.timeseries import load_basic_motions
 from training.models import lstm
-from training.models.sequence import windows
+from training.models.sequence import standardisation_note, windows
 from training.spec import DataOptions, Gate, Trained
 
 NAME = "lstm-anomaly"
@@ -88,6 +88,7 @@ def train(cfg: Config, data: DataOptions) -> Trained:
             f"TEST all {len(x_test)} series ({int(is_anomaly.sum())} of other classes are anomalies)",
         },
         fit=result,
+        preprocessing=standardisation_note(model.norm, channels),
         sections={
             "input": lstm.sequence_section(channels, window=cfg.window, stride=cfg.stride),
             "latent": {"numbers_per_step": cfg.latent, "shape": ["batch", "time", cfg.latent]},

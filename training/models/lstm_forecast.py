@@ -14,7 +14,7 @@ from training.common import TrainConfig, batches, fit, predict, seed_everything
 from training.data.timeseries import load_basic_motions
 from training.export import GraphSpec, TensorSpec
 from training.models.lstm import sequence_section
-from training.models.sequence import Standardizer, split_train_val
+from training.models.sequence import Standardizer, split_train_val, standardisation_note
 from training.spec import DataOptions, Gate, Trained
 
 NAME = "lstm-forecast"
@@ -123,6 +123,7 @@ def train(cfg: Config, data: DataOptions) -> Trained:
             f"(stratified); TEST {len(series['test'])} series; every window of {cfg.window} steps",
         },
         fit=result,
+        preprocessing=standardisation_note(model.norm, channels),
         sections={
             "input": section,
             "forecast": {"horizon": cfg.horizon, "window": cfg.window, "step_seconds": 0.1},

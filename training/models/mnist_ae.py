@@ -22,6 +22,10 @@ from training.spec import DataOptions, Gate, Trained
 MNIST_SHAPE = {"vector": ("batch", 784), "image": ("batch", 1, 28, 28)}
 MNIST_LAYOUT = {"vector": "N x 784: a 28x28 image flattened row-major", "image": "NCHW, 1 channel, 28x28"}
 PIXELS = "pixels in [0, 1] (0 = black background, 1 = white ink), as in MNIST divided by 255"
+MNIST_CLIENT_PREPROCESSING = (
+    "grayscale 28x28, white digit on black, pixel / 255 (MNIST's own recipe for other images: invert dark-on-light, "
+    "crop to the digit, fit it in 20x20 keeping the aspect ratio, centre by mass in 28x28)"
+)
 
 
 @dataclass
@@ -61,6 +65,7 @@ def train_mnist_autoencoder(
     cfg: MnistAEConfig,
     data: DataOptions,
     pca_gate_ratio: float | None = None,
+    in_graph: str = "none",
 ) -> Trained:
     """Train with BCE on sigmoid outputs, select on validation MSE, report test MSE beside PCA."""
     gen = seed_everything(cfg.seed, cfg.threads)
@@ -161,6 +166,10 @@ def train_mnist_autoencoder(
         gates=gates,
         data=mnist.provenance,
         fit=result,
+        preprocessing={
+            "client": MNIST_CLIENT_PREPROCESSING,
+            "in_graph": in_graph,
+        },
         sections={
             "input": {
                 "layout": layout,

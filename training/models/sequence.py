@@ -65,6 +65,16 @@ def random_crops(x: torch.Tensor, length: int, gen: torch.Generator) -> torch.Te
     return torch.gather(x, 1, idx[:, :, None].expand(-1, -1, x.shape[2]))
 
 
+def standardisation_note(norm: Standardizer, channels: list[str]) -> dict:
+    """The card's preprocessing entry for a graph that standardises inside itself."""
+    return {
+        "client": "none: send raw sensor values, time-major [T, C] per series",
+        "in_graph": "per-channel standardisation with the training set's mean and std (outputs de-standardised)",
+        "channel_mean": dict(zip(channels, norm.mean.tolist(), strict=True)),
+        "channel_std": dict(zip(channels, norm.std.tolist(), strict=True)),
+    }
+
+
 def split_train_val(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     n_val = max(1, round(len(labels) * val_fraction))
     train_idx, val_idx = stratified_split(labels, (len(labels) - n_val, n_val), seed)
