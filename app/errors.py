@@ -1,8 +1,9 @@
 """Domain errors and the one place they become HTTP responses.
 
 The core raises `ServiceError` subclasses (never `HTTPException`); `install_error_handlers` maps them, plus
-FastAPI's validation errors, Starlette's HTTP errors and anything unexpected, to one JSON shape:
-`{"error": {"type": ..., "message": ..., "details": ...}}`.
+FastAPI's validation errors, Starlette's HTTP errors and anything unexpected, through `render_error` to one JSON
+shape per protocol: `{"error": {"type": ..., "message": ..., "details": ...}}`, and on the Open Inference
+Protocol's `/v2` routes its `{"error": "<message>"}`.
 """
 
 from __future__ import annotations
@@ -115,10 +116,36 @@ def error_response(
     )
 
 
+V2_PREFIX = "/v2"
+
+
+def is_v2_path(path: str) -> bool:
+    """Whether `path` is an Open Inference Protocol route (`/v2` or below), whose errors have the protocol's shape."""
+    return path == V2_PREFIX or path.startswith(V2_PREFIX + "/")
+
+
+def render_error(
+    path: str,
+    status: int,
+    type_: str,
+    message: str,
+    details: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    """The one function that turns an error into a response in the shape the route's protocol uses.
+
+    Paths under `/v2` get the Open Inference Protocol's `{"error": "<message>"}` (tritonclient and the KServe
+    SDK build their exceptions from that field); every other path gets `{"error": {"type", "message", "details"}}`.
+    Handlers and middleware (body limits, timeouts, overload, ...) all answer through here.
+    """
+    body = orjson.dumps({"error": message}) if is_v2_path(path) else error_body(type_, message, details)
+    return Response(body, status_code=status, media_type="application/json", headers=headers)
+
+
 def _service_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ServiceError)
     request.scope.setdefault("state", {})["error_type"] = exc.type
-    return error_response(exc.status, exc.type, exc.message, exc.details, exc.headers)
+    return render_error(request.url.path, exc.status, exc.type, exc.message, exc.details, exc.headers)
 
 
 def _validation_error(request: Request, exc: Exception) -> Response:
@@ -134,7 +161,7 @@ def _validation_error(request: Request, exc: Exception) -> Response:
     first = problems[0] if problems else {"field": "", "message": "invalid request"}
     message = f"{first['field']}: {first['message']}" if first["field"] else str(first["message"])
     request.scope.setdefault("state", {})["error_type"] = "invalid_request"
-    return error_response(422, "invalid_request", message, {"errors": problems})
+    return render_error(request.url.path, 422, "invalid_request", message, {"errors": problems})
 
 
 _STATUS_TYPES = {
@@ -159,7 +186,7 @@ def _http_error(request: Request, exc: Exception) -> Response:
     else:
         message = str(exc.detail)
     request.scope.setdefault("state", {})["error_type"] = type_
-    return error_response(exc.status_code, type_, message, {}, dict(exc.headers or {}))
+    return render_error(request.url.path, exc.status_code, type_, message, {}, dict(exc.headers or {}))
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -12,7 +12,7 @@ import uuid
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import error_body
+from app.errors import render_error
 from app.metrics import Metrics
 
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -66,20 +66,13 @@ class RequestContextMiddleware:
             error_log.exception("unhandled error", extra={"request_id": request_id, "path": scope.get("path")})
             state["error_type"] = "internal_error"
             if not response_started:
-                body = error_body(
-                    "internal_error", f"internal error; quote request id {request_id} when reporting it", {}
+                response = render_error(
+                    scope.get("path", ""),
+                    500,
+                    "internal_error",
+                    f"internal error; quote request id {request_id} when reporting it",
                 )
-                await send_with_id(
-                    {
-                        "type": "http.response.start",
-                        "status": 500,
-                        "headers": [
-                            (b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode()),
-                        ],
-                    }
-                )
-                await send_with_id({"type": "http.response.body", "body": body})
+                await response(scope, receive, send_with_id)
         finally:
             self.metrics.in_flight.dec()
             self._record(scope, state, request_id, status, time.perf_counter() - started)
