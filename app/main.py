@@ -17,7 +17,7 @@ from app.logs import configure_logging
 from app.metrics import Metrics
 from app.middleware import RequestContextMiddleware
 from app.registry import ModelRegistry
-from app.routers import health, inference, models
+from app.routers import bench, health, inference, models
 from app.service import InferenceService
 from app.settings import Settings, get_settings
 
@@ -82,6 +82,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(models.router)
     app.include_router(inference.router)
+    if settings.bench_endpoints:
+        app.include_router(bench.router)
     if settings.docs:
         install_docs(app)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)

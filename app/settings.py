@@ -120,6 +120,10 @@ class Settings(BaseSettings):
     docs: bool = True
     """Serve `/docs` (Swagger UI) and `/redoc` from local assets."""
 
+    bench_endpoints: bool = False
+    """Mount the benchmark ceilings `POST /bench/noop-raw` (echo the body unparsed) and `POST /bench/noop-parse`
+    (parse it as `/v1` does, then echo it), outside the OpenAPI schema. For `bench/` only; off in production."""
+
     @field_validator("required_models", "providers", mode="before")
     @classmethod
     def _comma_list(cls, value: object) -> object:
