@@ -104,6 +104,22 @@ class InferenceError(ServiceError):
     status, type = 500, "inference_error"
 
 
+class Overloaded(ServiceError):
+    """Too many requests already wait for the model (its bounded queue is full): retry after `Retry-After`."""
+
+    status, type = 503, "overloaded"
+    retry_after_seconds = 1
+
+    def __init__(self, message: str, details: dict[str, Any] | None = None, headers: dict[str, str] | None = None):
+        super().__init__(message, details, {"Retry-After": str(self.retry_after_seconds), **(headers or {})})
+
+
+class InferenceTimeout(ServiceError):
+    """The request's inference deadline passed (waiting in the queue plus computing); its slot is freed."""
+
+    status, type = 504, "inference_timeout"
+
+
 def error_body(type_: str, message: str, details: dict[str, Any] | None = None) -> bytes:
     return orjson.dumps({"error": {"type": type_, "message": message, "details": details or {}}})
 
