@@ -141,6 +141,17 @@ class ForecastSection(_Open):
     step_seconds: float | None = None
 
 
+class ServingSection(_Open):
+    """Optional per-model serving knobs (dynamic batching, queue bound, deadline); the settings of the same names
+    (`AE_BATCHING`, ...) win when set in the environment. See `app/settings.py` for each knob's meaning."""
+
+    batching: bool | None = None
+    batch_max_rows: int | None = Field(default=None, ge=1)
+    batch_max_delay_ms: float | None = Field(default=None, ge=0.0, le=1000.0)
+    queue_max_requests: int | None = Field(default=None, ge=1)
+    inference_timeout_seconds: float | None = Field(default=None, gt=0.0)
+
+
 class ModelCard(_Open):
     schema_version: int
     name: str = Field(pattern=MODEL_NAME_PATTERN)
@@ -154,6 +165,7 @@ class ModelCard(_Open):
     anomaly: AnomalySection | None = None
     forecast: ForecastSection | None = None
     preprocessing: dict[str, Any] | None = None
+    serving: ServingSection | None = None
     metrics: dict[str, Any] = {}
     training: dict[str, Any] = {}
     data: dict[str, Any] = {}

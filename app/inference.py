@@ -1,30 +1,51 @@
-"""The one caller of `session.run`.
+"""The one caller of `session.run`, with the dynamic batcher, the bounded queue and the deadlines in front of it.
 
 Every ONNX Runtime call of the service (requests of every protocol, and the warm-up at load) goes through
-`InferenceEngine`, so this is where cross-cutting concerns live: calls run off the event loop with a bounded
-number in flight per model, outputs are checked against the card (shape and finiteness), and batch sizes and
-compute time are measured. A dynamic batcher or a bounded admission queue belongs here too, in front of
-`_run_now`, without any route having to change.
+`InferenceEngine`; routes only ever `await engine.run(graph, feeds, endpoint)`.
+
+How a request travels (per worker process):
+
+1. `run` checks the feeds against the card (names, dtype, shapes) and puts the request in the queue of its model
+   graph. A full queue (`queue_max_requests`) refuses it at once: `Overloaded` (503 with `Retry-After`).
+2. One dispatcher task per graph, on the event loop, sends the oldest request once a full batch
+   (`batch_max_rows` rows) is waiting or once it has waited `batch_max_delay_ms`, and as soon as one of the
+   process's ONNX Runtime slots (`inference_concurrency`) is free. While every slot is busy, later requests keep
+   joining the queue, so under load batches fill by themselves.
+3. The batch takes the oldest request plus every later one with the same sample shape (images of one size,
+   series of one length) while the rows fit; a request larger than the maximum runs alone, never split.
+4. A worker thread concatenates the inputs, runs ONNX Runtime once, checks the output shapes, splits the outputs
+   back in order and checks each caller's part for non-finite values (one caller's NaN never fails another).
+5. Each request has a deadline (`inference_timeout_seconds`, queue plus compute): past it the caller gets
+   `InferenceTimeout` (504) and leaves the queue. A caller that goes away (its task is cancelled, e.g. the client
+   disconnected) leaves the queue the same way, and its result is dropped. A running batch whose callers have all
+   gone is told to stop (`RunOptions.terminate`).
+
+`batching=False` keeps the queue, the bound and the deadline but never merges two requests.
 """
 
 from __future__ import annotations
 
-import functools
+import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
 
-import anyio
-import anyio.to_thread
 import numpy as np
 import onnxruntime as ort
 
-from app.cards import GraphCard, TensorSpec
-from app.errors import InferenceError, InvalidInput
+from app.cards import GraphCard, ServingSection, TensorSpec
+from app.errors import InferenceError, InferenceTimeout, InvalidInput, ModelUnavailable, Overloaded, ServiceError
 from app.metrics import Metrics
+from app.settings import Settings, get_settings
 
 log = logging.getLogger("app.inference")
+
+Outputs = dict[str, np.ndarray]
+SERVING_KNOBS = ("batching", "batch_max_rows", "batch_max_delay_ms", "queue_max_requests", "inference_timeout_seconds")
 
 
 @dataclass(frozen=True)
@@ -35,6 +56,7 @@ class GraphSession:
     role: str
     card: GraphCard
     session: ort.InferenceSession
+    serving: ServingSection | None = None
 
     @property
     def inputs(self) -> list[TensorSpec]:
@@ -47,6 +69,41 @@ class GraphSession:
     @property
     def label(self) -> str:
         return f"{self.model}.{self.role}"
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    """The serving knobs of one model graph, resolved: environment > the card's `serving` section > defaults."""
+
+    batching: bool
+    max_rows: int
+    max_delay_seconds: float
+    queue_max_requests: int
+    timeout_seconds: float
+
+    @classmethod
+    def resolve(cls, settings: Settings, graph: GraphSession) -> BatchPolicy:
+        values: dict[str, Any] = {}
+        for knob in SERVING_KNOBS:
+            value = getattr(settings, knob)
+            card_value = getattr(graph.serving, knob, None) if graph.serving is not None else None
+            if knob not in settings.model_fields_set and card_value is not None:
+                value = card_value
+            values[knob] = value
+        return cls(
+            # A graph whose inputs and outputs do not all share one leading batch axis cannot be merged/split.
+            batching=bool(values["batching"]) and shares_batch_axis(graph.card),
+            max_rows=int(values["batch_max_rows"]),
+            max_delay_seconds=float(values["batch_max_delay_ms"]) / 1000.0,
+            queue_max_requests=int(values["queue_max_requests"]),
+            timeout_seconds=float(values["inference_timeout_seconds"]),
+        )
+
+
+def shares_batch_axis(card: GraphCard) -> bool:
+    """Whether every input and output has the same named (dynamic) first axis, so rows can be merged and split."""
+    firsts = {spec.shape[0] if spec.shape else None for spec in (*card.inputs, *card.outputs)}
+    return len(firsts) == 1 and isinstance(next(iter(firsts)), str)
 
 
 def _bind_axes(specs: list[TensorSpec], arrays: Mapping[str, np.ndarray]) -> dict[str, int]:
@@ -71,49 +128,356 @@ def check_shape(spec: TensorSpec, shape: tuple[int, ...], axes: Mapping[str, int
     return None
 
 
+class _Request:
+    """One caller's feeds waiting in a graph queue, with the future its caller awaits."""
+
+    __slots__ = ("batch", "endpoint", "enqueued", "feeds", "future", "key", "rows")
+
+    def __init__(self, feeds: Mapping[str, np.ndarray], endpoint: str, future: asyncio.Future[Outputs], now: float):
+        self.feeds = feeds
+        self.endpoint = endpoint
+        self.future = future
+        self.enqueued = now
+        first = next(iter(feeds.values()))
+        self.rows = int(first.shape[0]) if first.ndim else 0
+        # Requests merge only when every input has the same sample shape (image size, series length) and dtype.
+        self.key = tuple((name, array.shape[1:], array.dtype.str) for name, array in sorted(feeds.items()))
+        self.batch: _Batch | None = None
+
+
+@dataclass
+class _Batch:
+    """Requests sent to ONNX Runtime together."""
+
+    requests: list[_Request]
+    run_options: ort.RunOptions = field(default_factory=ort.RunOptions)
+    terminated: bool = False
+
+    @property
+    def rows(self) -> int:
+        return sum(r.rows for r in self.requests)
+
+    @property
+    def endpoint(self) -> str:
+        endpoints = {r.endpoint for r in self.requests}
+        return endpoints.pop() if len(endpoints) == 1 else "mixed"
+
+
+class _GraphQueue:
+    """The bounded queue and the dispatcher task of one model graph (in one worker process)."""
+
+    def __init__(self, engine: InferenceEngine, graph: GraphSession, policy: BatchPolicy) -> None:
+        self.engine = engine
+        self.graph = graph
+        self.policy = policy
+        self.waiting: deque[_Request] = deque()
+        self.rows_waiting = 0
+        self._waker: asyncio.Future[None] | None = None
+        self._idle = False
+        self._task: asyncio.Task[None] | None = None
+        self._running: set[asyncio.Future[list[Outputs | ServiceError]]] = set()
+
+    # -- the caller's side ---------------------------------------------------------------------------------
+    async def submit(self, feeds: Mapping[str, np.ndarray], endpoint: str) -> Outputs:
+        policy = self.policy
+        if len(self.waiting) >= policy.queue_max_requests:
+            self.engine.count_rejected(self.graph, "queue_full")
+            raise Overloaded(
+                f"{self.graph.label} is overloaded: {len(self.waiting)} requests already wait for it in this worker "
+                f"(queue_max_requests={policy.queue_max_requests}); retry after the Retry-After delay",
+                {"model": self.graph.model, "graph": self.graph.role, "queue_max_requests": policy.queue_max_requests},
+            )
+        loop = asyncio.get_running_loop()
+        request = _Request(feeds, endpoint, loop.create_future(), loop.time())
+        self.waiting.append(request)
+        self.rows_waiting += request.rows
+        self.engine.set_queue_depth(self.graph, len(self.waiting))
+        self._start()
+        if self._idle or not policy.batching or self.rows_waiting >= policy.max_rows:
+            self._wake()
+        try:
+            return await asyncio.wait_for(request.future, policy.timeout_seconds)
+        except asyncio.TimeoutError:
+            self._abandon(request)
+            self.engine.count_rejected(self.graph, "timeout")
+            raise InferenceTimeout(
+                f"{self.graph.label} did not answer within the inference deadline of {policy.timeout_seconds:g} s "
+                "(queue wait plus computation); the request was dropped",
+                {"model": self.graph.model, "graph": self.graph.role, "timeout_seconds": policy.timeout_seconds},
+            ) from None
+        except asyncio.CancelledError:
+            self._abandon(request)
+            self.engine.count_rejected(self.graph, "cancelled")
+            raise
+
+    def _abandon(self, request: _Request) -> None:
+        """The caller is gone (deadline, cancellation): leave the queue, or stop its batch if nobody else waits."""
+        if request.batch is None:
+            try:
+                self.waiting.remove(request)
+            except ValueError:
+                return
+            self.rows_waiting -= request.rows
+            self.engine.set_queue_depth(self.graph, len(self.waiting))
+            return
+        batch = request.batch
+        if not batch.terminated and all(r.future.done() for r in batch.requests):
+            batch.terminated = True
+            batch.run_options.terminate = True
+
+    # -- the dispatcher ------------------------------------------------------------------------------------
+    def _start(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._dispatch(), name=f"batcher {self.graph.label}")
+
+    def _wake(self) -> None:
+        if self._waker is not None and not self._waker.done():
+            self._waker.set_result(None)
+
+    async def _sleep(self, timeout: float | None) -> None:
+        """Until `submit` wakes us (or `timeout` seconds pass)."""
+        loop = asyncio.get_running_loop()
+        self._waker = waker = loop.create_future()
+        self._idle = timeout is None
+        handle = loop.call_later(timeout, _resolve, waker) if timeout is not None else None
+        try:
+            await waker
+        finally:
+            self._waker = None
+            self._idle = False
+            if handle is not None:
+                handle.cancel()
+
+    async def _dispatch(self) -> None:
+        loop = asyncio.get_running_loop()
+        policy = self.policy
+        slots = self.engine.slots()
+        while True:
+            if not self.waiting:
+                await self._sleep(None)
+                continue
+            if policy.batching and policy.max_delay_seconds > 0 and self.rows_waiting < policy.max_rows:
+                remaining = self.waiting[0].enqueued + policy.max_delay_seconds - loop.time()
+                if remaining > 0:
+                    await self._sleep(remaining)
+                    continue
+            await slots.acquire()
+            if not self.waiting:  # every waiting caller left while we waited for a slot
+                slots.release()
+                continue
+            self._launch(self._take(), loop)
+
+    def _take(self) -> _Batch:
+        """The oldest request plus later ones of the same sample shape while the rows fit (order kept)."""
+        head = self.waiting.popleft()
+        members = [head]
+        rows = head.rows
+        max_rows = self.policy.max_rows
+        if self.policy.batching and 0 < rows < max_rows and self.waiting:
+            rest: deque[_Request] = deque()
+            while self.waiting and rows < max_rows:
+                request = self.waiting.popleft()
+                if request.key == head.key and request.rows > 0 and rows + request.rows <= max_rows:
+                    members.append(request)
+                    rows += request.rows
+                else:
+                    rest.append(request)
+            rest.extend(self.waiting)
+            self.waiting = rest
+        self.rows_waiting -= rows
+        self.engine.set_queue_depth(self.graph, len(self.waiting))
+        batch = _Batch(members)
+        for request in members:
+            request.batch = batch
+        return batch
+
+    def _launch(self, batch: _Batch, loop: asyncio.AbstractEventLoop) -> None:
+        self.engine.observe_queue_wait(self.graph, [loop.time() - r.enqueued for r in batch.requests])
+        try:
+            job = loop.run_in_executor(self.engine.executor(), self.engine.compute_batch, self.graph, batch)
+        except RuntimeError:  # the executor is shut down: the service is stopping
+            self.engine.slots().release()
+            _settle(batch, ModelUnavailable("the service is shutting down"))
+            return
+        self._running.add(job)
+        job.add_done_callback(lambda done: self._finished(done, batch))
+
+    def _finished(self, job: asyncio.Future[list[Outputs | ServiceError]], batch: _Batch) -> None:
+        self._running.discard(job)
+        self.engine.slots().release()
+        if job.cancelled():
+            _settle(batch, ModelUnavailable("the service is shutting down"))
+            return
+        error = job.exception()
+        if error is not None:
+            log.error("batch of %s failed unexpectedly: %r", self.graph.label, error)
+            _settle(batch, InferenceError(f"{self.graph.label} failed", {"model": self.graph.model}))
+            return
+        for request, outcome in zip(batch.requests, job.result(), strict=True):
+            if request.future.done():  # the caller left (deadline or cancellation): drop its result
+                continue
+            if isinstance(outcome, ServiceError):
+                request.future.set_exception(outcome)
+            else:
+                request.future.set_result(outcome)
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        while self.waiting:
+            request = self.waiting.popleft()
+            if not request.future.done():
+                request.future.set_exception(ModelUnavailable("the service is shutting down"))
+        self.rows_waiting = 0
+        if self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def _settle(batch: _Batch, error: ServiceError) -> None:
+    for request in batch.requests:
+        if not request.future.done():
+            request.future.set_exception(error)
+
+
 class InferenceEngine:
-    """Runs graphs: bounded concurrency per model, off the event loop, outputs checked, metrics recorded."""
+    """Runs graphs: queued and batched per model graph, off the event loop, outputs checked, metrics recorded."""
 
-    def __init__(self, metrics: Metrics | None = None, concurrency_per_model: int = 2) -> None:
+    def __init__(self, metrics: Metrics | None = None, settings: Settings | None = None) -> None:
         self._metrics = metrics
-        self._concurrency = concurrency_per_model
-        self._limiters: dict[str, anyio.CapacityLimiter] = {}
+        self._settings = settings if settings is not None else get_settings()
+        self._queues: dict[str, _GraphQueue] = {}
+        self._executor: ThreadPoolExecutor | None = None
+        self._slots: asyncio.Semaphore | None = None
 
-    def _limiter(self, model: str) -> anyio.CapacityLimiter:
-        limiter = self._limiters.get(model)
-        if limiter is None:
-            limiter = self._limiters[model] = anyio.CapacityLimiter(self._concurrency)
-        return limiter
+    @property
+    def concurrency(self) -> int:
+        """ONNX Runtime calls in flight at most in this process."""
+        return self._settings.ort_concurrency()
 
-    async def run(self, graph: GraphSession, feeds: Mapping[str, np.ndarray], endpoint: str) -> dict[str, np.ndarray]:
-        """Run `graph` on `feeds` in a worker thread; returns every output by name."""
-        call = functools.partial(self.run_blocking, graph, feeds, endpoint)
-        return await anyio.to_thread.run_sync(call, limiter=self._limiter(graph.model))
+    def policy(self, graph: GraphSession) -> BatchPolicy:
+        """The batching, queue and deadline knobs in force for `graph`."""
+        return BatchPolicy.resolve(self._settings, graph)
 
-    def run_blocking(
-        self, graph: GraphSession, feeds: Mapping[str, np.ndarray], endpoint: str
-    ) -> dict[str, np.ndarray]:
-        """Run `graph` on `feeds` in the calling thread (the warm-up, and the worker threads of `run`)."""
+    async def run(self, graph: GraphSession, feeds: Mapping[str, np.ndarray], endpoint: str) -> Outputs:
+        """Run `graph` on `feeds` (batched with concurrent callers when allowed); returns every output by name."""
+        self._check_inputs(graph, feeds)
+        queue = self._queues.get(graph.label)
+        if queue is None or queue.graph is not graph:
+            queue = self._queues[graph.label] = _GraphQueue(self, graph, self.policy(graph))
+        return await queue.submit(feeds, endpoint)
+
+    def run_blocking(self, graph: GraphSession, feeds: Mapping[str, np.ndarray], endpoint: str) -> Outputs:
+        """Run `graph` on `feeds` in the calling thread, outside the queue (the warm-up at load)."""
         axes = self._check_inputs(graph, feeds)
+        outputs = self._session_run(graph, feeds, endpoint, None)
+        self._check_output_shapes(graph, outputs, axes)
+        self._check_finite(graph, outputs)
+        return outputs
+
+    async def aclose(self) -> None:
+        """Stop the dispatchers, fail whatever still waits, wait for running calls, release the threads."""
+        queues, self._queues = list(self._queues.values()), {}
+        for queue in queues:
+            await queue.aclose()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+    # -- shared resources, created in the running loop on first use -------------------------------------------
+    def slots(self) -> asyncio.Semaphore:
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.concurrency)
+        return self._slots
+
+    def executor(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="ae-onnx")
+        return self._executor
+
+    # -- the worker thread's side ---------------------------------------------------------------------------
+    def compute_batch(self, graph: GraphSession, batch: _Batch) -> list[Outputs | ServiceError]:
+        """One ONNX Runtime call for the whole batch, split back per request (runs in a worker thread)."""
+        requests = batch.requests
+        if len(requests) == 1:
+            feeds = requests[0].feeds
+        else:
+            feeds = {name: np.concatenate([r.feeds[name] for r in requests]) for name in requests[0].feeds}
+        try:
+            outputs = self._session_run(graph, feeds, batch.endpoint, batch.run_options)
+            self._check_output_shapes(graph, outputs, _bind_axes(graph.inputs, feeds))
+        except InferenceError as error:
+            if batch.terminated or len(requests) == 1:
+                return [error] * len(requests)
+            # Whatever failed, one request must not fail the others: run each on its own.
+            log.warning("merged batch of %s failed; running its %d requests one by one", graph.label, len(requests))
+            return [self._compute_one(graph, r) for r in requests]
+        results: list[Outputs | ServiceError] = []
+        start = 0
+        for request in requests:
+            stop = start + request.rows
+            part = outputs if len(requests) == 1 else {name: v[start:stop] for name, v in outputs.items()}
+            start = stop
+            try:
+                self._check_finite(graph, part)
+            except InferenceError as error:
+                results.append(error)
+                continue
+            results.append(part)
+        return results
+
+    def _compute_one(self, graph: GraphSession, request: _Request) -> Outputs | ServiceError:
+        try:
+            outputs = self._session_run(graph, request.feeds, request.endpoint, None)
+            self._check_output_shapes(graph, outputs, _bind_axes(graph.inputs, request.feeds))
+            self._check_finite(graph, outputs)
+        except InferenceError as error:
+            return error
+        return outputs
+
+    def _session_run(
+        self, graph: GraphSession, feeds: Mapping[str, np.ndarray], endpoint: str, options: ort.RunOptions | None
+    ) -> Outputs:
         started = time.perf_counter()
         try:
-            values = graph.session.run(None, dict(feeds))
+            values = graph.session.run(None, dict(feeds), options)
         except Exception as exc:  # ORT raises its own exception types (Fail, InvalidArgument, RuntimeException)
+            if options is not None and options.terminate:
+                raise InferenceError(f"{graph.label}: stopped, every caller had left") from exc
             log.error("onnx runtime failed on %s: %s", graph.label, exc)
             raise InferenceError(
                 f"ONNX Runtime failed on {graph.label}: {str(exc).splitlines()[0][:300]}",
                 {"model": graph.model, "graph": graph.role},
             ) from exc
         elapsed = time.perf_counter() - started
-        outputs = {spec.name: value for spec, value in zip(graph.outputs, values, strict=True)}
-        self._check_outputs(graph, outputs, axes)
         if self._metrics is not None and endpoint != "warmup":
-            batch = next(iter(feeds.values())).shape[0] if feeds else 0
+            rows = next(iter(feeds.values())).shape[0] if feeds else 0
             labels = (graph.model, graph.role, endpoint)
-            self._metrics.batch_size.labels(*labels).observe(batch)
+            self._metrics.batch_size.labels(*labels).observe(rows)
             self._metrics.inference_latency.labels(*labels).observe(elapsed)
-        return outputs
+        return {spec.name: value for spec, value in zip(graph.outputs, values, strict=True)}
 
+    # -- metrics (no-ops without a Metrics object) -----------------------------------------------------------
+    def set_queue_depth(self, graph: GraphSession, depth: int) -> None:
+        if self._metrics is not None:
+            self._metrics.queue_depth.labels(graph.model, graph.role).set(depth)
+
+    def observe_queue_wait(self, graph: GraphSession, seconds: list[float]) -> None:
+        if self._metrics is not None:
+            histogram = self._metrics.queue_duration.labels(graph.model, graph.role)
+            for value in seconds:
+                histogram.observe(value)
+
+    def count_rejected(self, graph: GraphSession, reason: str) -> None:
+        if self._metrics is not None:
+            self._metrics.rejected.labels(graph.model, graph.role, reason).inc()
+
+    # -- checks ---------------------------------------------------------------------------------------------
     @staticmethod
     def _check_inputs(graph: GraphSession, feeds: Mapping[str, np.ndarray]) -> dict[str, int]:
         names = [spec.name for spec in graph.inputs]
@@ -130,17 +494,22 @@ class InferenceEngine:
         return axes
 
     @staticmethod
-    def _check_outputs(graph: GraphSession, outputs: Mapping[str, np.ndarray], axes: Mapping[str, int]) -> None:
-        # A model that silently changes a size (e.g. a conv net on a side not divisible by its stride) or
-        # produces NaN must fail loudly here rather than answer wrong numbers or crash the JSON encoder.
+    def _check_output_shapes(graph: GraphSession, outputs: Mapping[str, np.ndarray], axes: Mapping[str, int]) -> None:
+        # A model that silently changes a size (e.g. a conv net on a side not divisible by its stride) must fail
+        # loudly here rather than answer wrong numbers (or split a merged batch at the wrong rows).
         for spec in graph.outputs:
-            value = outputs[spec.name]
-            problem = check_shape(spec, value.shape, axes)
+            problem = check_shape(spec, outputs[spec.name].shape, axes)
             if problem:
                 raise InferenceError(
                     f"{graph.label} returned output {spec.name} with {problem}",
                     {"model": graph.model, "graph": graph.role, "output": spec.name},
                 )
+
+    @staticmethod
+    def _check_finite(graph: GraphSession, outputs: Mapping[str, np.ndarray]) -> None:
+        # Checked per caller after a merged batch is split: one caller's NaN must not fail the others.
+        for spec in graph.outputs:
+            value = outputs[spec.name]
             if value.dtype.kind == "f" and not np.isfinite(value).all():
                 raise InferenceError(
                     f"{graph.label} produced non-finite values in output {spec.name}",

@@ -46,7 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = InferenceEngine(metrics, settings.inference_concurrency)
+        engine = InferenceEngine(metrics, settings)
         registry = ModelRegistry(settings, engine, metrics)
         app.state.registry = registry
         app.state.service = InferenceService(engine, settings)
@@ -64,7 +64,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            await engine.aclose()
             registry.close()
+            metrics.close()
             log.info("service stopped")
 
     app = FastAPI(

@@ -1,13 +1,29 @@
-"""Prometheus metrics, one collector registry per app (so several apps in one process never clash)."""
+"""Prometheus metrics, one collector registry per app (so several apps in one process never clash).
+
+With several uvicorn workers (`python -m app --workers N`, N > 1) `app/__main__.py` points
+`PROMETHEUS_MULTIPROC_DIR` at a fresh temporary directory before the workers start: prometheus_client then keeps
+every value in per-process files there and `/metrics`, whichever worker answers it, adds up every worker's
+counters and histograms (gauges: the sum of live workers for in-flight and queue depth, the minimum for model
+readiness, the maximum for load time). Each worker still has its own batcher and queue bound.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+QUEUE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def multiprocess_dir() -> str | None:
+    """The directory of prometheus_client's multiprocess mode when it is on (several workers), else None."""
+    return os.environ.get(MULTIPROC_ENV) or None
 
 
 class Metrics:
@@ -31,22 +47,50 @@ class Metrics:
             "ae_http_request_duration_seconds", "Time from request start to the last response byte",
             ["route", "model"], buckets=LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
-        self.in_flight = Gauge("ae_http_requests_in_flight", "HTTP requests being handled", registry=r)
+        self.in_flight = Gauge(
+            "ae_http_requests_in_flight", "HTTP requests being handled", registry=r, multiprocess_mode="livesum"
+        )
+        # Per ONNX Runtime call (a merged batch counts once; `endpoint` is "mixed" when it merged several tasks).
         self.batch_size = Histogram(
-            "ae_inference_batch_size", "Rows per ONNX Runtime call", ["model", "graph", "endpoint"],
-            buckets=BATCH_BUCKETS, registry=r,
+            "ae_inference_batch_size", "Rows per ONNX Runtime call (after dynamic batching)",
+            ["model", "graph", "endpoint"], buckets=BATCH_BUCKETS, registry=r,
         )  # fmt: skip
         self.inference_latency = Histogram(
-            "ae_inference_duration_seconds", "Time inside ONNX Runtime per call", ["model", "graph", "endpoint"],
-            buckets=LATENCY_BUCKETS, registry=r,
+            "ae_inference_duration_seconds", "Compute time: time inside ONNX Runtime per call",
+            ["model", "graph", "endpoint"], buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        # Per request, per model graph (as Triton reports queue vs compute).
+        self.queue_duration = Histogram(
+            "ae_inference_queue_duration_seconds", "Time a request waited in its model graph's queue",
+            ["model", "graph"], buckets=QUEUE_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.queue_depth = Gauge(
+            "ae_inference_queue_depth", "Requests waiting in the model graph's queue (summed over workers)",
+            ["model", "graph"], registry=r, multiprocess_mode="livesum",
+        )  # fmt: skip
+        self.rejected = Counter(
+            "ae_inference_rejected", "Requests that got no inference: queue_full (503), timeout (504), cancelled",
+            ["model", "graph", "reason"], registry=r,
         )  # fmt: skip
         self.model_ready = Gauge(
-            "ae_model_ready", "1 when the model is loaded and serving, else 0", ["model"], registry=r
-        )
+            "ae_model_ready", "1 when the model is loaded and serving (in every worker), else 0", ["model"],
+            registry=r, multiprocess_mode="livemin",
+        )  # fmt: skip
         self.model_load_seconds = Gauge(
-            "ae_model_load_seconds", "Time to verify, open and warm the model's sessions", ["model"], registry=r
-        )
+            "ae_model_load_seconds", "Time to verify, open and warm the model's sessions", ["model"], registry=r,
+            multiprocess_mode="livemax",
+        )  # fmt: skip
 
     def render(self) -> bytes:
-        """The Prometheus text exposition of every metric."""
-        return generate_latest(self.registry)
+        """The Prometheus text exposition of every metric (of every worker in multiprocess mode)."""
+        path = multiprocess_dir()
+        if path is None:
+            return generate_latest(self.registry)
+        aggregate = CollectorRegistry()
+        multiprocess.MultiProcessCollector(aggregate, path=path)  # type: ignore[no-untyped-call]
+        return generate_latest(aggregate)
+
+    def close(self) -> None:
+        """This worker is stopping: drop its live gauges from the multiprocess aggregate."""
+        if multiprocess_dir() is not None:
+            multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]

@@ -252,7 +252,9 @@ class ModelRegistry:
                 ) from exc
             _compare_tensors(f"graph {role} input", graph_card.inputs, session.get_inputs())
             _compare_tensors(f"graph {role} output", graph_card.outputs, session.get_outputs())
-            entry.graphs[role] = GraphSession(model=card.name, role=role, card=graph_card, session=session)
+            entry.graphs[role] = GraphSession(
+                model=card.name, role=role, card=graph_card, session=session, serving=card.serving
+            )
             report = report_providers(plan, session.get_providers())
             if entry.providers is None or (report.fallback and not entry.providers.fallback):
                 entry.providers = report

@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "AE_"
@@ -61,8 +61,8 @@ class Settings(BaseSettings):
 
     intra_op_threads: int = Field(default=0, ge=0)
     """Threads ONNX Runtime uses inside one operator. 0: the usable CPUs (affinity and cgroup quota, not the
-    host's core count) divided by `workers` x `inference_concurrency`, at least 1, so that concurrent ONNX
-    calls of every worker together do not oversubscribe the CPUs."""
+    host's core count) divided by `workers` x the ONNX calls in flight per worker (`inference_concurrency`), at
+    least 1, so that the concurrent ONNX calls of every worker together do not oversubscribe the CPUs."""
 
     inter_op_threads: int = Field(default=1, ge=1)
     """Threads ONNX Runtime uses to run independent operators in parallel (sequential mode uses 1)."""
@@ -74,8 +74,36 @@ class Settings(BaseSettings):
     """Let ORT's intra-op threads busy-wait between operators: lower latency, but it burns CPU that the HTTP
     side of a small box needs."""
 
-    inference_concurrency: int = Field(default=2, ge=1)
-    """ONNX Runtime calls allowed at once per model; further calls wait for a slot."""
+    inference_concurrency: int = Field(default=0, ge=0)
+    """ONNX Runtime calls in flight at once in one worker process, over every model (each call may be a merged
+    batch of many requests). 0: the usable CPUs divided by `workers`, at least 1. Further batches wait in their
+    model graph's queue, where later requests join them."""
+
+    batching: bool = True
+    """Dynamic batching: concurrent requests to the same model graph are merged into one ONNX Runtime call and
+    the outputs split back to each caller in order. Off: every request is its own call (still queued, bounded and
+    under the deadline). A model card's `serving` section may set this and the four knobs below per model; a
+    value set in the environment wins over the card."""
+
+    batch_max_rows: int = Field(default=64, ge=1)
+    """Most rows (samples) merged into one ONNX Runtime call; a request counts its own rows (a 50-row request
+    counts 50). A request with more rows than this runs alone: never split, never refused by the batcher (the
+    request limit `max_batch_rows` still applies). Images merge only with images of the same size, series only
+    with series of the same length."""
+
+    batch_max_delay_ms: float = Field(default=1.0, ge=0.0, le=1000.0)
+    """Longest time, in milliseconds, the oldest waiting request holds its batch open for others to join before
+    it is sent (a full batch goes at once). 0: no holding back; requests still merge whenever they arrive while
+    the previous call runs."""
+
+    queue_max_requests: int = Field(default=128, ge=1)
+    """Requests allowed to wait for ONNX Runtime per model graph in one worker process (each worker has its
+    own queue). A request arriving at a full queue is refused at once with 503 `overloaded` and `Retry-After`."""
+
+    inference_timeout_seconds: float = Field(default=30.0, gt=0.0)
+    """Deadline per request from entering the queue to its result (queue wait plus computation): beyond it the
+    request is answered 504 `inference_timeout` and leaves the queue (a batch whose callers have all gone is
+    told to stop)."""
 
     workers: int = Field(default=1, ge=1)
     """uvicorn worker processes (`python -m app --workers` overrides). Each loads its own sessions."""
@@ -94,7 +122,22 @@ class Settings(BaseSettings):
     """Model behind `POST /v1/predict`."""
 
     max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
-    """Largest request body accepted on inference routes (413 beyond)."""
+    """Largest request body accepted on any route, in bytes (413 beyond). Decided from `Content-Length` before
+    the body is read, and counted while reading bodies sent without one (chunked). For `Content-Encoding: gzip`
+    or `deflate` bodies it is the *decompressed* size that counts (decoded incrementally, never past the
+    limit)."""
+
+    body_timeout_seconds: float = Field(default=60.0, ge=0.0)
+    """The whole request body must arrive within this many seconds of the request's start (408 beyond): a
+    stalled or trickling client cannot hold a slot forever (uvicorn has no read deadline). 0: no deadline."""
+
+    max_in_flight_requests: int = Field(default=256, ge=1)
+    """Requests handled at once by one worker process (reading, queued or running), over every route; one more
+    is refused at once with 503 `overloaded` and `Retry-After`. `/healthz`, `/readyz`, `/metrics` and the V2
+    health routes are not counted and never refused."""
+
+    retry_after_seconds: int = Field(default=1, ge=0)
+    """The `Retry-After` value (seconds) of a 503 `overloaded` answer."""
 
     max_batch_rows: int = Field(default=4096, ge=1)
     """Most samples (rows, images, latent codes, series) in one request (413 beyond)."""
@@ -109,7 +152,14 @@ class Settings(BaseSettings):
     """Longest image side accepted (413 beyond)."""
 
     max_upload_files: int = Field(default=256, ge=1)
-    """Most files in one multipart upload."""
+    """Most files in one multipart upload (413 beyond). Each file's size is bounded by `max_body_bytes`."""
+
+    max_form_fields: int = Field(default=8, ge=0)
+    """Most non-file fields in one multipart upload (400 beyond; the inference routes take none: options go in
+    the query string, so any field is then a 422 naming it)."""
+
+    max_form_field_bytes: int = Field(default=64 * 1024, ge=1024)
+    """Largest non-file field of a multipart upload, in bytes (400 beyond)."""
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """Level of the service's JSON log lines (one per request at info)."""
@@ -124,10 +174,44 @@ class Settings(BaseSettings):
     """Mount the benchmark ceilings `POST /bench/noop-raw` (echo the body unparsed) and `POST /bench/noop-parse`
     (parse it as `/v1` does, then echo it), outside the OpenAPI schema. For `bench/` only; off in production."""
 
-    @field_validator("required_models", "providers", mode="before")
+    api_key: SecretStr | None = None
+    """When set, every request must carry `Authorization: Bearer <this key>` (401 otherwise), except the paths in
+    `api_key_exempt_paths`. Unset: no authentication (put the service behind something that does it)."""
+
+    api_key_exempt_paths: CommaList = ["/healthz", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready"]
+    """Paths served without the API key: exact paths, or prefixes ending in `*` (e.g. `/docs*`). Default: health
+    and metrics, so probes and scrapers need no secret."""
+
+    cors_origins: CommaList = []
+    """Origins allowed to call the API from a browser (CORS), e.g. `https://app.example.com`; `*` for any.
+    Empty (default): no CORS headers are sent, so pages on other origins cannot read the answers."""
+
+    drain_seconds: float = Field(default=0.0, ge=0.0)
+    """On SIGTERM, keep serving this many seconds with readiness (`/readyz`, `/v2/health/ready`) answering 503,
+    so that a load balancer stops routing here before the listener closes. 0: close the listener at once."""
+
+    graceful_timeout_seconds: float = Field(default=25.0, gt=0.0)
+    """Time from SIGTERM to exit: the drain, then in-flight requests finish (anything still running when it is
+    up is cancelled). Keep it below the orchestrator's kill deadline (Kubernetes: terminationGracePeriodSeconds,
+    30 s by default). `python -m app --timeout-graceful-shutdown` overrides it."""
+
+    @field_validator("required_models", "providers", "api_key_exempt_paths", "cors_origins", mode="before")
     @classmethod
     def _comma_list(cls, value: object) -> object:
         return _split_list(value)
+
+    @model_validator(mode="after")
+    def _drain_within_grace(self) -> Settings:
+        if self.drain_seconds >= self.graceful_timeout_seconds:
+            raise ValueError(
+                f"drain_seconds ({self.drain_seconds:g}) must be shorter than graceful_timeout_seconds "
+                f"({self.graceful_timeout_seconds:g}): the drain is part of the grace period"
+            )
+        return self
+
+    def shutdown_timeout(self) -> float:
+        """Seconds uvicorn gives in-flight requests once the listener has closed (the grace period minus the drain)."""
+        return self.graceful_timeout_seconds - self.drain_seconds
 
     def default_model(self, task: str) -> str:
         """The model the short alias route of `task` serves."""
@@ -135,11 +219,17 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown task {task!r}")
         return str(getattr(self, f"default_{task}_model"))
 
+    def ort_concurrency(self) -> int:
+        """ONNX Runtime calls in flight per worker process (resolves `inference_concurrency` 0 = automatic)."""
+        if self.inference_concurrency:
+            return self.inference_concurrency
+        return max(1, usable_cpus() // self.workers)
+
     def ort_intra_op_threads(self) -> int:
         """The intra-op thread count actually used (resolves 0 = automatic)."""
         if self.intra_op_threads:
             return self.intra_op_threads
-        return max(1, usable_cpus() // (self.workers * self.inference_concurrency))
+        return max(1, usable_cpus() // (self.workers * self.ort_concurrency()))
 
 
 @lru_cache(maxsize=1)
