@@ -18,6 +18,7 @@ from app.metrics import Metrics
 from app.middleware import RequestContextMiddleware
 from app.registry import ModelRegistry
 from app.routers import bench, health, inference, models
+from app.routers.demo import install_demo
 from app.service import InferenceService
 from app.settings import Settings, get_settings
 
@@ -88,5 +89,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(bench.router)
     if settings.docs:
         install_docs(app)
+    if settings.demo:
+        install_demo(app)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
     return app

@@ -170,6 +170,10 @@ class Settings(BaseSettings):
     docs: bool = True
     """Serve `/docs` (Swagger UI) and `/redoc` from local assets."""
 
+    demo: bool = True
+    """Serve the demo page at `/` (static HTML/JS/CSS from `app/static/`, no CDN) and its assets under
+    `/demo-assets`."""
+
     bench_endpoints: bool = False
     """Mount the benchmark ceilings `POST /bench/noop-raw` (echo the body unparsed) and `POST /bench/noop-parse`
     (parse it as `/v1` does, then echo it), outside the OpenAPI schema. For `bench/` only; off in production."""
