@@ -21,6 +21,7 @@ from app.routers import bench, health, inference, models
 from app.routers.demo import install_demo
 from app.service import InferenceService
 from app.settings import Settings, get_settings
+from app.v2.router import router as v2_router
 
 log = logging.getLogger("app")
 
@@ -50,6 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine = InferenceEngine(metrics, settings)
         registry = ModelRegistry(settings, engine, metrics)
         app.state.registry = registry
+        app.state.engine = engine
         app.state.service = InferenceService(engine, settings)
         await anyio.to_thread.run_sync(registry.load_all)
         readiness = registry.readiness()
@@ -84,6 +86,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(models.router)
+    app.include_router(v2_router)
     app.include_router(inference.router)
     if settings.bench_endpoints:
         app.include_router(bench.router)

@@ -1,0 +1,266 @@
+"""Thin routes of the Open Inference Protocol (KServe V2 / Triton HTTP): parse -> data plane -> encode.
+
+The infer body is read raw whatever its Content-Type (tritonclient sends none), bounded by
+`AE_MAX_BODY_BYTES`; errors on every `/v2` route come out as `{"error": "<message>"}` (see
+`app.errors.render_error`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Annotated, Any
+
+import anyio.to_thread
+from fastapi import APIRouter, Path, Request
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from app.codecs import to_json
+from app.deps import EngineDep, RegistryDep, ServiceDep, SettingsDep
+from app.inference import InferenceEngine
+from app.inputs import read_body
+from app.registry import ModelRegistry
+from app.service import InferenceService
+from app.settings import Settings
+from app.v2 import dataplane
+from app.v2.protocol import BINARY_CONTENT_TYPE, HEADER_LENGTH, JSON_CONTENT_TYPE, encode_response, parse_request
+from app.v2.schemas import (
+    InferenceRequest,
+    InferenceResponse,
+    ModelConfigResponse,
+    ModelMetadataResponse,
+    ModelReadyResponse,
+    ServerLiveResponse,
+    ServerMetadataResponse,
+    ServerReadyResponse,
+    V2ErrorResponse,
+)
+
+TAG = "open inference protocol (v2)"
+router = APIRouter(prefix="/v2", tags=[TAG])
+
+ModelName = Annotated[
+    str,
+    Path(
+        description="`<model>.<encoder|decoder|full>`, or `<model>` for its full graph (`GET /v1/models` lists "
+        "the models)",
+        examples=["dense.encoder"],
+    ),
+]
+ModelVersion = Annotated[str, Path(description="the card's version string", examples=["1"])]
+# JSON header bodies up to this size parse on the event loop; larger ones (or big binary tensors, whose value
+# checks are a pass over the data) go to a worker thread so they do not stall other requests.
+_PARSE_ON_LOOP_BYTES = 64 * 1024
+_PARSE_ON_LOOP_BINARY_BYTES = 1024 * 1024
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    described = {
+        400: "malformed request: JSON, header length, datatype, data size, unknown input or output",
+        404: "unknown model, graph or version",
+        413: "body or batch over the limits",
+        422: "wrong shape, or values outside the model's range or non-finite",
+        500: "the model failed or produced invalid output",
+        503: "not ready: the model (or a required model) did not load",
+    }
+    return {s: {"model": V2ErrorResponse, "description": described[s]} for s in statuses}
+
+
+class TensorResponse(Response):
+    """An inference response sent as its buffers (JSON header, then each binary tensor) without joining them."""
+
+    def __init__(self, buffers: Sequence[bytes | memoryview], header_length: int | None) -> None:
+        self.buffers = list(buffers)
+        self.status_code = 200
+        self.background = None
+        self.media_type = JSON_CONTENT_TYPE if header_length is None else BINARY_CONTENT_TYPE
+        self.body = b""
+        headers = {"content-length": str(sum(len(b) for b in self.buffers))}
+        if header_length is not None:
+            headers[HEADER_LENGTH] = str(header_length)
+        self.init_headers(headers)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        last = len(self.buffers) - 1
+        for index, buffer in enumerate(self.buffers):
+            await send({"type": "http.response.body", "body": buffer, "more_body": index < last})
+
+
+def _json(body: Any, status: int = 200) -> Response:
+    return Response(to_json(body.model_dump(exclude_none=True)), status_code=status, media_type=JSON_CONTENT_TYPE)
+
+
+# -- server -------------------------------------------------------------------------------------------------
+@router.get("", response_model=ServerMetadataResponse, summary="Server metadata")
+async def get_server_metadata() -> Response:
+    """Name, version and the protocol extensions offered (`binary_tensor_data`, `model_configuration`)."""
+    return _json(dataplane.server_metadata())
+
+
+@router.get("/health/live", response_model=ServerLiveResponse, summary="Server liveness")
+async def get_server_live() -> Response:
+    """200 `{"live": true}` while the process answers."""
+    return _json(ServerLiveResponse(live=True))
+
+
+@router.get("/health/ready", response_model=ServerReadyResponse, summary="Server readiness", responses=_errors(503))
+async def get_server_ready(registry: RegistryDep) -> Response:
+    """200 `{"ready": true}` when every required model serves, else 503 naming what is not ready."""
+    dataplane.check_ready(registry)
+    return _json(ServerReadyResponse(ready=True))
+
+
+# -- models (each route also under /versions/{version}) -----------------------------------------------------
+async def _metadata(registry: ModelRegistry, name: str, version: str | None) -> Response:
+    return _json(dataplane.model_metadata(dataplane.resolve(registry, name, version)))
+
+
+async def _ready(registry: ModelRegistry, name: str, version: str | None) -> Response:
+    dataplane.resolve(registry, name, version)
+    return _json(ModelReadyResponse(name=name, ready=True))
+
+
+async def _config(
+    registry: ModelRegistry, settings: Settings, engine: InferenceEngine, name: str, version: str | None
+) -> Response:
+    return _json(dataplane.model_config(dataplane.resolve(registry, name, version), settings, engine))
+
+
+async def _infer(
+    request: Request,
+    registry: ModelRegistry,
+    service: InferenceService,
+    engine: InferenceEngine,
+    settings: Settings,
+    name: str,
+    version: str | None,
+) -> Response:
+    entry, _ = dataplane.locate(registry, name)
+    request.state.model = entry.name
+    request.state.task = "v2"
+    model = dataplane.resolve(registry, name, version)
+    body = await read_body(request, settings.max_body_bytes)
+    header_length = request.headers.get(HEADER_LENGTH)
+
+    def prepare() -> tuple[dataplane.InferPlan, str | None]:
+        parsed = parse_request(body, header_length)
+        return dataplane.plan_inference(model, parsed, service, settings), parsed.id
+
+    json_bytes = int(header_length) if header_length and header_length.isdigit() else len(body)
+    on_loop = json_bytes < _PARSE_ON_LOOP_BYTES and len(body) < _PARSE_ON_LOOP_BINARY_BYTES
+    plan, request_id = prepare() if on_loop else await anyio.to_thread.run_sync(prepare)
+    outputs = await dataplane.run_inference(model, plan, engine)
+    buffers, header = encode_response(model.name, model.version, request_id, outputs)
+    return TensorResponse(buffers, header)
+
+
+_METADATA: dict[str, Any] = {"response_model": ModelMetadataResponse, "responses": _errors(404, 503)}
+_READY: dict[str, Any] = {"response_model": ModelReadyResponse, "responses": _errors(404, 503)}
+_CONFIG: dict[str, Any] = {"response_model": ModelConfigResponse, "responses": _errors(404, 503)}
+_INFER_OPENAPI = {
+    "requestBody": {
+        "required": True,
+        "description": "JSON tensors; or, with the binary tensor data extension, this JSON followed by raw "
+        "little-endian tensors, its length in the `Inference-Header-Content-Length` header (any or no "
+        "Content-Type)",
+        "content": {
+            JSON_CONTENT_TYPE: {
+                "schema": InferenceRequest.model_json_schema(ref_template="#/components/schemas/{model}"),
+                "examples": {
+                    "encode one digit (JSON in and out)": {
+                        "value": {
+                            "id": "req-1",
+                            "inputs": [{"name": "x", "shape": [1, 784], "datatype": "FP32", "data": [0.0] * 784}],
+                            "outputs": [{"name": "z"}],
+                        }
+                    },
+                    "decode a code (nested data)": {
+                        "value": {"inputs": [{"name": "z", "shape": [1, 32], "datatype": "FP32", "data": [[0.0] * 32]}]}
+                    },
+                },
+            },
+            BINARY_CONTENT_TYPE: {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+_INFER: dict[str, Any] = {
+    "openapi_extra": _INFER_OPENAPI,
+    "response_model": None,
+    "responses": {
+        200: {
+            "model": InferenceResponse,
+            "description": "JSON outputs; with binary outputs the JSON header (length in "
+            "`Inference-Header-Content-Length`) is followed by the raw tensors",
+            "content": {BINARY_CONTENT_TYPE: {"schema": {"type": "string", "format": "binary"}}},
+        },
+        **_errors(400, 404, 413, 422, 500, 503),
+    },
+}
+
+
+@router.get("/models/{name}", summary="Model metadata", **_METADATA)
+async def get_model_metadata(name: ModelName, registry: RegistryDep) -> Response:
+    """Tensors with the protocol's datatypes; the batch axis and other dynamic axes are -1."""
+    return await _metadata(registry, name, None)
+
+
+@router.get("/models/{name}/versions/{version}", summary="Model metadata (a version)", **_METADATA)
+async def get_model_version_metadata(name: ModelName, version: ModelVersion, registry: RegistryDep) -> Response:
+    """Tensors with the protocol's datatypes; 404 unless `version` is the card's version."""
+    return await _metadata(registry, name, version)
+
+
+@router.get("/models/{name}/ready", summary="Model readiness", **_READY)
+async def get_model_ready(name: ModelName, registry: RegistryDep) -> Response:
+    """200 `{"name", "ready": true}` when the model serves; 503 when it did not load; 404 when unknown."""
+    return await _ready(registry, name, None)
+
+
+@router.get("/models/{name}/versions/{version}/ready", summary="Model readiness (a version)", **_READY)
+async def get_model_version_ready(name: ModelName, version: ModelVersion, registry: RegistryDep) -> Response:
+    """200 `{"name", "ready": true}` when that version serves; 503 when it did not load; 404 when unknown."""
+    return await _ready(registry, name, version)
+
+
+@router.get("/models/{name}/config", summary="Model configuration (Triton)", **_CONFIG)
+async def get_model_config(
+    name: ModelName, registry: RegistryDep, settings: SettingsDep, engine: EngineDep
+) -> Response:
+    """Triton's model configuration (platform, max_batch_size, dims without the batch axis, batching)."""
+    return await _config(registry, settings, engine, name, None)
+
+
+@router.get("/models/{name}/versions/{version}/config", summary="Model configuration (Triton, a version)", **_CONFIG)
+async def get_model_version_config(
+    name: ModelName, version: ModelVersion, registry: RegistryDep, settings: SettingsDep, engine: EngineDep
+) -> Response:
+    """Triton's model configuration of that version."""
+    return await _config(registry, settings, engine, name, version)
+
+
+@router.post("/models/{name}/infer", summary="Inference", **_INFER)
+async def infer(
+    name: ModelName,
+    request: Request,
+    registry: RegistryDep,
+    service: ServiceDep,
+    engine: EngineDep,
+    settings: SettingsDep,
+) -> Response:
+    """Run the model on JSON or binary tensors; binary outputs make an `application/octet-stream` answer."""
+    return await _infer(request, registry, service, engine, settings, name, None)
+
+
+@router.post("/models/{name}/versions/{version}/infer", summary="Inference (a version)", **_INFER)
+async def infer_version(
+    name: ModelName,
+    version: ModelVersion,
+    request: Request,
+    registry: RegistryDep,
+    service: ServiceDep,
+    engine: EngineDep,
+    settings: SettingsDep,
+) -> Response:
+    """Run that version of the model (404 unless it is the card's version)."""
+    return await _infer(request, registry, service, engine, settings, name, version)
