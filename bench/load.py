@@ -1,0 +1,169 @@
+"""Measuring: wrk against a URL (one fixed POST body, bounded in time), the batch sizes a server formed (from
+its Prometheus metrics), and the bare runtime (the same graph called in-process with ONNX Runtime).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bench.servers import BENCH, http
+
+LUA = BENCH / "post.lua"
+_RESULT = re.compile(r"^BENCH-RESULT (\{.*\})$", re.MULTILINE)
+_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    """What wrk saw in one run."""
+
+    requests: int
+    seconds: float
+    errors: int
+    """Connection errors, timeouts and non-2xx answers."""
+    p50_ms: float
+    p99_ms: float
+    mean_ms: float
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds if self.seconds else 0.0
+
+
+def wrk_path() -> str | None:
+    return shutil.which("wrk")
+
+
+def wrk_version() -> str:
+    wrk = wrk_path()
+    if not wrk:
+        return "absent"
+    out = subprocess.run([wrk, "-v"], capture_output=True, text=True, check=False)
+    return (out.stdout or out.stderr).splitlines()[0].strip() if (out.stdout or out.stderr) else "unknown"
+
+
+def run_wrk(url: str, body_file: Path, content_type: str | None, headers: tuple[tuple[str, str], ...],
+            concurrency: int, seconds: float, threads: int = 1) -> LoadResult:  # fmt: skip
+    """`wrk -c concurrency` for `seconds` POSTing the file's bytes; its own Lua summary parsed."""
+    wrk = wrk_path()
+    if wrk is None:
+        raise RuntimeError("wrk is not installed (apt-get install -y wrk)")
+    duration = max(1, round(seconds))
+    command = [
+        wrk, f"-t{min(threads, concurrency)}", f"-c{concurrency}", f"-d{duration}s", "--timeout", "10s",
+        "-s", str(LUA), url, "--", str(body_file), content_type or "-", *(f"{k}: {v}" for k, v in headers),
+    ]  # fmt: skip
+    out = subprocess.run(command, capture_output=True, text=True, timeout=duration + 60, check=False)
+    match = _RESULT.search(out.stdout)
+    if out.returncode != 0 or match is None:
+        raise RuntimeError(f"wrk failed ({out.returncode}): {out.stdout[-500:]} {out.stderr[-500:]}")
+    raw = json.loads(match.group(1))
+    errors = sum(raw[k] for k in ("connect_errors", "read_errors", "write_errors", "status_errors", "timeouts"))
+    return LoadResult(
+        requests=raw["requests"],
+        seconds=raw["duration_us"] / 1e6,
+        errors=errors,
+        p50_ms=raw["p50_us"] / 1e3,
+        p99_ms=raw["p99_us"] / 1e3,
+        mean_ms=raw["mean_us"] / 1e3,
+    )
+
+
+def batch_counters(base_url: str, model: str, graph: str) -> tuple[float, float] | None:
+    """(rows, ONNX Runtime calls) so far for one graph, from the server's batch-size histogram; None if absent.
+
+    Any histogram named like `*batch*` with `model` and `graph` labels counts (summed over its other labels), so
+    the figure survives a renamed metric; with several such histograms the first one found is used.
+    """
+    status, body = http("GET", f"{base_url}/metrics", timeout=10)
+    if status != 200:
+        return None
+    sums: dict[str, float] = {}
+    counts: dict[str, float] = {}
+    for line in body.decode(errors="replace").splitlines():
+        if line.startswith("#"):
+            continue
+        match = _SAMPLE.match(line)
+        if not match:
+            continue
+        name, labels_text, value = match.groups()
+        if "batch" not in name or not (name.endswith("_sum") or name.endswith("_count")):
+            continue
+        labels = dict(_LABEL.findall(labels_text or ""))
+        if labels.get("model") != model or labels.get("graph") != graph:
+            continue
+        if labels.get("endpoint") == "warmup":
+            continue
+        family = name.rsplit("_", 1)[0]
+        target = sums if name.endswith("_sum") else counts
+        target[family] = target.get(family, 0.0) + float(value)
+    for family in sums:
+        if family in counts:
+            return sums[family], counts[family]
+    return None
+
+
+@dataclass(frozen=True)
+class BareResult:
+    batch: int
+    calls: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.batch * self.calls / self.seconds
+
+
+class BareRuntime:
+    """The graphs called in-process with ONNX Runtime: one caller, intra-op threads = the usable CPUs, no
+    spinning, optimisation level ALL (the best a single caller gets from the runtime on this machine)."""
+
+    def __init__(self, models_dir: Path, threads: int) -> None:
+        self.models_dir = models_dir
+        self.threads = threads
+        self._sessions: dict[tuple[str, str], object] = {}
+
+    def session(self, model: str, graph: str):  # type: ignore[no-untyped-def]
+        import onnxruntime as ort
+
+        key = (model, graph)
+        if key not in self._sessions:
+            card = json.loads((self.models_dir / model / "card.json").read_text())
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = self.threads
+            options.inter_op_num_threads = 1
+            options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            path = self.models_dir / model / card["graphs"][graph]["file"]
+            self._sessions[key] = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return self._sessions[key]
+
+    def measure(self, model: str, graph: str, sample: np.ndarray, batch: int, seconds: float) -> BareResult:
+        """Call the graph on `batch` rows (the sample's rows repeated) for about `seconds` (at least 5 calls)."""
+        session = self.session(model, graph)
+        reps = -(-batch // sample.shape[0])
+        x = np.ascontiguousarray(np.concatenate([sample] * reps)[:batch])
+        feeds = {session.get_inputs()[0].name: x}
+        for _ in range(3):
+            session.run(None, feeds)
+        times: list[float] = []
+        started = time.perf_counter()
+        while len(times) < 5 or time.perf_counter() - started < seconds:
+            t0 = time.perf_counter()
+            session.run(None, feeds)
+            times.append(time.perf_counter() - t0)
+        elapsed = time.perf_counter() - started
+        ms = np.array(times) * 1e3
+        return BareResult(batch, len(times), elapsed, float(np.percentile(ms, 50)), float(np.percentile(ms, 99)))

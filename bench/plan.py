@@ -1,0 +1,118 @@
+"""Which variant runs which case at which concurrency, and what a run measured.
+
+Variants (each is a server, or a route on one):
+- `ours`: `python -m app`, production settings, 1 worker (the default dynamic batching on);
+- `noop-raw` / `noop-parse`: the ceilings on the same server (`/bench/noop-raw`, `/bench/noop-parse`);
+- `no-batching`: the same service with `AE_BATCHING=0`, 1 worker;
+- `2-workers`: the same service with 2 uvicorn workers;
+- `mlserver`: Seldon MLServer (default settings) with `bench/mlserver_runtime.py` on the same ONNX file.
+Every server runs for the whole benchmark (idle ones cost no CPU), so variants interleave cell by cell.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from bench.cases import Case
+from bench.load import BareResult, LoadResult
+
+OURS = "ours"
+NOOP_RAW = "noop-raw"
+NOOP_PARSE = "noop-parse"
+NO_BATCHING = "no-batching"
+TWO_WORKERS = "2-workers"
+MLSERVER = "mlserver"
+VARIANTS = (OURS, NOOP_RAW, NOOP_PARSE, NO_BATCHING, TWO_WORKERS, MLSERVER)
+SERVER_OF = {OURS: OURS, NOOP_RAW: OURS, NOOP_PARSE: OURS, NO_BATCHING: NO_BATCHING, TWO_WORKERS: TWO_WORKERS,
+             MLSERVER: MLSERVER}  # fmt: skip
+PATH_OF = {NOOP_RAW: "/bench/noop-raw", NOOP_PARSE: "/bench/noop-parse"}
+TWO_WORKER_CASES = ("encode-json-1", "v2-json-1", "encode-npy-64", "denoise-png-28")
+
+
+def applies(variant: str, case: Case, concurrency: int, levels: tuple[int, ...]) -> bool:
+    """The matrix: every case on `ours` at every level; the side-by-side variants where they answer a question
+    (the targets of issue 6), to keep a full run within ~15 minutes."""
+    top = max(levels)
+    if variant == OURS:
+        return True
+    if variant in (NOOP_RAW, NOOP_PARSE):
+        return case.ceilings and (case.name == "encode-json-1" or concurrency == top)
+    if variant == NO_BATCHING:
+        return case.rows == 1 and (case.name == "encode-json-1" or concurrency >= min(8, top))
+    if variant == TWO_WORKERS:
+        return case.name in TWO_WORKER_CASES and (case.name == "encode-json-1" or concurrency == top)
+    if variant == MLSERVER:
+        return case.peer
+    raise ValueError(variant)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One wrk run."""
+
+    round: int
+    variant: str
+    case: str
+    concurrency: int
+    result: LoadResult
+    rows: int
+    batch_rows: float | None = None
+    """Mean rows per ONNX Runtime call the server formed for this case's graph during the run."""
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.result.rps * self.rows
+
+
+@dataclass
+class Results:
+    cells: list[Cell] = field(default_factory=list)
+    bare: dict[tuple[str, int], list[BareResult]] = field(default_factory=lambda: defaultdict(list))
+    """(case, batch) -> one result per round."""
+
+    def get(self, variant: str, case: str, concurrency: int) -> list[Cell]:
+        return [c for c in self.cells if (c.variant, c.case, c.concurrency) == (variant, case, concurrency)]
+
+    def rounds(self) -> list[int]:
+        return sorted({c.round for c in self.cells})
+
+    def one(self, variant: str, case: str, concurrency: int, round_: int) -> Cell | None:
+        for c in self.cells:
+            if (c.round, c.variant, c.case, c.concurrency) == (round_, variant, case, concurrency):
+                return c
+        return None
+
+    def ratio(self, a: tuple[str, str, int], b: tuple[str, str, int], metric: str = "rows_per_s") -> float | None:
+        """Median over rounds of a/b, each round's pair measured minutes apart at most (interleaved)."""
+        ratios = []
+        for r in self.rounds():
+            x, y = self.one(*a, r), self.one(*b, r)
+            if x and y:
+                num, den = _metric(x, metric), _metric(y, metric)
+                if den > 0:
+                    ratios.append(num / den)
+        return statistics.median(ratios) if ratios else None
+
+    def bare_median(self, case: str, batch: int) -> BareResult | None:
+        runs = self.bare.get((case, batch))
+        if not runs:
+            return None
+        return sorted(runs, key=lambda b: b.rows_per_s)[len(runs) // 2]
+
+
+def _metric(cell: Cell, metric: str) -> float:
+    if metric == "rows_per_s":
+        return cell.rows_per_s
+    if metric == "rps":
+        return cell.result.rps
+    if metric == "p99_ms":
+        return cell.result.p99_ms
+    if metric == "p50_ms":
+        return cell.result.p50_ms
+    raise ValueError(metric)
+
+
+def median_of(cells: list[Cell], metric: str) -> float:
+    return statistics.median(_metric(c, metric) for c in cells)

@@ -1,0 +1,187 @@
+"""The Markdown report of a run: context (command, date, machine, versions, load), the targets of issue 6 with
+the measured ratios, every cell, the bare runtime, memory and start-up."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from bench.cases import build_cases
+from bench.plan import MLSERVER, NO_BATCHING, NOOP_PARSE, NOOP_RAW, OURS, TWO_WORKERS, VARIANTS, median_of
+
+if TYPE_CHECKING:
+    from bench.run import Run
+
+SHARED_SHARE = 0.05
+
+
+def _f(value: float | None, digits: int = 0) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:,.{digits}f}"
+
+
+def _x(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}x"
+
+
+def _nearest(levels: tuple[int, ...], want: int) -> int:
+    return min(levels, key=lambda c: (abs(c - want), -c))
+
+
+def targets(run: Run) -> list[tuple[str, str, str, str]]:
+    """(target, measured, goal, verdict) rows."""
+    res = run.results
+    top = max(run.config.levels)
+    rows: list[tuple[str, str, str, str]] = []
+
+    def verdict(value: float | None, ok: bool) -> str:
+        return "not measured" if value is None else ("met" if ok else "**missed**")
+
+    enc = ("encode-json-1", top)
+    for ceiling, goal in ((NOOP_RAW, 0.6), (NOOP_PARSE, 0.9)):
+        r = res.ratio((OURS, *enc), (ceiling, *enc), "rps")
+        rows.append((f"/v1 encode 1-row JSON, c={top}: ours / `{ceiling}` requests/s", _x(r), f">= {goal:.2f}x",
+                     verdict(r, r is not None and r >= goal)))  # fmt: skip
+    v2 = ("v2-json-1", top)
+    r = res.ratio((OURS, *v2), (MLSERVER, *v2), "rps")
+    rows.append(
+        (f"V2 JSON 1 row, c={top}: ours / MLServer requests/s", _x(r), ">= 2x", verdict(r, r is not None and r >= 2))
+    )
+    ours_p99, peer_p99 = res.get(OURS, *v2), res.get(MLSERVER, *v2)
+    if ours_p99 and peer_p99:
+        a, b = median_of(ours_p99, "p99_ms"), median_of(peer_p99, "p99_ms")
+        rows.append((f"V2 JSON 1 row, c={top}: p99 ours vs MLServer", f"{a:.1f} ms vs {b:.1f} ms", "lower",
+                     verdict(a, a < b)))  # fmt: skip
+    else:
+        rows.append((f"V2 JSON 1 row, c={top}: p99 ours vs MLServer", "n/a", "lower", "not measured"))
+    r = res.ratio((OURS, "encode-npy-64", top), (OURS, "encode-json-64", top), "rows_per_s")
+    rows.append(
+        (f"/v1 encode 64 rows, c={top}: .npy / JSON rows/s", _x(r), ">= 5x", verdict(r, r is not None and r >= 5))
+    )
+    eight = _nearest(run.config.levels, 8)
+    den = res.get(OURS, "denoise-png-256", eight)
+    formed = [c.batch_rows for c in den if c.batch_rows]
+    if den and formed:
+        batch = max(1, round(sorted(formed)[len(formed) // 2]))
+        bare = res.bare_median("denoise-png-256", batch)
+        ours_rate = median_of(den, "rows_per_s")
+        r = ours_rate / bare.rows_per_s if bare else None
+        measured = (f"{_x(r)} ({ours_rate:.1f} vs {bare.rows_per_s:.1f} images/s at batch {batch})" if bare
+                    else "n/a (no bare measurement)")  # fmt: skip
+        rows.append((f"denoise 256x256 PNG, c={eight}: ours / bare ORT images/s at the batch formed", measured,
+                     ">= 0.80x", verdict(r, r is not None and r >= 0.8)))  # fmt: skip
+    else:
+        rows.append((f"denoise 256x256 PNG, c={eight}: ours / bare ORT images/s", "n/a", ">= 0.80x", "not measured"))
+    for case in ("encode-json-1", "v2-json-1", "reconstruct-json-1", "denoise-png-28"):
+        r = res.ratio((OURS, case, top), (NO_BATCHING, case, top), "rps")
+        if r is not None or case == "encode-json-1":
+            rows.append((f"{case}, c={top}: batching on / off requests/s", _x(r), "a clear win (>= 1.2x)",
+                         verdict(r, r is not None and r >= 1.2)))  # fmt: skip
+    for case in ("encode-json-1", "v2-json-1", "encode-npy-64", "denoise-png-28"):
+        r = res.ratio((TWO_WORKERS, case, top), (OURS, case, top), "rps")
+        if r is not None:
+            rows.append((f"{case}, c={top}: 2 workers / 1 worker requests/s", _x(r), "reported", "-"))
+    return rows
+
+
+def _context(run: Run) -> list[str]:
+    c = run.config
+    share = float(run.load.get("others_share", "0"))
+    lines = [
+        "# Benchmark results",
+        "",
+        f"- **Command**: `{run.command}` (from the repository root, with `.venv/bin/python`)",
+        f"- **Date**: {run.started:%Y-%m-%d %H:%M} UTC; the run took {run.seconds / 60:.1f} min ({c.mode} mode: "
+        f"{c.rounds} round(s), {c.duration:g} s per wrk run, concurrency {', '.join(map(str, c.levels))})",
+        f"- **Machine**: {run.machine['cpu']}; {run.machine['cores']}; {run.machine['memory']} RAM; "
+        f"{run.machine['os']}",
+        "- **Versions**: " + ", ".join(f"{k} {v}" for k, v in run.versions.items()),
+        f"- **Service defaults** (as resolved here): {run.load.get('defaults', 'n/a')}",
+        f"- **Load**: before the run the machine was {run.load.get('busy_before', '?')} busy (load average "
+        f"{run.load.get('loadavg_start', '?')}, at the end {run.load.get('loadavg_end', '?')}); during the run "
+        f"processes other than the benchmark used {run.load.get('others_cpu', '?')}.",
+    ]
+    if share > SHARED_SHARE:
+        lines += [
+            "",
+            "> **Shared machine**: other processes were busy during this run, so absolute numbers are low and noisy.",
+            "> The ratios (variants interleaved, see below) hold up better; re-run the command above on a quiet "
+            "machine for the record.",
+        ]
+    lines += [
+        "",
+        "How it was measured: every server runs for the whole benchmark (`ours` = `python -m app --workers 1` with "
+        "production settings plus `AE_BENCH_ENDPOINTS=1`; `no-batching` = the same with `AE_BATCHING=0`; "
+        "`2-workers` = `--workers 2`; `mlserver` = Seldon MLServer with `bench/mlserver_runtime.py` over the same "
+        "ONNX file), each on 127.0.0.1, idle when not measured. wrk (1 thread, `-c` connections, a fixed POST body "
+        "from `bench/post.lua`) drives one variant at a time; the variants of a cell run back to back and in "
+        "reverse order every other round, so the machine's drift hits them alike. Figures are medians over the "
+        "rounds; ratios are computed within each round, then the median is taken. `rows/ORT call` is the mean "
+        "batch the server formed for the graph (from its batch-size histogram). Latencies are wrk's (request "
+        "sent to response read), in milliseconds.",
+    ]
+    return lines
+
+
+def render(run: Run) -> str:
+    res = run.results
+    lines = _context(run)
+    lines += ["", "## Targets (issue 6)", "", "| target | measured | goal | verdict |", "| --- | --- | --- | --- |"]
+    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in targets(run)]
+    titles = {c.name: (c.title, c.model, c.graph) for c in build_cases(run.config.models_dir)}
+    lines += ["", "## Every cell", ""]
+    for case in dict.fromkeys(c.case for c in res.cells):
+        title, model, graph = titles.get(case, (case, "", ""))
+        lines += [f"### {title} (`{case}`, graph `{model}.{graph}`)", "",
+                  "| variant | conc. | req/s | rows/s | p50 ms | p99 ms | rows/ORT call | rows/s vs ours | errors |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
+        for level in run.config.levels:
+            for variant in VARIANTS:
+                cells = res.get(variant, case, level)
+                if not cells:
+                    continue
+                formed = [c.batch_rows for c in cells if c.batch_rows]
+                vs = "" if variant == OURS else _x(res.ratio((variant, case, level), (OURS, case, level)))
+                errors = sum(c.result.errors for c in cells)
+                lines.append(
+                    f"| {variant} | {level} | {_f(median_of(cells, 'rps'))} | {_f(median_of(cells, 'rows_per_s'))} "
+                    f"| {median_of(cells, 'p50_ms'):.2f} | {median_of(cells, 'p99_ms'):.2f} "
+                    f"| {_f(sorted(formed)[len(formed) // 2], 1) if formed else ''} | {vs} | {errors or ''} |"
+                )
+        lines.append("")
+    if res.bare:
+        lines += ["## Bare ONNX Runtime, in-process", "",
+                  f"One caller, `intra_op_num_threads={run.machine.get('usable_cpus')}` (the usable CPUs), sequential, "
+                  "no spinning, optimisation ALL; the same input rows as the case, repeated to the batch size (the "
+                  "case's own rows, and each batch the server formed). Median over rounds.", "",
+                  "| case | graph | batch | calls/s | rows/s | p50 ms/call | p99 ms/call |",
+                  "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
+        for case, batch in sorted(res.bare, key=lambda k: (list(titles).index(k[0]) if k[0] in titles else 99, k[1])):
+            b = res.bare_median(case, batch)
+            if b is None:
+                continue
+            _, model, graph = titles.get(case, (case, "?", "?"))
+            lines.append(f"| {case} | {model}.{graph} | {batch} | {_f(b.calls / b.seconds)} | {_f(b.rows_per_s)} "
+                         f"| {b.p50_ms:.3f} | {b.p99_ms:.3f} |")  # fmt: skip
+        lines.append("")
+    header = "| server | start-up to ready | RSS at the end (all processes) | peak RSS |"
+    lines += ["## Memory and start-up", "", header, "| --- | ---: | ---: | ---: |"]
+    for name, server in run.servers.items():
+        rss, hwm = run.memory_end.get(name, (0, 0))
+        lines.append(f"| {name}: {server.description} | {server.ready_seconds:.2f} s | {rss / 1024:.0f} MiB "
+                     f"| {hwm / 1024:.0f} MiB |")  # fmt: skip
+    if run.memory:
+        lines += ["", "`ours` (one process, every model loaded) over the run:", "", "| when | RSS | peak RSS |",
+                  "| --- | ---: | ---: |"]  # fmt: skip
+        lines += [f"| {label} | {rss / 1024:.1f} MiB | {hwm / 1024:.1f} MiB |" for label, rss, hwm in run.memory]
+        warm = next((m for m in run.memory if m[0] == "after warm-up"), None)
+        last = run.memory[-1]
+        if warm and last is not warm:
+            growth = (last[1] - warm[1]) / 1024
+            lines += ["", f"Growth from after warm-up to the last reading: {growth:+.1f} MiB "
+                      f"({100 * (last[1] - warm[1]) / max(warm[1], 1):+.1f} %)."]  # fmt: skip
+    if run.skipped or run.checks:
+        lines += ["", "## Checks and omissions", ""]
+        lines += [f"- {check}" for check in run.checks]
+        lines += [f"- not measured: {what}: {why}" for what, why in run.skipped.items()]
+    return "\n".join(lines) + "\n"
