@@ -33,6 +33,7 @@ NPY_DTYPES = {np.dtype("<f4"), np.dtype(">f4")}
 _NPY_MAX_HEADER = 10_000
 _NON_FINITE_TOKENS = (b"NaN", b"Infinity", b"-Infinity", b"inf", b"-inf", b"nan")
 _NUMBER_BYTES = b"0123456789.,[]-+eE \t\n\r"
+_MAX_NESTING = 32  # numpy's most dimensions; every model takes far fewer (the explanations recurse this deep)
 
 
 # -- request bodies -----------------------------------------------------------------------------------------
@@ -139,6 +140,14 @@ def json_tensor(body: bytes, max_rows: int, field: str = "inputs") -> np.ndarray
     if len(data) > max_rows:
         raise PayloadTooLarge(
             f"{field} holds {len(data)} samples; at most {max_rows} per request", {"field": field, "limit": max_rows}
+        )
+    depth, probe = 0, data
+    while isinstance(probe, list) and depth <= _MAX_NESTING:
+        depth, probe = depth + 1, probe[0] if probe else None
+    if depth > _MAX_NESTING:
+        raise InvalidInput(
+            f"{field} is nested more than {_MAX_NESTING} lists deep; samples are vectors, images or series",
+            {"field": field, "max_depth": _MAX_NESTING},
         )
     # Fast path: when nothing but numbers and brackets surround the one key, numpy can convert directly
     # (no string, boolean or null can be coerced silently). One pass over the bytes decides it.

@@ -11,6 +11,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from app.inference import InferenceEngine
+from app.lifecycle import Lifecycle
 from app.metrics import Metrics
 from app.registry import ModelRegistry
 from app.service import InferenceService
@@ -37,8 +38,13 @@ async def get_engine(request: Request) -> InferenceEngine:
     return request.app.state.engine  # type: ignore[no-any-return]
 
 
+async def get_lifecycle(request: Request) -> Lifecycle:
+    return request.app.state.lifecycle  # type: ignore[no-any-return]
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
 ServiceDep = Annotated[InferenceService, Depends(get_service)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 EngineDep = Annotated[InferenceEngine, Depends(get_engine)]
+LifecycleDep = Annotated[Lifecycle, Depends(get_lifecycle)]

@@ -27,8 +27,6 @@ from app.service import InferenceService, InputBatch, model_image_target
 from app.settings import Settings
 
 ACCEPTED_TYPES = (JSON, NPY, MULTIPART, "image/*")
-_MAX_FORM_FIELDS = 8
-_MAX_FORM_FIELD_BYTES = 64 * 1024
 _PARSE_ON_LOOP_BYTES = 64 * 1024
 
 
@@ -69,12 +67,17 @@ async def _multipart_files(request: Request, body: bytes, settings: Settings) ->
         request.headers,
         stream(),
         max_files=settings.max_upload_files,
-        max_fields=_MAX_FORM_FIELDS,
-        max_part_size=_MAX_FORM_FIELD_BYTES,
+        max_fields=settings.max_form_fields,
+        max_part_size=settings.max_form_field_bytes,
     )
     try:
         form = await parser.parse()
     except MultiPartException as exc:
+        if exc.message.startswith("Too many files"):
+            raise PayloadTooLarge(
+                f"too many files in the multipart body: at most {settings.max_upload_files}",
+                {"limit": settings.max_upload_files},
+            ) from exc
         raise BadRequest(f"malformed multipart body: {exc.message}") from exc
     files: list[tuple[str | None, bytes]] = []
     try:

@@ -13,12 +13,15 @@ from app import __version__
 from app.docs import install_docs
 from app.errors import install_error_handlers
 from app.inference import InferenceEngine
+from app.lifecycle import Lifecycle
+from app.limits import install_limits
 from app.logs import configure_logging
 from app.metrics import Metrics
 from app.middleware import RequestContextMiddleware
 from app.registry import ModelRegistry
 from app.routers import bench, health, inference, models
 from app.routers.demo import install_demo
+from app.security import install_security
 from app.service import InferenceService
 from app.settings import Settings, get_settings
 from app.v2.router import router as v2_router
@@ -54,6 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.engine = engine
         app.state.service = InferenceService(engine, settings)
         await anyio.to_thread.run_sync(registry.load_all)
+        lifecycle.install()  # SIGTERM drains first (AE_DRAIN_SECONDS); see app/lifecycle.py
         readiness = registry.readiness()
         log.info(
             "service started",
@@ -67,6 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            lifecycle.uninstall()
             await engine.aclose()
             registry.close()
             metrics.close()
@@ -83,6 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = metrics
+    lifecycle = app.state.lifecycle = Lifecycle(settings.drain_seconds)
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(models.router)
@@ -94,5 +100,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         install_docs(app)
     if settings.demo:
         install_demo(app)
+    # Starlette runs the last added middleware first: request context, CORS, API key, in-flight cap, body limits.
+    install_limits(app, settings)
+    install_security(app, settings)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
     return app

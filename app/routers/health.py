@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from fastapi import APIRouter
 from starlette.responses import Response
 
 from app.codecs import to_json
-from app.deps import MetricsDep, RegistryDep
+from app.deps import LifecycleDep, MetricsDep, RegistryDep
 from app.metrics import CONTENT_TYPE
 from app.schemas import ErrorInfo, Liveness, ModelHealth, Readiness
 
@@ -25,9 +27,12 @@ async def get_liveness() -> Liveness:
     summary="Readiness",
     responses={503: {"model": Readiness, "description": "a required model does not serve (see `not_ready`)"}},
 )
-async def get_readiness(registry: RegistryDep) -> Response:
-    """200 when every required model is loaded (by default every card found), else 503; per-model status."""
+async def get_readiness(registry: RegistryDep, lifecycle: LifecycleDep) -> Response:
+    """200 when every required model is loaded (by default every card found), else 503; per-model status.
+    503 too while the process drains before shutting down (requests are still served then)."""
     state = registry.readiness()
+    if lifecycle.draining:
+        state = replace(state, ready=False, not_ready={**state.not_ready, "*": "shutting down (draining)"})
     models = {
         entry.name: ModelHealth(
             status=entry.status.value,
