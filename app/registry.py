@@ -97,6 +97,38 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def external_data_locations(data: bytes) -> list[str]:
+    """The external-data files an ONNX model's tensors point to (initialisers, constants, subgraphs), if any."""
+    import onnx  # only at load time: the service's import stays light
+
+    model = onnx.ModelProto()
+    try:
+        model.ParseFromString(data)
+    except Exception:
+        return []  # not a protobuf: ONNX Runtime reports it
+    locations: list[str] = []
+
+    def tensors(graph: onnx.GraphProto) -> list[onnx.TensorProto]:
+        found = list(graph.initializer)
+        for node in graph.node:
+            for attr in node.attribute:
+                found.extend([attr.t] if attr.HasField("t") else [])
+                found.extend(attr.tensors)
+                for sub in [attr.g] if attr.HasField("g") else []:
+                    found.extend(tensors(sub))
+                for sub in attr.graphs:
+                    found.extend(tensors(sub))
+        return found
+
+    for tensor in tensors(model.graph):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            entry = {item.key: item.value for item in tensor.external_data}
+            location = entry.get("location", "?")
+            if location not in locations:
+                locations.append(location)
+    return locations
+
+
 def session_options(settings: Settings) -> ort.SessionOptions:
     """Session options from the settings: thread counts, optimisation level, no busy-waiting by default."""
     opts = ort.SessionOptions()
@@ -243,7 +275,15 @@ class ModelRegistry:
                     f"graph {role}: sha256 of {graph_card.file} is {digest}, the card says {graph_card.sha256}"
                 )
             # From bytes: the verified bytes are exactly what runs, and a file that refers to external data
-            # (which would be read from elsewhere, unverified) cannot load.
+            # (which would be read from elsewhere, unverified) cannot load: say so plainly.
+            external = external_data_locations(data)
+            if external:
+                outside = [loc for loc in external if (entry.folder / loc).resolve().parent != folder]
+                where = f"outside the model folder ({', '.join(outside)})" if outside else ", ".join(external)
+                raise LoadError(
+                    f"graph {role}: {graph_card.file} keeps tensors in external data {where}; the service loads "
+                    "self-contained ONNX files only (export with external_data=False)"
+                )
             try:
                 session = ort.InferenceSession(data, options, providers=list(plan.chosen))
             except Exception as exc:

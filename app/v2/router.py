@@ -16,7 +16,8 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from app.codecs import to_json
-from app.deps import EngineDep, RegistryDep, ServiceDep, SettingsDep
+from app.deps import EngineDep, LifecycleDep, RegistryDep, ServiceDep, SettingsDep
+from app.errors import ModelUnavailable
 from app.inference import InferenceEngine
 from app.inputs import read_body
 from app.registry import ModelRegistry
@@ -105,8 +106,11 @@ async def get_server_live() -> Response:
 
 
 @router.get("/health/ready", response_model=ServerReadyResponse, summary="Server readiness", responses=_errors(503))
-async def get_server_ready(registry: RegistryDep) -> Response:
-    """200 `{"ready": true}` when every required model serves, else 503 naming what is not ready."""
+async def get_server_ready(registry: RegistryDep, lifecycle: LifecycleDep) -> Response:
+    """200 `{"ready": true}` when every required model serves, else 503 naming what is not ready (also while
+    the process drains before shutting down)."""
+    if lifecycle.draining:
+        raise ModelUnavailable("not ready: shutting down (draining)", {"not_ready": {"*": "draining"}})
     dataplane.check_ready(registry)
     return _json(ServerReadyResponse(ready=True))
 
