@@ -214,8 +214,8 @@ def plan_inference(model: V2Model, request: InferRequest, service: InferenceServ
         if problem:
             wanted = [d if isinstance(d, int) else -1 for d in spec.shape]
             raise InvalidInput(
-                f"input {spec.name!r} of model {model.name!r} has shape {list(array.shape)}, expected {wanted}: "
-                f"{problem}",
+                f"input {spec.name!r} of model {model.name!r} has shape {list(array.shape)}, expected {wanted} "
+                "(-1: any size)",
                 {"input": spec.name, "shape": list(array.shape), "expected": wanted},
             )
         if spec.shape and spec.shape[0] == BATCH_AXIS:

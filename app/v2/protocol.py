@@ -47,7 +47,8 @@ _DATATYPE_OF_KIND = {np.dtype(dtype).newbyteorder("="): name for name, dtype in 
 # Which numpy kinds JSON `data` may hold for each datatype family (JSON has no int/float distinction beyond
 # the literal, so integers are fine for floating tensors but not the other way round).
 _JSON_KINDS = {"f": "iuf", "i": "iu", "u": "iu", "b": "b"}
-_REQUEST_KEYS = {"id", "parameters", "inputs", "outputs"}
+# `model_name` / `model_version` are not in the protocol's request but the KServe SDK sends them; the path decides.
+_REQUEST_KEYS = {"id", "parameters", "inputs", "outputs", "model_name", "model_version"}
 _INPUT_KEYS = {"name", "shape", "datatype", "parameters", "data"}
 _OUTPUT_KEYS = {"name", "parameters"}
 _SHARED_MEMORY = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")

@@ -60,7 +60,7 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
         400: "malformed request: JSON, header length, datatype, data size, unknown input or output",
         404: "unknown model, graph or version",
         413: "body or batch over the limits",
-        422: "wrong shape, or values outside the model's range or non-finite",
+        422: "invalid request: wrong shape, values outside the model's range or non-finite",
         500: "the model failed or produced invalid output",
         503: "not ready: the model (or a required model) did not load",
     }
@@ -159,9 +159,9 @@ async def _infer(
     return TensorResponse(buffers, header)
 
 
-_METADATA: dict[str, Any] = {"response_model": ModelMetadataResponse, "responses": _errors(404, 503)}
-_READY: dict[str, Any] = {"response_model": ModelReadyResponse, "responses": _errors(404, 503)}
-_CONFIG: dict[str, Any] = {"response_model": ModelConfigResponse, "responses": _errors(404, 503)}
+_METADATA: dict[str, Any] = {"response_model": ModelMetadataResponse, "responses": _errors(404, 422, 503)}
+_READY: dict[str, Any] = {"response_model": ModelReadyResponse, "responses": _errors(404, 422, 503)}
+_CONFIG: dict[str, Any] = {"response_model": ModelConfigResponse, "responses": _errors(404, 422, 503)}
 _INFER_OPENAPI = {
     "requestBody": {
         "required": True,

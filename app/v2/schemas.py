@@ -19,7 +19,7 @@ class V2ErrorResponse(BaseModel):
     """The protocol's error shape, on every `/v2` route (tritonclient and the KServe SDK read `error`)."""
 
     model_config = _examples(
-        {"error": "input 'x' of model 'dense.encoder' has shape [1, 783], expected [-1, 784]: axis 1 (784) is 783"}
+        {"error": "input 'x' of model 'dense.encoder' has shape [1, 783], expected [-1, 784] (-1: any size)"}
     )
     error: str = Field(description="what went wrong and how to fix it")
 
