@@ -38,7 +38,11 @@ Autoencoders exported to ONNX, served with ONNX Runtime.
   `multipart/form-data` uploads or a raw `image/*` body (PNG, JPEG, BMP, GIF, WebP; converted to grayscale
   with BT.601 luma, alpha over black, EXIF orientation applied). Pixels are in [0, 1].
 * **Outputs** by `Accept`: JSON, `application/x-npy`, `application/x-npz`, `image/png` (one image).
-* **Errors**: always `{"error": {"type", "message", "details"}}` with status 400/404/406/413/415/422/500/503.
+* **Errors**: always `{"error": {"type", "message", "details"}}` with status 400/404/406/413/415/422/500/503
+  (on `/v2`: the protocol's `{"error": "<message>"}`).
+* **Open Inference Protocol** (KServe V2 / Triton HTTP) under `/v2`: every graph is a model `<model>.<role>`
+  (`dense.encoder`, `dense.decoder`, `dense.full`; `dense` = its full graph); JSON or binary tensors
+  (`Inference-Header-Content-Length`), so tritonclient, the KServe SDK and perf tools work unmodified.
 * **Operations**: `/healthz`, `/readyz`, `/metrics`; every response carries `X-Request-ID`.
 """
 
