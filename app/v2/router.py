@@ -88,6 +88,24 @@ class TensorResponse(Response):
             await send({"type": "http.response.body", "body": buffer, "more_body": index < last})
 
 
+def _inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
+    """A pydantic JSON schema with its `$defs` substituted in place (`openapi_extra` schemas do not get their
+    nested models registered under `components`, so a `$ref` there would dangle)."""
+    defs = schema.pop("$defs", {})
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return walk(defs[ref.rsplit("/", 1)[-1]])
+            return {key: walk(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [walk(item) for item in node]
+        return node
+
+    return dict(walk(schema))
+
+
 def _json(body: Any, status: int = 200) -> Response:
     return Response(to_json(body.model_dump(exclude_none=True)), status_code=status, media_type=JSON_CONTENT_TYPE)
 
@@ -170,7 +188,7 @@ _INFER_OPENAPI = {
         "Content-Type)",
         "content": {
             JSON_CONTENT_TYPE: {
-                "schema": InferenceRequest.model_json_schema(ref_template="#/components/schemas/{model}"),
+                "schema": _inline_refs(InferenceRequest.model_json_schema()),
                 "examples": {
                     "encode one digit (JSON in and out)": {
                         "value": {

@@ -7,6 +7,7 @@ a model did not load.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -250,6 +251,11 @@ def test_openapi_documents_the_v2_routes(http: httpx.Client) -> None:
         content = infer["requestBody"]["content"]
         assert content["application/json"]["examples"] and "application/octet-stream" in content
         assert infer["responses"]["400"]["content"]["application/json"]["schema"]["$ref"].endswith("V2ErrorResponse")
+        assert content["application/json"]["schema"]["properties"]["inputs"]["items"]["properties"]["datatype"]
+    # Every reference resolves (nested request models are inlined, not left pointing at missing components).
+    refs = set(re.findall(r'"\$ref":\s*"([^"]+)"', json.dumps(spec)))
+    schemas = spec["components"]["schemas"]
+    assert refs and all(r.startswith("#/components/schemas/") and r.rsplit("/", 1)[-1] in schemas for r in refs)
 
 
 def test_v2_requests_are_counted_under_their_route(http: httpx.Client) -> None:
