@@ -1,0 +1,96 @@
+"""`python -m tests.browser.demo_assets`: write the data files the demo page and the README's examples use.
+
+- `app/static/digits.json`: the demo's ten sample digits, one held-out digit per class: the first image of each
+  label in the MNIST test split the models were evaluated on (`training.data.mnist.load_mnist`, seed 0), 0-255.
+- `app/static/examples/`: inputs for the README's curl examples, served by the service itself under
+  `/demo-assets/examples/`: a digit as PNG, the same digit noisy and at twice the size, BasicMotions test series
+  (walking and running: normal and anomalous for `lstm-anomaly`) as `/v1` JSON bodies.
+
+tests/browser/test_assets.py checks that the committed files are what this writes.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from training.data.mnist import load_mnist
+from training.data.timeseries import load_basic_motions
+
+STATIC = Path(__file__).resolve().parents[2] / "app" / "static"
+DIGITS_FILE = STATIC / "digits.json"
+EXAMPLES = STATIC / "examples"
+
+
+def demo_digits() -> dict[str, Any]:
+    """The digits file's content: provenance and one 28x28 digit per class, row-major, 0-255."""
+    data = load_mnist(seed=0)
+    digits: dict[str, list[int]] = {}
+    for label in range(10):
+        index = int(np.flatnonzero(data.test.y == label)[0])
+        pixels = np.rint(data.test.x[index].reshape(-1) * 255).astype(int)
+        digits[str(label)] = [int(v) for v in pixels]
+    return {
+        "source": data.provenance["source"] + "; the first test-split image of each digit (seed 0)",
+        "shape": [28, 28],
+        "scale": "0-255 (divide by 255 for the models' [0, 1])",
+        "digits": digits,
+    }
+
+
+def render_digits(content: dict[str, Any]) -> str:
+    """One digit per line, so the file stays readable in a diff."""
+    head = {k: v for k, v in content.items() if k != "digits"}
+    lines = [json.dumps(head)[:-1] + ', "digits": {']
+    items = list(content["digits"].items())
+    for i, (label, pixels) in enumerate(items):
+        comma = "," if i < len(items) - 1 else ""
+        lines.append(f'  "{label}": {json.dumps(pixels, separators=(",", ":"))}{comma}')
+    lines.append("}}")
+    return "\n".join(lines) + "\n"
+
+
+def png(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels.astype(np.uint8), mode="L").save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
+
+
+def example_files(digits: dict[str, Any]) -> dict[str, bytes]:
+    """Example inputs by file name."""
+    seven = np.asarray(digits["digits"]["7"], dtype=np.float64).reshape(28, 28) / 255
+    big = np.kron(seven, np.ones((2, 2)))  # 56x56: the denoiser is fully convolutional
+    noisy = np.clip(big + np.random.default_rng(7).normal(0, 0.4, big.shape), 0, 1)
+    _, test, _ = load_basic_motions()
+    series: dict[str, np.ndarray] = {}
+    for activity in ("walking", "running"):
+        index = int(np.flatnonzero(np.char.lower(test.y.astype(str)) == activity)[0])
+        series[activity] = test.x[index]
+    files = {
+        "seven.png": png(np.rint(seven * 255)),
+        "seven-noisy-56.png": png(np.rint(noisy * 255)),
+    }
+    for activity, x in series.items():
+        body = {"inputs": [np.round(x.astype(np.float64), 4).tolist()]}
+        files[f"{activity}.json"] = (json.dumps(body, separators=(",", ":")) + "\n").encode()
+    return files
+
+
+def main() -> int:
+    digits = demo_digits()
+    DIGITS_FILE.write_text(render_digits(digits))
+    EXAMPLES.mkdir(exist_ok=True)
+    for name, content in example_files(digits).items():
+        (EXAMPLES / name).write_bytes(content)
+    print(f"wrote {DIGITS_FILE} and {len(example_files(digits))} files in {EXAMPLES}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
