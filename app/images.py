@@ -130,12 +130,13 @@ def decode_image(
         if width < 1 or height < 1:
             raise InvalidImage(f"{field_name}: image has no pixels ({width}x{height})", {"field": field_name})
         fmt = image.format or "unknown"
-        frames = int(getattr(image, "n_frames", 1) or 1)
         try:
+            # Counting frames reads the whole file (GIF, WebP): a truncated one fails here as well.
+            frames = int(getattr(image, "n_frames", 1) or 1)
             image.seek(0)
             image.load()
             oriented = ImageOps.exif_transpose(image)
-        except Exception as exc:  # truncated or corrupt data: Pillow raises OSError / SyntaxError / ValueError
+        except Exception as exc:  # truncated or corrupt data: OSError, SyntaxError, ValueError, IndexError...
             raise InvalidImage(
                 f"{field_name}: the image data is truncated or corrupt: {exc}", {"field": field_name}
             ) from exc
