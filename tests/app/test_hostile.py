@@ -189,6 +189,14 @@ def _body_and_headers(case: Case) -> tuple[bytes, dict[str, str]]:
 
 
 IMG = "/v1/models/conv/encode"
+V2_INFER = "/v2/models/dense.encoder/infer"
+
+
+def v2_body(data: list[Any] | None = None, datatype: str = "FP32") -> bytes:
+    tensor = {"name": "x", "shape": [1, 784], "datatype": datatype, "data": [0.5] * 784 if data is None else data}
+    return json.dumps({"inputs": [tensor]}).encode()
+
+
 CASES: dict[str, Case] = {
     # body size, encodings
     "declared-length-over-limit": Case("/v1/encode", b"[" * (MAX_BODY + 1), 413, "payload_too_large", JSON_CT),
@@ -333,6 +341,13 @@ CASES: dict[str, Case] = {
         {"content-type": "multipart/form-data; boundary=b"},
     ),
     "multipart-no-file": Case(IMG, lambda: multipart([("note", None, b"hi")]), 422, "invalid_input"),
+    # Open Inference Protocol (errors are {"error": "<message>"})
+    "v2-nan": Case(V2_INFER, lambda: v2_body().replace(b"0.5", b"NaN", 1), 400, None, JSON_CT),
+    "v2-string-data": Case(V2_INFER, lambda: v2_body(data=["a"] * 784), 400, None, JSON_CT, fragment="data[0]"),
+    "v2-short-data": Case(V2_INFER, lambda: v2_body(data=[0.5] * 3), 400, None, JSON_CT, fragment="784"),
+    "v2-bytes-datatype": Case(V2_INFER, lambda: v2_body(datatype="BYTES"), 400, None, JSON_CT),
+    "v2-deeply-nested": Case(V2_INFER, lambda: nested(5000), 400, None, JSON_CT),
+    "v2-traversal": Case("/v2/models/..%2F..%2Fetc%2Fpasswd/infer", v2_body, 404, None, JSON_CT),
     # model names and paths: looked up in the registry's list only
     "traversal-encoded": Case("/v1/models/..%2F..%2Fetc%2Fpasswd/encode", VALID, 404, None, JSON_CT),
     "traversal-dot-dot": Case("/v1/models/%2e%2e/encode", VALID, 404, "model_not_found", JSON_CT),
@@ -358,6 +373,13 @@ def test_hostile_request(server: LiveServer, http: httpx.Client, name: str) -> N
         assert case.fragment in message, message
     assert "Traceback" not in response.text
     assert_serves(server.base)
+
+
+def test_v2_infer_accepts_a_missing_content_type(server: LiveServer) -> None:
+    """The protocol's clients may send no Content-Type: V2 infer reads JSON then (unlike /v1, which says 415)."""
+    response = httpx.post(f"{server.base}{V2_INFER}", content=v2_body(), timeout=30)
+    assert response.status_code == 200, response.text
+    assert response.json()["outputs"][0]["shape"] == [1, 32]
 
 
 def test_overlong_request_is_refused_before_the_body_is_read(server: LiveServer) -> None:
