@@ -141,10 +141,10 @@ def json_tensor(body: bytes, max_rows: int, field: str = "inputs") -> np.ndarray
         raise PayloadTooLarge(
             f"{field} holds {len(data)} samples; at most {max_rows} per request", {"field": field, "limit": max_rows}
         )
-    depth, probe = 0, data
-    while isinstance(probe, list) and depth <= _MAX_NESTING:
+    depth, probe = 0, data[0] if data else None
+    while isinstance(probe, list) and depth < _MAX_NESTING:
         depth, probe = depth + 1, probe[0] if probe else None
-    if depth > _MAX_NESTING:
+    if depth >= _MAX_NESTING:  # the batch list itself plus `depth` lists below it
         raise InvalidInput(
             f"{field} is nested more than {_MAX_NESTING} lists deep; samples are vectors, images or series",
             {"field": field, "max_depth": _MAX_NESTING},
