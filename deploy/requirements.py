@@ -15,7 +15,10 @@ import re
 import sys
 from pathlib import Path
 
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser, as vendored by pip
+    from pip._vendor import tomli as tomllib  # type: ignore[no-redef]
 
 # onnxruntime-gpu on PyPI can lag the CPU wheel by a version (PITFALLS.md): pinned separately, and the CUDA base
 # image in the Dockerfile must match what this release was built for (see the comment there).

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import tomllib
 
 from app.settings import Settings
 from deploy import requirements as image_requirements
@@ -80,7 +79,7 @@ def test_copied_models_are_complete() -> None:
 
 
 def test_serve_image_installs_exactly_the_serve_extra(dockerfile: Dockerfile) -> None:
-    serve_extra = tomllib.loads(PYPROJECT.read_text())["project"]["optional-dependencies"]["serve"]
+    serve_extra = image_requirements.tomllib.loads(PYPROJECT.read_text())["project"]["optional-dependencies"]["serve"]
     cpu = image_requirements.serve_requirements(PYPROJECT, "cpu")
     cuda = image_requirements.serve_requirements(PYPROJECT, "cuda")
     assert cpu == serve_extra
@@ -157,7 +156,7 @@ def test_train_stage(dockerfile: Dockerfile) -> None:
     assert lines[0] == f"--extra-index-url {image_requirements.TORCH_CPU_INDEX}"
     torch = [line for line in lines if line.startswith("torch")]
     assert len(torch) == 1 and torch[0].endswith("+cpu"), torch
-    train_extra = tomllib.loads(PYPROJECT.read_text())["project"]["optional-dependencies"]["train"]
+    train_extra = image_requirements.tomllib.loads(PYPROJECT.read_text())["project"]["optional-dependencies"]["train"]
     assert len(lines) == len(train_extra) + 1
     run = " ".join(i.args for i in train.all("RUN"))
     assert "requirements.py train" in run and "--no-deps ${DATA_PKGS}" in run
