@@ -48,7 +48,8 @@ def wrk_version() -> str:
     if not wrk:
         return "absent"
     out = subprocess.run([wrk, "-v"], capture_output=True, text=True, check=False)
-    return (out.stdout or out.stderr).splitlines()[0].strip() if (out.stdout or out.stderr) else "unknown"
+    first = (out.stdout or out.stderr or "unknown").splitlines()[0]
+    return " ".join(first.split()[:2])
 
 
 def run_wrk(url: str, body_file: Path, content_type: str | None, headers: tuple[tuple[str, str], ...],
@@ -59,7 +60,7 @@ def run_wrk(url: str, body_file: Path, content_type: str | None, headers: tuple[
         raise RuntimeError("wrk is not installed (apt-get install -y wrk)")
     duration = max(1, round(seconds))
     command = [
-        wrk, f"-t{min(threads, concurrency)}", f"-c{concurrency}", f"-d{duration}s", "--timeout", "10s",
+        wrk, f"-t{min(threads, concurrency)}", f"-c{concurrency}", f"-d{duration}s", "--timeout", "30s",
         "-s", str(LUA), url, "--", str(body_file), content_type or "-", *(f"{k}: {v}" for k, v in headers),
     ]  # fmt: skip
     out = subprocess.run(command, capture_output=True, text=True, timeout=duration + 60, check=False)
@@ -76,6 +77,32 @@ def run_wrk(url: str, body_file: Path, content_type: str | None, headers: tuple[
         p99_ms=raw["p99_us"] / 1e3,
         mean_ms=raw["mean_us"] / 1e3,
     )
+
+
+def in_flight(base_url: str) -> float | None:
+    """Requests the server is still working on (its `*requests_in_flight` gauge, this scrape excluded)."""
+    status, body = http("GET", f"{base_url}/metrics", timeout=10)
+    if status != 200:
+        return None
+    total, found = 0.0, False
+    for line in body.decode(errors="replace").splitlines():
+        match = _SAMPLE.match(line)
+        if match and match.group(1).endswith("requests_in_flight"):
+            total += float(match.group(3))
+            found = True
+    return max(0.0, total - 1) if found else None
+
+
+def wait_idle(base_url: str, timeout: float = 60) -> float:
+    """After a wrk run the server may still be computing requests wrk gave up on (a batch of 256x256 images
+    takes seconds): wait until it has none left, so that they do not slow the next cell. Seconds waited."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        busy = in_flight(base_url)
+        if not busy:
+            break
+        time.sleep(0.05)
+    return time.monotonic() - started
 
 
 def batch_counters(base_url: str, model: str, graph: str) -> tuple[float, float] | None:

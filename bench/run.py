@@ -23,7 +23,7 @@ import orjson
 
 from bench import report
 from bench.cases import Case, build_cases
-from bench.load import BareRuntime, batch_counters, run_wrk, wrk_path, wrk_version
+from bench.load import BareRuntime, batch_counters, run_wrk, wait_idle, wrk_path, wrk_version
 from bench.plan import (
     MLSERVER,
     NO_BATCHING,
@@ -175,9 +175,8 @@ def start_servers(run: Run, run_dir: Path, cases: list[Case]) -> None:
     from app.settings import Settings
 
     has_batching = "batching" in Settings.model_fields
-    if OURS in wanted or not wanted - {OURS}:
-        log("starting ours (1 worker)")
-        run.servers[OURS] = start_ours(OURS, "python -m app --workers 1 (production settings)", run_dir, 1, {})
+    log("starting ours (1 worker)")  # always: the reference every other variant is compared with
+    run.servers[OURS] = start_ours(OURS, "python -m app --workers 1 (production settings)", run_dir, 1, {})
     if NO_BATCHING in wanted:
         if not has_batching:
             run.skipped[NO_BATCHING] = "this build of the service has no `batching` setting (AE_BATCHING)"
@@ -246,9 +245,15 @@ def measure_cell(run: Run, variant: str, case: Case, concurrency: int, seconds: 
     server = run.servers[SERVER_OF[variant]]
     watch = variant in (OURS, NO_BATCHING)
     before = batch_counters(server.base_url, case.model, case.graph) if watch else None
+    if round_ is not None:  # measured: long enough to complete requests (a warm-up only needs to send them)
+        seconds = max(seconds, case.min_seconds)
     result = run_wrk(url_for(run, variant, case), case.body_file(run_dir), case.content_type, case.headers,
                      concurrency, seconds)  # fmt: skip
     server.requests_served += result.requests
+    if variant == MLSERVER:
+        time.sleep(0.5)  # no in-flight gauge: a pause for what wrk left behind
+    else:
+        wait_idle(server.base_url)
     batch_rows = None
     if before is not None:
         after = batch_counters(server.base_url, case.model, case.graph)
@@ -324,8 +329,9 @@ def benchmark(run: Run) -> None:
 
         log("warming up every variant and case")
         for case in cases:
-            for variant in {v for level in config.levels for v in cells_of(case, level)}:
-                measure_cell(run, variant, case, min(8, max(config.levels)), config.warmup, run_dir, None)
+            # At the top concurrency: the biggest batches, hence ONNX Runtime's arena, form here, not mid-run.
+            for variant in dict.fromkeys(v for level in config.levels for v in cells_of(case, level)):
+                measure_cell(run, variant, case, max(config.levels), config.warmup, run_dir, None)
         record_memory(run, "after warm-up")
         for round_ in range(1, config.rounds + 1):
             for case in cases:
@@ -361,7 +367,10 @@ def main(argv: list[str] | None = None) -> int:
     if not (config.models_dir / "dense" / "card.json").exists():
         print(f"no models in {config.models_dir}", file=sys.stderr)
         return 2
-    command = "python -m bench " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    python = Path(sys.executable)
+    shown = python.relative_to(REPO) if python.is_relative_to(REPO) else python
+    args = sys.argv[1:] if argv is None else argv
+    command = f"{shown} -m bench " + " ".join(shlex.quote(a) for a in args)
     run = Run(config=config, command=command.strip(), started=datetime.now(timezone.utc))
     run.machine = machine_info()
     from app.settings import usable_cpus
