@@ -61,7 +61,8 @@ def test_deployment(dockerfile: Dockerfile, routes: set[str], monkeypatch: pytes
     assert settings.drain_seconds >= readiness["periodSeconds"]
     resources = container["resources"]
     assert resources["requests"]["cpu"] == resources["limits"]["cpu"] == "2"
-    assert resources["requests"]["memory"] == resources["limits"]["memory"]
+    assert resources["requests"]["memory"] == "1Gi" and resources["limits"]["memory"] == "2Gi"
+    assert settings.max_image_pixels <= 1024 * 1024, "the memory limit assumes images of at most 1024 x 1024"
     user = pod["securityContext"]
     serve_user = dockerfile.stage("serve").all("USER")[-1].args
     assert user["runAsNonRoot"] is True and f"{user['runAsUser']}:{user['runAsGroup']}" == serve_user

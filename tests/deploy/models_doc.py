@@ -1,0 +1,86 @@
+"""`python -m tests.deploy.models_doc`: the README's model table — what each model is (written here) beside its
+measured quality, copied from `models/README.md` (which training writes from the cards). test_readme.py checks
+that the README's table is this one, so a retrained model cannot leave stale numbers in the README."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+MODELS_README = REPO / "models" / "README.md"
+
+# What each model is and what it takes (the architecture; the numbers come from models/README.md).
+DESCRIPTIONS = {
+    "dense": (
+        "784 → 256 → 32 → 256 → 784, ReLU, sigmoid output: latent codes for dimensionality reduction",
+        "MNIST vectors `[N, 784]`, pixels in [0, 1]",
+    ),
+    "dense-shallow": ("the simplest autoencoder: one ReLU layer of 32 as the code", "`[N, 784]`"),
+    "conv": (
+        "conv + max-pool twice to a 2×7×7 latent map (98 numbers); nearest-neighbour upsample + conv decoder "
+        "(no checkerboard)",
+        "`[N, 1, 28, 28]`",
+    ),
+    "conv-dense-latent": (
+        "per-image standardisation, conv 5×5 + pool, Dense to a 14×14 latent map, stride-2 transposed conv, conv",
+        "`[N, 1, 28, 28]`",
+    ),
+    "denoise": (
+        "fully convolutional denoiser trained on clipped Gaussian noise (σ drawn from a range), BCE",
+        "`[N, 1, H, W]`, any H, W ≥ 4",
+    ),
+    "lstm": (
+        "bidirectional-LSTM sequence autoencoder, 6 channels → 3 latent features per step",
+        "`[N, T, 6]` raw sensor units",
+    ),
+    "lstm-anomaly": (
+        'the same network fitted one-class (BasicMotions "Walking"): anomaly scores + threshold',
+        "`[N, T, 6]`",
+    ),
+    "lstm-forecast": (
+        '"reduce and predict": BiLSTM (concat), dropout, dense 64, next step of every channel',
+        "`[N, T, 6]`",
+    ),
+}
+
+
+def measured() -> dict[str, tuple[str, str]]:
+    """(measure, result) per model, from models/README.md's table."""
+    rows = {}
+    for line in MODELS_README.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        match = re.fullmatch(r"`([a-z0-9-]+)`", cells[0]) if len(cells) >= 4 else None
+        if match:
+            rows[match.group(1)] = (cells[2], cells[3])
+    return rows
+
+
+def table() -> str:
+    lines = [
+        "| model | what it is | input | measure (held-out test data) | result |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for name, (measure, result) in measured().items():
+        what, shape = DESCRIPTIONS.get(name, ("(not described in tests/deploy/models_doc.py)", "see its card"))
+        lines.append(f"| `{name}` | {what} | {shape} | {measure} | {result} |")
+    return "\n".join(lines)
+
+
+def replace_table(readme: str) -> str:
+    pattern = re.compile(r"(<!-- models-table:start -->\n).*?(<!-- models-table:end -->)", re.S)
+    if not pattern.search(readme):
+        raise ValueError("README.md has no <!-- models-table:start/end --> markers")
+    return pattern.sub(lambda m: m.group(1) + table() + "\n" + m.group(2), readme)
+
+
+def main() -> int:
+    readme = REPO / "README.md"
+    readme.write_text(replace_table(readme.read_text()))
+    print(f"updated the model table in {readme}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
