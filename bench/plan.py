@@ -5,7 +5,8 @@ Variants (each is a server, or a route on one):
 - `noop-raw` / `noop-parse`: the ceilings on the same server (`/bench/noop-raw`, `/bench/noop-parse`);
 - `no-batching`: the same service with `AE_BATCHING=0`, 1 worker;
 - `2-workers`: the same service with 2 uvicorn workers;
-- `mlserver`: Seldon MLServer (default settings) with `bench/mlserver_runtime.py` on the same ONNX file.
+- `mlserver`: Seldon MLServer (default settings) with `bench/mlserver_runtime.py` on the same ONNX file;
+- `mlserver-batching`: the same with MLServer's adaptive batching on (our batch size and delay).
 Every server runs for the whole benchmark (idle ones cost no CPU), so variants interleave cell by cell.
 """
 
@@ -24,9 +25,10 @@ NOOP_PARSE = "noop-parse"
 NO_BATCHING = "no-batching"
 TWO_WORKERS = "2-workers"
 MLSERVER = "mlserver"
-VARIANTS = (OURS, NOOP_RAW, NOOP_PARSE, NO_BATCHING, TWO_WORKERS, MLSERVER)
+MLSERVER_BATCHING = "mlserver-batching"
+VARIANTS = (OURS, NOOP_RAW, NOOP_PARSE, NO_BATCHING, TWO_WORKERS, MLSERVER, MLSERVER_BATCHING)
 SERVER_OF = {OURS: OURS, NOOP_RAW: OURS, NOOP_PARSE: OURS, NO_BATCHING: NO_BATCHING, TWO_WORKERS: TWO_WORKERS,
-             MLSERVER: MLSERVER}  # fmt: skip
+             MLSERVER: MLSERVER, MLSERVER_BATCHING: MLSERVER_BATCHING}  # fmt: skip
 PATH_OF = {NOOP_RAW: "/bench/noop-raw", NOOP_PARSE: "/bench/noop-parse"}
 TWO_WORKER_CASES = ("encode-json-1", "v2-json-1", "encode-npy-64", "denoise-png-28")
 
@@ -45,6 +47,8 @@ def applies(variant: str, case: Case, concurrency: int, levels: tuple[int, ...])
         return case.name in TWO_WORKER_CASES and (case.name == "encode-json-1" or concurrency == top)
     if variant == MLSERVER:
         return case.peer
+    if variant == MLSERVER_BATCHING:  # batching only matters with concurrent requests
+        return case.peer and concurrency >= min(8, top)
     raise ValueError(variant)
 
 

@@ -6,7 +6,17 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from bench.cases import build_cases
-from bench.plan import MLSERVER, NO_BATCHING, NOOP_PARSE, NOOP_RAW, OURS, TWO_WORKERS, VARIANTS, median_of
+from bench.plan import (
+    MLSERVER,
+    MLSERVER_BATCHING,
+    NO_BATCHING,
+    NOOP_PARSE,
+    NOOP_RAW,
+    OURS,
+    TWO_WORKERS,
+    VARIANTS,
+    median_of,
+)
 
 if TYPE_CHECKING:
     from bench.run import Run
@@ -43,17 +53,19 @@ def targets(run: Run) -> list[tuple[str, str, str, str]]:
         rows.append((f"/v1 encode 1-row JSON, c={top}: ours / `{ceiling}` requests/s", _x(r), f">= {goal:.2f}x",
                      verdict(r, r is not None and r >= goal)))  # fmt: skip
     v2 = ("v2-json-1", top)
-    r = res.ratio((OURS, *v2), (MLSERVER, *v2), "rps")
-    rows.append(
-        (f"V2 JSON 1 row, c={top}: ours / MLServer requests/s", _x(r), ">= 2x", verdict(r, r is not None and r >= 2))
-    )
-    ours_p99, peer_p99 = res.get(OURS, *v2), res.get(MLSERVER, *v2)
-    if ours_p99 and peer_p99:
-        a, b = median_of(ours_p99, "p99_ms"), median_of(peer_p99, "p99_ms")
-        rows.append((f"V2 JSON 1 row, c={top}: p99 ours vs MLServer", f"{a:.1f} ms vs {b:.1f} ms", "lower",
-                     verdict(a, a < b)))  # fmt: skip
-    else:
-        rows.append((f"V2 JSON 1 row, c={top}: p99 ours vs MLServer", "n/a", "lower", "not measured"))
+    for peer in (MLSERVER, MLSERVER_BATCHING):
+        if peer not in run.config.variants:
+            continue
+        r = res.ratio((OURS, *v2), (peer, *v2), "rps")
+        rows.append((f"V2 JSON 1 row, c={top}: ours / `{peer}` requests/s", _x(r), ">= 2x",
+                     verdict(r, r is not None and r >= 2)))  # fmt: skip
+        ours_p99, peer_p99 = res.get(OURS, *v2), res.get(peer, *v2)
+        if ours_p99 and peer_p99:
+            a, b = median_of(ours_p99, "p99_ms"), median_of(peer_p99, "p99_ms")
+            rows.append((f"V2 JSON 1 row, c={top}: p99 ours vs `{peer}`", f"{a:.1f} ms vs {b:.1f} ms", "lower",
+                         verdict(a, a < b)))  # fmt: skip
+        else:
+            rows.append((f"V2 JSON 1 row, c={top}: p99 ours vs `{peer}`", "n/a", "lower", "not measured"))
     r = res.ratio((OURS, "encode-npy-64", top), (OURS, "encode-json-64", top), "rows_per_s")
     rows.append(
         (f"/v1 encode 64 rows, c={top}: .npy / JSON rows/s", _x(r), ">= 5x", verdict(r, r is not None and r >= 5))
@@ -99,7 +111,8 @@ def _context(run: Run) -> list[str]:
         f"- **Service defaults** (as resolved here): {run.load.get('defaults', 'n/a')}",
         f"- **Load**: before the run the machine was {run.load.get('busy_before', '?')} busy (load average "
         f"{run.load.get('loadavg_start', '?')}, at the end {run.load.get('loadavg_end', '?')}); during the run "
-        f"processes other than the benchmark used {run.load.get('others_cpu', '?')}.",
+        f"processes other than the benchmark used {run.load.get('others_cpu', '?')}. Busiest processes at the "
+        f"start (lifetime average CPU): {run.load.get('top', '?')}.",
     ]
     if share > SHARED_SHARE:
         lines += [
@@ -123,12 +136,31 @@ def _context(run: Run) -> list[str]:
     return lines
 
 
+def summary(run: Run, titles: dict[str, tuple[str, str, str]]) -> list[str]:
+    """`ours` at a glance: requests/s at every concurrency, rows/s and latency at the top one."""
+    res = run.results
+    levels, top = run.config.levels, max(run.config.levels)
+    lines = ["", "## Summary (`ours`, 1 worker, default settings)", "",
+             "| case | " + " | ".join(f"req/s c={c}" for c in levels) + f" | rows/s c={top} | p50 / p99 ms c={top} |",
+             "| --- | " + " | ".join("---:" for _ in levels) + " | ---: | ---: |"]  # fmt: skip
+    for case, (title, _, _) in titles.items():
+        if not any(res.get(OURS, case, c) for c in levels):
+            continue
+        rates = [_f(median_of(cells, "rps")) if (cells := res.get(OURS, case, c)) else "" for c in levels]
+        cells = res.get(OURS, case, top)
+        rows = _f(median_of(cells, "rows_per_s")) if cells else ""
+        lat = f"{median_of(cells, 'p50_ms'):.1f} / {median_of(cells, 'p99_ms'):.1f}" if cells else ""
+        lines.append(f"| {title} | " + " | ".join(rates) + f" | {rows} | {lat} |")
+    return lines
+
+
 def render(run: Run) -> str:
     res = run.results
     lines = _context(run)
     lines += ["", "## Targets (issue 6)", "", "| target | measured | goal | verdict |", "| --- | --- | --- | --- |"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in targets(run)]
     titles = {c.name: (c.title, c.model, c.graph) for c in build_cases(run.config.models_dir)}
+    lines += summary(run, titles)
     lines += ["", "## Every cell", ""]
     for case in dict.fromkeys(c.case for c in res.cells):
         title, model, graph = titles.get(case, (case, "", ""))

@@ -26,6 +26,7 @@ from bench.cases import Case, build_cases
 from bench.load import BareRuntime, batch_counters, run_wrk, wait_idle, wrk_path, wrk_version
 from bench.plan import (
     MLSERVER,
+    MLSERVER_BATCHING,
     NO_BATCHING,
     OURS,
     PATH_OF,
@@ -122,6 +123,22 @@ def cpu_busy_jiffies() -> tuple[int, int]:
     return sum(fields) - idle, sum(fields)
 
 
+def busiest_processes(count: int = 4) -> str:
+    """The processes using the most CPU as the run starts (what else is on the machine)."""
+    import subprocess
+
+    out = subprocess.run(["ps", "-eo", "pcpu,args", "--sort=-pcpu"], capture_output=True, text=True, check=False)
+    rows = []
+    for line in out.stdout.splitlines()[1:]:
+        cpu, _, args = line.strip().partition(" ")
+        if "ps -eo" in args or float(cpu or 0) < 5:
+            continue
+        rows.append(f"{cpu} % `{args.strip()[:70]}`")
+        if len(rows) == count:
+            break
+    return "; ".join(rows) or "none above 5 %"
+
+
 def machine_info() -> dict[str, str]:
     from app.settings import usable_cpus
 
@@ -188,21 +205,32 @@ def start_servers(run: Run, run_dir: Path, cases: list[Case]) -> None:
         log("starting ours with 2 workers")
         run.servers[TWO_WORKERS] = start_ours(TWO_WORKERS, "python -m app --workers 2", run_dir, 2, {})
     peer_cases = [c for c in cases if c.peer]
-    if MLSERVER in wanted and peer_cases:
+    peers = [v for v in (MLSERVER, MLSERVER_BATCHING) if v in wanted]
+    if not peers or not peer_cases:
+        return
+    try:
+        python = mlserver_venv(BENCH / ".venv-mlserver")
+    except Exception as exc:  # the peer is optional: report why it is missing, measure the rest
+        for name in peers:
+            run.skipped[name] = f"MLServer could not be installed: {str(exc)[:400]}"
+        return
+    run.versions["mlserver (its venv: mlserver, onnxruntime)"] = mlserver_version(python)
+    card = orjson.loads((run.config.models_dir / "dense" / "card.json").read_bytes())
+    model_file = run.config.models_dir / "dense" / card["graphs"]["encoder"]["file"]
+    defaults = service_defaults()
+    threads = int(defaults.get("intra_op_threads (resolved, 1 worker)", "1"))
+    # The peer batches like ours by default: the same maximum batch and delay.
+    batching = (int(defaults.get("batch_max_rows", "64")), float(defaults.get("batch_max_delay_ms", "1")) / 1000)
+    for name in peers:
         try:
-            python = mlserver_venv(BENCH / ".venv-mlserver")
-            run.versions["mlserver (its venv: mlserver, onnxruntime)"] = mlserver_version(python)
-            card = orjson.loads((run.config.models_dir / "dense" / "card.json").read_bytes())
-            model_file = run.config.models_dir / "dense" / card["graphs"]["encoder"]["file"]
-            threads = int(service_defaults().get("intra_op_threads (resolved, 1 worker)", "1"))
-            log("starting MLServer")
-            run.servers[MLSERVER] = start_mlserver(
-                python, run_dir, "dense.encoder", model_file, card["version"], threads
-            )
-            run.servers[MLSERVER].description += f" (parallel_workers=1), ORT intra-op threads {threads}, no spinning"
-        except Exception as exc:  # the peer is optional: report why it is missing, measure the rest
-            run.skipped[MLSERVER] = f"MLServer did not start: {str(exc)[:400]}"
-            log(run.skipped[MLSERVER])
+            log(f"starting {name}")
+            server = start_mlserver(python, run_dir, "dense.encoder", model_file, card["version"], threads, name,
+                                    batching if name == MLSERVER_BATCHING else None)  # fmt: skip
+            server.description += f"; parallel_workers=1 (its default), ORT intra-op threads {threads}, no spinning"
+            run.servers[name] = server
+        except Exception as exc:
+            run.skipped[name] = f"MLServer did not start: {str(exc)[:400]}"
+            log(run.skipped[name])
 
 
 def url_for(run: Run, variant: str, case: Case) -> str:
@@ -225,7 +253,7 @@ def check_requests(run: Run, cases: list[Case], reference: BareRuntime) -> dict[
             if status != 200:
                 broken[(variant, case.name)] = f"HTTP {status}: {body[:200].decode(errors='replace')}"
                 log(f"skipping {variant} x {case.name}: {broken[(variant, case.name)]}")
-            elif case.name == "v2-json-1" and variant in (OURS, MLSERVER):
+            elif case.name == "v2-json-1" and variant in (OURS, MLSERVER, MLSERVER_BATCHING):
                 doc = orjson.loads(body)
                 peer_outputs[variant] = np.asarray(doc["outputs"][0]["data"], dtype=np.float32)
     if "v2-json-1" in {c.name for c in cases} and peer_outputs:
@@ -250,7 +278,7 @@ def measure_cell(run: Run, variant: str, case: Case, concurrency: int, seconds: 
     result = run_wrk(url_for(run, variant, case), case.body_file(run_dir), case.content_type, case.headers,
                      concurrency, seconds)  # fmt: skip
     server.requests_served += result.requests
-    if variant == MLSERVER:
+    if variant in (MLSERVER, MLSERVER_BATCHING):
         time.sleep(0.5)  # no in-flight gauge: a pause for what wrk left behind
     else:
         wait_idle(server.base_url)
@@ -383,6 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     busy1, total1 = cpu_busy_jiffies()
     run.load["busy_before"] = f"{100 * (busy1 - busy0) / max(1, total1 - total0):.0f} %"
     run.load["defaults"] = ", ".join(f"{k}={v}" for k, v in service_defaults().items())
+    run.load["top"] = busiest_processes()
     started = time.monotonic()
     benchmark(run)
     run.seconds = time.monotonic() - started

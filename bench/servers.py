@@ -170,9 +170,11 @@ def mlserver_version(python: Path) -> str:
 
 
 def start_mlserver(python: Path, run_dir: Path, model_name: str, model_file: Path, version: str,
-                   intra_op_threads: int, timeout: float = 180) -> Server:  # fmt: skip
-    """MLServer with its default settings, one model (`bench/mlserver_runtime.py` over `model_file`)."""
-    repo = run_dir / "mlserver"
+                   intra_op_threads: int, name: str = "mlserver", batching: tuple[int, float] | None = None,
+                   timeout: float = 180) -> Server:  # fmt: skip
+    """MLServer with its default settings, one model (`bench/mlserver_runtime.py` over `model_file`); with
+    `batching` = (max_batch_size, max_batch_time in seconds), its adaptive batching on."""
+    repo = run_dir / name
     (repo / model_name).mkdir(parents=True, exist_ok=True)
     http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
     settings = {"http_port": http_port, "grpc_port": grpc_port, "metrics_port": metrics_port, "debug": False}
@@ -186,10 +188,12 @@ def start_mlserver(python: Path, run_dir: Path, model_name: str, model_file: Pat
             "extra": {"intra_op_threads": intra_op_threads},
         },
     }
+    if batching is not None:
+        model_settings["max_batch_size"], model_settings["max_batch_time"] = batching
     (repo / model_name / "model-settings.json").write_text(json.dumps(model_settings, indent=2))
     env = {**os.environ, "PYTHONPATH": str(BENCH), "PYTHONUNBUFFERED": "1"}
     env.pop("VIRTUAL_ENV", None)
-    log_path = run_dir / "mlserver.log"
+    log_path = run_dir / f"{name}.log"
     mlserver = python.parent / "mlserver"
     started = time.monotonic()
     with log_path.open("wb") as log:
@@ -197,6 +201,9 @@ def start_mlserver(python: Path, run_dir: Path, model_name: str, model_file: Pat
             [str(mlserver), "start", str(repo)], cwd=repo, env=env, stdout=log, stderr=subprocess.STDOUT
         )
     base = f"http://127.0.0.1:{http_port}"
-    server = Server("mlserver", "Seldon MLServer, default settings", base, process, log_path)
+    what = "default settings"
+    if batching:
+        what = f"adaptive batching on (max_batch_size={batching[0]}, max_batch_time={batching[1]} s)"
+    server = Server(name, f"Seldon MLServer, {what}", base, process, log_path)
     wait_ready(server, [f"{base}/v2/health/ready", f"{base}/v2/models/{model_name}/ready"], started, timeout)
     return server
