@@ -3,7 +3,8 @@
 - `app/static/digits.json`: the demo's ten sample digits, one held-out digit per class: the first image of each
   label in the MNIST test split the models were evaluated on (`training.data.mnist.load_mnist`, seed 0), 0-255.
 - `app/static/examples/`: inputs for the README's curl examples, served by the service itself under
-  `/demo-assets/examples/`: a digit as PNG, the same digit noisy and at twice the size, BasicMotions test series
+  `/demo-assets/examples/`: two digits (1 and 7) as a `/v1` JSON body of 784-pixel rows, the 7 as PNG, the same
+  digit noisy and at twice the size, BasicMotions test series
   (walking and running: normal and anomalous for `lstm-anomaly`) as `/v1` JSON bodies.
 
 tests/browser/test_assets.py checks that the committed files are what this writes.
@@ -72,7 +73,9 @@ def example_files(digits: dict[str, Any]) -> dict[str, bytes]:
     for activity in ("walking", "running"):
         index = int(np.flatnonzero(np.char.lower(test.y.astype(str)) == activity)[0])
         series[activity] = test.x[index]
+    pair = [[round(v / 255, 4) for v in digits["digits"][label]] for label in ("1", "7")]
     files = {
+        "digits.json": (json.dumps({"inputs": pair}, separators=(",", ":")) + "\n").encode(),
         "seven.png": png(np.rint(seven * 255)),
         "seven-noisy-56.png": png(np.rint(noisy * 255)),
     }
