@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.app.conftest import models_dir  # noqa: F401  (fixture of the server below)
+from tests.app.conftest import make_client, models_dir  # noqa: F401  (models_dir: fixture of the server below)
 from tests.app.test_server import server  # noqa: F401  (a real uvicorn process on the committed models)
 from tests.deploy.conftest import REPO, SETTING_NAMES
 from tests.deploy.models_doc import DESCRIPTIONS
@@ -116,3 +116,23 @@ def test_python_examples_run(server: str, tmp_path: Path) -> None:  # noqa: F811
         result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, result.stderr
         assert result.stdout.splitlines() == expected
+
+
+def test_drop_in_model_recipe(tmp_path: Path) -> None:
+    """The README's recipe for a new model, after its training step: copy the folder under a new name, rename the
+    card, and the service serves it under that name."""
+    block = next(b for b in code_blocks(section("Training"), "bash") if "models/dense16" in b)
+    steps = block.replace("\\\n", "").splitlines()
+    copy_and_rename = [line for line in steps if line.startswith(("mkdir", ".venv/bin/python -c"))]
+    assert len(copy_and_rename) == 2
+    # What `python -m training dense --out runs/dense16` writes (the committed dense model stands in for it).
+    shutil.copytree(REPO / "models" / "dense", tmp_path / "runs" / "dense16" / "dense")
+    script = "set -e\n" + "\n".join(copy_and_rename).replace(".venv/bin/python", sys.executable)
+    result = subprocess.run(["bash", "-c", script], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    with make_client(models_dir=tmp_path / "models") as client:
+        detail = client.get("/v1/models/dense16")
+        assert detail.status_code == 200 and detail.json()["status"] == "ready", detail.text
+        assert client.get("/readyz").json()["ready"] is True
+        x = {"inputs": [[0.5] * 784]}
+        assert client.post("/v1/models/dense16/encode", json=x).json()["shape"] == [1, 32]
