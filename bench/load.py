@@ -49,7 +49,7 @@ def wrk_version() -> str:
         return "absent"
     out = subprocess.run([wrk, "-v"], capture_output=True, text=True, check=False)
     first = (out.stdout or out.stderr or "unknown").splitlines()[0]
-    return " ".join(first.split()[:2])
+    return first.split()[1] if first.startswith("wrk ") and len(first.split()) > 1 else first.strip()
 
 
 def run_wrk(url: str, body_file: Path, content_type: str | None, headers: tuple[tuple[str, str], ...],
