@@ -32,7 +32,7 @@ from app.v2.schemas import (
 )
 
 SERVER_NAME = "ae-serve"
-EXTENSIONS = ["binary_tensor_data", "model_configuration"]
+EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics"]
 PLATFORM = "onnxruntime_onnx"
 BACKEND = "onnxruntime"
 ALIAS_ROLE = "full"
@@ -65,6 +65,7 @@ class InferPlan:
 
     feeds: dict[str, np.ndarray]
     outputs: list[RequestedOutput]
+    rows: int  # samples in the request (1 for a graph without a batch axis)
 
 
 def server_metadata() -> ServerMetadataResponse:
@@ -82,6 +83,18 @@ def model_names(registry: ModelRegistry) -> list[str]:
             names.append(entry.name)
         names.extend(f"{entry.name}.{role}" for role in entry.card.graphs)
     return names
+
+
+def served_models(registry: ModelRegistry) -> list[tuple[str, str]]:
+    """`(V2 name, version)` of every graph that serves now (aliases included)."""
+    served: list[tuple[str, str]] = []
+    for entry in registry.entries():
+        if not entry.ready or entry.card is None:
+            continue
+        if ALIAS_ROLE in entry.graphs:
+            served.append((entry.name, entry.card.version))
+        served.extend((f"{entry.name}.{role}", entry.card.version) for role in entry.graphs)
+    return served
 
 
 def locate(registry: ModelRegistry, name: str) -> tuple[ModelEntry, str]:
@@ -228,7 +241,9 @@ def plan_inference(model: V2Model, request: InferRequest, service: InferenceServ
                     {"limit": settings.max_batch_rows},
                 )
         feeds[spec.name] = service.fit_array(model.card, spec, array, spec.name)
-    return InferPlan(feeds=feeds, outputs=_select_outputs(model, request))
+    first = graph.inputs[0]
+    rows = int(feeds[first.name].shape[0]) if first.shape and first.shape[0] == BATCH_AXIS else 1
+    return InferPlan(feeds=feeds, outputs=_select_outputs(model, request), rows=rows)
 
 
 def _select_outputs(model: V2Model, request: InferRequest) -> list[RequestedOutput]:

@@ -7,11 +7,12 @@ The infer body is read raw whatever its Content-Type (tritonclient sends none), 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Annotated, Any
 
 import anyio.to_thread
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Depends, Path, Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
@@ -31,11 +32,13 @@ from app.v2.schemas import (
     ModelConfigResponse,
     ModelMetadataResponse,
     ModelReadyResponse,
+    ModelStatisticsResponse,
     ServerLiveResponse,
     ServerMetadataResponse,
     ServerReadyResponse,
     V2ErrorResponse,
 )
+from app.v2.statistics import InferenceStatistics, RequestTimer
 
 TAG = "open inference protocol (v2)"
 router = APIRouter(prefix="/v2", tags=[TAG])
@@ -106,6 +109,10 @@ def _inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
     return dict(walk(schema))
 
 
+def _stats_json(entries: list[dict[str, Any]]) -> Response:
+    return _json(ModelStatisticsResponse.model_validate({"model_stats": entries}))
+
+
 def _json(body: Any, status: int = 200) -> Response:
     return Response(to_json(body.model_dump(exclude_none=True)), status_code=status, media_type=JSON_CONTENT_TYPE)
 
@@ -113,7 +120,8 @@ def _json(body: Any, status: int = 200) -> Response:
 # -- server -------------------------------------------------------------------------------------------------
 @router.get("", response_model=ServerMetadataResponse, summary="Server metadata")
 async def get_server_metadata() -> Response:
-    """Name, version and the protocol extensions offered (`binary_tensor_data`, `model_configuration`)."""
+    """Name, version and the protocol extensions offered (`binary_tensor_data`, `model_configuration`,
+    `statistics`)."""
     return _json(dataplane.server_metadata())
 
 
@@ -155,26 +163,50 @@ async def _infer(
     service: InferenceService,
     engine: InferenceEngine,
     settings: Settings,
+    statistics: InferenceStatistics,
     name: str,
     version: str | None,
 ) -> Response:
+    timer = RequestTimer()
     entry, _ = dataplane.locate(registry, name)
     request.state.model = entry.name
     request.state.task = "v2"
     model = dataplane.resolve(registry, name, version)
-    body = await read_body(request, settings.max_body_bytes)
-    header_length = request.headers.get(HEADER_LENGTH)
+    try:
+        body = await read_body(request, settings.max_body_bytes)
+        header_length = request.headers.get(HEADER_LENGTH)
 
-    def prepare() -> tuple[dataplane.InferPlan, str | None]:
-        parsed = parse_request(body, header_length)
-        return dataplane.plan_inference(model, parsed, service, settings), parsed.id
+        def prepare() -> tuple[dataplane.InferPlan, str | None]:
+            parsed = parse_request(body, header_length)
+            return dataplane.plan_inference(model, parsed, service, settings), parsed.id
 
-    json_bytes = int(header_length) if header_length and header_length.isdigit() else len(body)
-    on_loop = json_bytes < _PARSE_ON_LOOP_BYTES and len(body) < _PARSE_ON_LOOP_BINARY_BYTES
-    plan, request_id = prepare() if on_loop else await anyio.to_thread.run_sync(prepare)
-    outputs = await dataplane.run_inference(model, plan, engine)
-    buffers, header = encode_response(model.name, model.version, request_id, outputs)
+        started = time.perf_counter_ns()
+        json_bytes = int(header_length) if header_length and header_length.isdigit() else len(body)
+        on_loop = json_bytes < _PARSE_ON_LOOP_BYTES and len(body) < _PARSE_ON_LOOP_BINARY_BYTES
+        plan, request_id = prepare() if on_loop else await anyio.to_thread.run_sync(prepare)
+        timer.rows, timer.compute_input = plan.rows, time.perf_counter_ns() - started
+        started = time.perf_counter_ns()
+        outputs = await dataplane.run_inference(model, plan, engine)
+        timer.compute_infer = time.perf_counter_ns() - started
+        started = time.perf_counter_ns()
+        buffers, header = encode_response(model.name, model.version, request_id, outputs)
+        timer.compute_output = time.perf_counter_ns() - started
+    except Exception:
+        statistics.record(model.name, timer, ok=False)
+        raise
+    statistics.record(model.name, timer, ok=True)
     return TensorResponse(buffers, header)
+
+
+async def get_statistics(request: Request) -> InferenceStatistics:
+    """The app's V2 statistics table, created on first use."""
+    statistics = getattr(request.app.state, "v2_statistics", None)
+    if statistics is None:
+        statistics = request.app.state.v2_statistics = InferenceStatistics()
+    return statistics
+
+
+StatisticsDep = Annotated[InferenceStatistics, Depends(get_statistics)]
 
 
 _METADATA: dict[str, Any] = {"response_model": ModelMetadataResponse, "responses": _errors(404, 422, 503)}
@@ -219,6 +251,31 @@ _INFER: dict[str, Any] = {
         **_errors(400, 404, 413, 422, 500, 503),
     },
 }
+
+
+_STATS: dict[str, Any] = {"response_model": ModelStatisticsResponse, "responses": _errors(404, 422, 503)}
+
+
+@router.get("/models/stats", summary="Inference statistics of every model (Triton)", **_STATS)
+async def get_all_statistics(registry: RegistryDep, statistics: StatisticsDep) -> Response:
+    """Triton's statistics extension for every served V2 model (per worker process); perf_analyzer reads it."""
+    return _stats_json(statistics.snapshot(dataplane.served_models(registry)))
+
+
+@router.get("/models/{name}/stats", summary="Inference statistics (Triton)", **_STATS)
+async def get_model_statistics(name: ModelName, registry: RegistryDep, statistics: StatisticsDep) -> Response:
+    """Requests, rows, and time decoding, in the engine and encoding, for one V2 model (per worker process)."""
+    model = dataplane.resolve(registry, name)
+    return _stats_json(statistics.snapshot([(model.name, model.version)]))
+
+
+@router.get("/models/{name}/versions/{version}/stats", summary="Inference statistics (Triton, a version)", **_STATS)
+async def get_model_version_statistics(
+    name: ModelName, version: ModelVersion, registry: RegistryDep, statistics: StatisticsDep
+) -> Response:
+    """Statistics of that version of the model."""
+    model = dataplane.resolve(registry, name, version)
+    return _stats_json(statistics.snapshot([(model.name, model.version)]))
 
 
 @router.get("/models/{name}", summary="Model metadata", **_METADATA)
@@ -269,9 +326,10 @@ async def infer(
     service: ServiceDep,
     engine: EngineDep,
     settings: SettingsDep,
+    statistics: StatisticsDep,
 ) -> Response:
     """Run the model on JSON or binary tensors; binary outputs make an `application/octet-stream` answer."""
-    return await _infer(request, registry, service, engine, settings, name, None)
+    return await _infer(request, registry, service, engine, settings, statistics, name, None)
 
 
 @router.post("/models/{name}/versions/{version}/infer", summary="Inference (a version)", **_INFER)
@@ -283,6 +341,7 @@ async def infer_version(
     service: ServiceDep,
     engine: EngineDep,
     settings: SettingsDep,
+    statistics: StatisticsDep,
 ) -> Response:
     """Run that version of the model (404 unless it is the card's version)."""
-    return await _infer(request, registry, service, engine, settings, name, version)
+    return await _infer(request, registry, service, engine, settings, statistics, name, version)

@@ -182,3 +182,59 @@ class InferenceResponse(BaseModel):
     id: str | None = None
     parameters: dict[str, Any] | None = None
     outputs: list[ResponseOutput]
+
+
+# -- statistics (Triton's extension) ------------------------------------------------------------------------
+class StatDuration(BaseModel):
+    count: int
+    ns: int = Field(description="total nanoseconds")
+
+
+class ModelStatistics(BaseModel):
+    name: str
+    version: str
+    last_inference: int = Field(description="milliseconds since the epoch of the last request (0: none)")
+    inference_count: int = Field(description="rows inferred")
+    execution_count: int = Field(description="requests executed")
+    inference_stats: dict[str, StatDuration] = Field(
+        description="success, fail, queue, compute_input, compute_infer (engine call, queue wait included), "
+        "compute_output, cache_hit, cache_miss"
+    )
+    batch_stats: list[dict[str, Any]] = Field(description="per request batch size: compute_input/infer/output")
+
+
+class ModelStatisticsResponse(BaseModel):
+    """Triton's statistics extension: per model, per worker process (perf_analyzer reads it)."""
+
+    model_config = _examples(
+        {
+            "model_stats": [
+                {
+                    "name": "dense.encoder",
+                    "version": "1",
+                    "last_inference": 1796078000000,
+                    "inference_count": 64,
+                    "execution_count": 1,
+                    "inference_stats": {
+                        "success": {"count": 1, "ns": 900000},
+                        "fail": {"count": 0, "ns": 0},
+                        "queue": {"count": 0, "ns": 0},
+                        "compute_input": {"count": 1, "ns": 80000},
+                        "compute_infer": {"count": 1, "ns": 700000},
+                        "compute_output": {"count": 1, "ns": 20000},
+                        "cache_hit": {"count": 0, "ns": 0},
+                        "cache_miss": {"count": 0, "ns": 0},
+                    },
+                    "batch_stats": [
+                        {
+                            "batch_size": 64,
+                            "compute_input": {"count": 1, "ns": 80000},
+                            "compute_infer": {"count": 1, "ns": 700000},
+                            "compute_output": {"count": 1, "ns": 20000},
+                        }
+                    ],
+                }
+            ]
+        }
+    )
+    model_stats: list[ModelStatistics]

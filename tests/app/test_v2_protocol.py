@@ -243,7 +243,8 @@ def test_metadata_and_config_bodies_fit_their_schemas(http: httpx.Client) -> Non
 def test_openapi_documents_the_v2_routes(http: httpx.Client) -> None:
     spec = http.get("/openapi.json").json()
     paths = spec["paths"]
-    for path in ("/v2", "/v2/health/live", "/v2/health/ready", "/v2/models/{name}", "/v2/models/{name}/ready"):
+    routes = ("/v2", "/v2/health/live", "/v2/health/ready", "/v2/models/stats", "/v2/models/{name}/stats")
+    for path in (*routes, "/v2/models/{name}", "/v2/models/{name}/ready"):
         assert "get" in paths[path], path
     for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
         assert "get" in paths[f"{prefix}/config"]

@@ -226,3 +226,32 @@ def test_compressed_request_body(client: triton.InferenceServerClient, reference
     x = graph_input("dense", "encoder", batch=64)
     result = client.infer("dense.encoder", [infer_input("x", x, binary=True)], request_compression_algorithm=algorithm)
     np.testing.assert_allclose(result.as_numpy("z"), reference.run("dense", "encoder", x)["z"], rtol=0, atol=TOLERANCE)
+
+
+def test_inference_statistics(client: triton.InferenceServerClient) -> None:
+    """Triton's statistics extension (what perf_analyzer reads around each measurement window)."""
+
+    def stats() -> dict[str, Any]:
+        entries = client.get_inference_statistics("dense.decoder")["model_stats"]
+        assert [e["name"] for e in entries] == ["dense.decoder"]
+        return dict(entries[0])
+
+    before = stats()
+    x = graph_input("dense", "decoder", batch=5)
+    for _ in range(2):
+        client.infer("dense.decoder", [infer_input("z", x, binary=True)])
+    with pytest.raises(InferenceServerException):
+        client.infer("dense.decoder", [infer_input("z", x[:, :31], binary=True)])
+    after = stats()
+    assert after["version"] == CARDS["dense"]["version"] and after["last_inference"] > 0
+    assert after["inference_count"] - before["inference_count"] == 10
+    assert after["execution_count"] - before["execution_count"] == 2
+    done, failed = after["inference_stats"], before["inference_stats"]
+    assert done["success"]["count"] - failed["success"]["count"] == 2
+    assert done["fail"]["count"] - failed["fail"]["count"] == 1
+    for stage in ("success", "compute_input", "compute_infer", "compute_output"):
+        assert done[stage]["ns"] > failed[stage]["ns"], stage
+    assert 5 in [b["batch_size"] for b in after["batch_stats"]]
+    every = client.get_inference_statistics()["model_stats"]
+    assert {e["name"] for e in every} == {name for name, _, _ in V2_MODELS}
+    assert client.get_inference_statistics("dense", model_version=CARDS["dense"]["version"])["model_stats"]
