@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import threading
 import time
 from collections import deque
 from collections.abc import Mapping
@@ -249,6 +251,19 @@ class _GraphQueue:
                 handle.cancel()
 
     async def _dispatch(self) -> None:
+        while True:
+            try:
+                await self._dispatch_batches()
+            except Exception:  # a bug here must not leave callers waiting for their deadline
+                log.exception("batcher of %s failed; failing its waiting requests and restarting", self.graph.label)
+                while self.waiting:
+                    request = self.waiting.popleft()
+                    if not request.future.done():
+                        request.future.set_exception(InferenceError(f"{self.graph.label}: the batcher failed"))
+                self.rows_waiting = 0
+                self.engine.set_queue_depth(self.graph, 0)
+
+    async def _dispatch_batches(self) -> None:
         loop = asyncio.get_running_loop()
         policy = self.policy
         slots = self.engine.slots()
@@ -265,7 +280,12 @@ class _GraphQueue:
             if not self.waiting:  # every waiting caller left while we waited for a slot
                 slots.release()
                 continue
-            self._launch(self._take(), loop)
+            try:
+                batch = self._take()
+            except BaseException:
+                slots.release()
+                raise
+            self._launch(batch, loop)
 
     def _take(self) -> _Batch:
         """The oldest request plus later ones of the same sample shape while the rows fit (order kept)."""
@@ -334,6 +354,18 @@ class _GraphQueue:
             await asyncio.gather(*self._running, return_exceptions=True)
 
 
+def lower_thread_priority(nice: int) -> None:
+    """Raise the calling thread's niceness by `nice` (Linux: per thread), so that when the CPUs are saturated the
+    event loop (HTTP, health, batching) runs before ONNX Runtime compute, which only feeds on what it parses."""
+    if nice <= 0:
+        return
+    try:
+        thread = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, thread, min(19, os.getpriority(os.PRIO_PROCESS, thread) + nice))
+    except (AttributeError, OSError) as exc:  # not Linux, or not permitted: run at the normal priority
+        log.debug("cannot lower the priority of the inference thread: %s", exc)
+
+
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
@@ -397,7 +429,12 @@ class InferenceEngine:
 
     def executor(self) -> ThreadPoolExecutor:
         if self._executor is None:
-            self._executor = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="ae-onnx")
+            self._executor = ThreadPoolExecutor(
+                max_workers=self.concurrency,
+                thread_name_prefix="ae-onnx",
+                initializer=lower_thread_priority,
+                initargs=(self._settings.inference_thread_nice,),
+            )
         return self._executor
 
     # -- the worker thread's side ---------------------------------------------------------------------------

@@ -79,6 +79,12 @@ class Settings(BaseSettings):
     batch of many requests). 0: the usable CPUs divided by `workers`, at least 1. Further batches wait in their
     model graph's queue, where later requests join them."""
 
+    inference_thread_nice: int = Field(default=5, ge=0, le=19)
+    """Niceness added to the threads that run ONNX Runtime (Linux, per thread; 0: none). When the CPUs are
+    saturated the event loop (HTTP parsing, health probes, batching) then runs first, so health stays responsive
+    and the batcher keeps being fed; an idle loop leaves every cycle to the computation. Intra-op threads ONNX
+    Runtime starts itself (`intra_op_threads` > 1) keep the normal priority."""
+
     batching: bool = True
     """Dynamic batching: concurrent requests to the same model graph are merged into one ONNX Runtime call and
     the outputs split back to each caller in order. Off: every request is its own call (still queued, bounded and
