@@ -522,7 +522,19 @@
     return state.models.filter((m) => m.status === "ready" && predicate(m)).map((m) => [m.name, m.name]);
   }
 
+  // The API key (only when the service requires one) lives in this tab's session storage; changing it reloads.
+  function bindApiKey() {
+    const input = $("api-key");
+    input.value = sessionStorage.getItem("ae-api-key") || "";
+    if (input.value) input.closest("details").open = true;
+    input.addEventListener("change", () => {
+      sessionStorage.setItem("ae-api-key", input.value.trim());
+      location.reload();
+    });
+  }
+
   async function start() {
+    bindApiKey();
     bindDrawing();
     const [list, digits] = await Promise.all([
       api("v1/models").then((r) => r.json()),

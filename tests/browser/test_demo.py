@@ -6,19 +6,29 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
+import pytest
 from PIL import Image
 
 from tests.app.conftest import Reference
+from tests.app.test_server import free_port
 from tests.browser.conftest import PageRecord
 
 REPO = Path(__file__).resolve().parents[2]
 DIGITS = json.loads((REPO / "app" / "static" / "digits.json").read_text())["digits"]
+README = (REPO / "README.md").read_text()
+API_KEY = "demo-test-key"
 TIMEOUT_MS = 30_000
 
 # Gray levels (0-255) of an <img> or <canvas>, read back through a canvas in the page.
@@ -161,3 +171,60 @@ def test_docs_render_every_operation_offline(page: tuple[Any, PageRecord], serve
     assert tab.locator(".opblock").count() == operations
     assert tab.locator(".opblock-summary-path", has_text="/v1/models/{name}/denoise").count() == 1
     record.assert_clean()
+
+
+@pytest.fixture(scope="module")
+def keyed_server(models_dir: Path) -> Iterator[str]:
+    """The service with an API key, and the exempt paths the README gives for the demo page."""
+    exempt = re.search(r"AE_API_KEY_EXEMPT_PATHS=(\S+?)`", README)
+    assert exempt, "README.md no longer says which paths to exempt for the demo page"
+    port = free_port()
+    env = {
+        **os.environ,
+        "AE_LOG_LEVEL": "warning",
+        "AE_API_KEY": API_KEY,
+        "AE_API_KEY_EXEMPT_PATHS": exempt.group(1),
+    }
+    command = [sys.executable, "-m", "app", "--port", str(port), "--models-dir", str(models_dir)]
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, f"the server exited with {process.returncode}"
+            try:
+                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the server was not ready within 60 s"
+            time.sleep(0.1)
+        yield base
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def test_demo_with_an_api_key(chromium: Any, keyed_server: str) -> None:
+    """With AE_API_KEY and the README's exempt paths: the page loads, says the key is missing, and works once the
+    key is typed into its box; the API itself stays closed without the key."""
+    assert httpx.get(f"{keyed_server}/v1/models", timeout=10).status_code == 401
+    context = chromium.new_context()
+    try:
+        tab = context.new_page()
+        tab.goto(keyed_server + "/")
+        tab.wait_for_selector("#status.error", timeout=TIMEOUT_MS)
+        assert "401" in (tab.text_content("#status") or "") or "unauthorized" in (tab.text_content("#status") or "")
+        tab.click("details.apikey summary")
+        tab.fill("#api-key", API_KEY)
+        with tab.expect_navigation():
+            tab.press("#api-key", "Enter")
+        tab.wait_for_selector("body[data-ready=true]", timeout=TIMEOUT_MS)
+        wait_for_output(tab, "denoised", input="sample:3")
+        assert read_pixels(tab, "denoised").shape == (28, 28)
+    finally:
+        context.close()
