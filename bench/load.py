@@ -105,17 +105,19 @@ def wait_idle(base_url: str, timeout: float = 60) -> float:
     return time.monotonic() - started
 
 
-def batch_counters(base_url: str, model: str, graph: str) -> tuple[float, float] | None:
-    """(rows, ONNX Runtime calls) so far for one graph, from the server's batch-size histogram; None if absent.
+# What the server's metrics tell about one graph, Triton-style: rows per ONNX Runtime call, time waiting in the
+# batcher's queue per request, time inside ONNX Runtime per call. Matched by name fragment, so that a renamed
+# metric (`ae_inference_batch_size` today) still counts; the first family that matches wins.
+GRAPH_METRICS = {"rows": ("batch_size", "batch"), "queue": ("queue_duration",), "compute": ("inference_duration",)}
 
-    Any histogram named like `*batch*` with `model` and `graph` labels counts (summed over its other labels), so
-    the figure survives a renamed metric; with several such histograms the first one found is used.
-    """
+
+def graph_counters(base_url: str, model: str, graph: str) -> dict[str, tuple[float, float]] | None:
+    """{"rows" | "queue" | "compute": (histogram sum, count)} so far for one graph (summed over the other labels,
+    warm-up excluded); None when the server has no metrics."""
     status, body = http("GET", f"{base_url}/metrics", timeout=10)
     if status != 200:
         return None
-    sums: dict[str, float] = {}
-    counts: dict[str, float] = {}
+    families: dict[str, list[float]] = {}
     for line in body.decode(errors="replace").splitlines():
         if line.startswith("#"):
             continue
@@ -123,20 +125,31 @@ def batch_counters(base_url: str, model: str, graph: str) -> tuple[float, float]
         if not match:
             continue
         name, labels_text, value = match.groups()
-        if "batch" not in name or not (name.endswith("_sum") or name.endswith("_count")):
+        kind = "_sum" if name.endswith("_sum") else "_count" if name.endswith("_count") else None
+        if kind is None:
             continue
         labels = dict(_LABEL.findall(labels_text or ""))
-        if labels.get("model") != model or labels.get("graph") != graph:
+        if labels.get("model") != model or labels.get("graph") != graph or labels.get("endpoint") == "warmup":
             continue
-        if labels.get("endpoint") == "warmup":
-            continue
-        family = name.rsplit("_", 1)[0]
-        target = sums if name.endswith("_sum") else counts
-        target[family] = target.get(family, 0.0) + float(value)
-    for family in sums:
-        if family in counts:
-            return sums[family], counts[family]
-    return None
+        totals = families.setdefault(name[: -len(kind)], [0.0, 0.0])
+        totals[0 if kind == "_sum" else 1] += float(value)
+    found: dict[str, tuple[float, float]] = {}
+    for key, fragments in GRAPH_METRICS.items():
+        for fragment in fragments:
+            family = next((f for f in families if fragment in f), None)
+            if family is not None:
+                found[key] = (families[family][0], families[family][1])
+                break
+    return found
+
+
+def mean_between(before: dict[str, tuple[float, float]] | None, after: dict[str, tuple[float, float]] | None,
+                 key: str) -> float | None:  # fmt: skip
+    """Mean of one histogram over the observations made between two scrapes."""
+    if not before or not after or key not in before or key not in after:
+        return None
+    calls = after[key][1] - before[key][1]
+    return (after[key][0] - before[key][0]) / calls if calls > 0 else None
 
 
 @dataclass(frozen=True)

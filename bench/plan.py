@@ -64,6 +64,10 @@ class Cell:
     rows: int
     batch_rows: float | None = None
     """Mean rows per ONNX Runtime call the server formed for this case's graph during the run."""
+    queue_ms: float | None = None
+    """Mean time a request of this graph waited in the batcher's queue during the run."""
+    compute_ms: float | None = None
+    """Mean time inside ONNX Runtime per call of this graph during the run."""
 
     @property
     def rows_per_s(self) -> float:

@@ -24,10 +24,14 @@ if TYPE_CHECKING:
 SHARED_SHARE = 0.05
 
 
-def _f(value: float | None, digits: int = 0) -> str:
+def _f(value: float | None, digits: int = 0, missing: str = "") -> str:
     if value is None:
-        return "n/a"
+        return missing
     return f"{value:,.{digits}f}"
+
+
+def _mid(values: list[float]) -> float | None:
+    return sorted(values)[len(values) // 2] if values else None
 
 
 def _x(value: float | None) -> str:
@@ -130,8 +134,10 @@ def _context(run: Run) -> list[str]:
         "from `bench/post.lua`) drives one variant at a time; the variants of a cell run back to back and in "
         "reverse order every other round, so the machine's drift hits them alike. Figures are medians over the "
         "rounds; ratios are computed within each round, then the median is taken. `rows/ORT call` is the mean "
-        "batch the server formed for the graph (from its batch-size histogram). Latencies are wrk's (request "
-        "sent to response read), in milliseconds.",
+        "batch the server formed for the graph, `queue ms` the mean wait of a request in the batcher's queue and "
+        "`ORT ms/call` the mean time inside ONNX Runtime per call (from the server's histograms, Triton-style). "
+        "Latencies are wrk's (request sent to response read), in milliseconds. `mlserver-batching` = MLServer "
+        "with its adaptive batching at our maximum batch and delay.",
     ]
     return lines
 
@@ -165,20 +171,23 @@ def render(run: Run) -> str:
     for case in dict.fromkeys(c.case for c in res.cells):
         title, model, graph = titles.get(case, (case, "", ""))
         lines += [f"### {title} (`{case}`, graph `{model}.{graph}`)", "",
-                  "| variant | conc. | req/s | rows/s | p50 ms | p99 ms | rows/ORT call | rows/s vs ours | errors |",
-                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
+                  "| variant | conc. | req/s | rows/s | p50 ms | p99 ms | rows/ORT call | queue ms | ORT ms/call "
+                  "| rows/s vs ours | errors |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
         for level in run.config.levels:
             for variant in VARIANTS:
                 cells = res.get(variant, case, level)
                 if not cells:
                     continue
                 formed = [c.batch_rows for c in cells if c.batch_rows]
+                queue = [c.queue_ms for c in cells if c.queue_ms is not None]
+                compute = [c.compute_ms for c in cells if c.compute_ms is not None]
                 vs = "" if variant == OURS else _x(res.ratio((variant, case, level), (OURS, case, level)))
                 errors = sum(c.result.errors for c in cells)
                 lines.append(
                     f"| {variant} | {level} | {_f(median_of(cells, 'rps'))} | {_f(median_of(cells, 'rows_per_s'))} "
                     f"| {median_of(cells, 'p50_ms'):.2f} | {median_of(cells, 'p99_ms'):.2f} "
-                    f"| {_f(sorted(formed)[len(formed) // 2], 1) if formed else ''} | {vs} | {errors or ''} |"
+                    f"| {_f(_mid(formed), 1)} | {_f(_mid(queue), 2)} | {_f(_mid(compute), 2)} | {vs} | {errors or ''} |"
                 )
         lines.append("")
     if res.bare:

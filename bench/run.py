@@ -23,7 +23,7 @@ import orjson
 
 from bench import report
 from bench.cases import Case, build_cases
-from bench.load import BareRuntime, batch_counters, run_wrk, wait_idle, wrk_path, wrk_version
+from bench.load import BareRuntime, graph_counters, mean_between, run_wrk, wait_idle, wrk_path, wrk_version
 from bench.plan import (
     MLSERVER,
     MLSERVER_BATCHING,
@@ -272,7 +272,7 @@ def measure_cell(run: Run, variant: str, case: Case, concurrency: int, seconds: 
                  round_: int | None) -> Cell:  # fmt: skip
     server = run.servers[SERVER_OF[variant]]
     watch = variant in (OURS, NO_BATCHING)
-    before = batch_counters(server.base_url, case.model, case.graph) if watch else None
+    before = graph_counters(server.base_url, case.model, case.graph) if watch else None
     if round_ is not None:  # measured: long enough to complete requests (a warm-up only needs to send them)
         seconds = max(seconds, case.min_seconds)
     result = run_wrk(url_for(run, variant, case), case.body_file(run_dir), case.content_type, case.headers,
@@ -282,15 +282,18 @@ def measure_cell(run: Run, variant: str, case: Case, concurrency: int, seconds: 
         time.sleep(0.5)  # no in-flight gauge: a pause for what wrk left behind
     else:
         wait_idle(server.base_url)
-    batch_rows = None
-    if before is not None:
-        after = batch_counters(server.base_url, case.model, case.graph)
-        if after is not None and after[1] > before[1]:
-            batch_rows = (after[0] - before[0]) / (after[1] - before[1])
-    cell = Cell(round_ or 0, variant, case.name, concurrency, result, case.rows, batch_rows)
+    after = graph_counters(server.base_url, case.model, case.graph) if watch else None
+    queue, compute = mean_between(before, after, "queue"), mean_between(before, after, "compute")
+    cell = Cell(round_ or 0, variant, case.name, concurrency, result, case.rows,
+                batch_rows=mean_between(before, after, "rows"),
+                queue_ms=None if queue is None else queue * 1e3,
+                compute_ms=None if compute is None else compute * 1e3)  # fmt: skip
+    batch_rows = cell.batch_rows
     if round_ is not None:
         run.results.cells.append(cell)
         formed = f", {batch_rows:.1f} rows/call" if batch_rows else ""
+        if cell.queue_ms is not None and cell.compute_ms is not None:
+            formed += f" (queue {cell.queue_ms:.2f} ms, ORT {cell.compute_ms:.2f} ms/call)"
         errors = f", {result.errors} ERRORS" if result.errors else ""
         log(f"r{round_} {case.name:18} c={concurrency:<3} {variant:12} {result.rps:8.0f} req/s  "
             f"p50 {result.p50_ms:6.2f} ms  p99 {result.p99_ms:7.2f} ms{formed}{errors}")  # fmt: skip
