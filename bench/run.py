@@ -12,6 +12,7 @@ import argparse
 import os
 import platform
 import shlex
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -379,6 +380,8 @@ def benchmark(run: Run) -> None:
             code = server.stop()
             if code != 0:
                 run.checks.append(f"`{name}` exited with status {code} on SIGTERM")
+    if config.work_dir is None:  # server logs (a line per request) and payloads: kept only when the run failed
+        shutil.rmtree(run_dir, ignore_errors=True)
     busy1, total1 = cpu_busy_jiffies()
     times = os.times()
     ours_seconds = times.user + times.system + times.children_user + times.children_system
