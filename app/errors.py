@@ -9,7 +9,7 @@ Protocol's `/v2` routes its `{"error": "<message>"}`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
@@ -140,6 +140,14 @@ def is_v2_path(path: str) -> bool:
     return path == V2_PREFIX or path.startswith(V2_PREFIX + "/")
 
 
+def route_path(scope: Mapping[str, Any]) -> str:
+    """The request path as the routes see it, without the `--root-path` prefix (uvicorn puts the root path in
+    front of `path`), so that `/v2` is recognised behind a proxy too."""
+    path: str = scope.get("path", "")
+    root: str = scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(root) else path
+
+
 def render_error(
     path: str,
     status: int,
@@ -161,7 +169,7 @@ def render_error(
 def _service_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ServiceError)
     request.scope.setdefault("state", {})["error_type"] = exc.type
-    return render_error(request.url.path, exc.status, exc.type, exc.message, exc.details, exc.headers)
+    return render_error(route_path(request.scope), exc.status, exc.type, exc.message, exc.details, exc.headers)
 
 
 def _validation_error(request: Request, exc: Exception) -> Response:
@@ -177,7 +185,7 @@ def _validation_error(request: Request, exc: Exception) -> Response:
     first = problems[0] if problems else {"field": "", "message": "invalid request"}
     message = f"{first['field']}: {first['message']}" if first["field"] else str(first["message"])
     request.scope.setdefault("state", {})["error_type"] = "invalid_request"
-    return render_error(request.url.path, 422, "invalid_request", message, {"errors": problems})
+    return render_error(route_path(request.scope), 422, "invalid_request", message, {"errors": problems})
 
 
 _STATUS_TYPES = {
@@ -202,7 +210,7 @@ def _http_error(request: Request, exc: Exception) -> Response:
     else:
         message = str(exc.detail)
     request.scope.setdefault("state", {})["error_type"] = type_
-    return render_error(request.url.path, exc.status_code, type_, message, {}, dict(exc.headers or {}))
+    return render_error(route_path(request.scope), exc.status_code, type_, message, {}, dict(exc.headers or {}))
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -24,7 +24,7 @@ from typing import Any
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import render_error
+from app.errors import render_error, route_path
 from app.settings import Settings
 
 HEALTH_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready"})
@@ -59,7 +59,7 @@ async def send_error(
     headers: dict[str, str] | None = None,
 ) -> None:
     _state(scope)["error_type"] = type_
-    response = render_error(scope.get("path", ""), status, type_, message, details, headers)
+    response = render_error(route_path(scope), status, type_, message, details, headers)
     await response(scope, receive, send)
 
 
@@ -73,7 +73,7 @@ class InFlightLimitMiddleware:
         self.in_flight = 0  # one event loop per worker: no lock needed
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope.get("path") in HEALTH_PATHS:
+        if scope["type"] != "http" or route_path(scope) in HEALTH_PATHS:
             await self.app(scope, receive, send)
             return
         if self.in_flight >= self.max_in_flight:

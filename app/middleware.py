@@ -12,7 +12,7 @@ import uuid
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import render_error
+from app.errors import render_error, route_path
 from app.metrics import Metrics
 
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -67,7 +67,7 @@ class RequestContextMiddleware:
             state["error_type"] = "internal_error"
             if not response_started:
                 response = render_error(
-                    scope.get("path", ""),
+                    route_path(scope),
                     500,
                     "internal_error",
                     f"internal error; quote request id {request_id} when reporting it",

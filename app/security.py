@@ -19,7 +19,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.errors import render_error
+from app.errors import render_error, route_path
 from app.limits import send_error
 from app.settings import Settings
 
@@ -67,7 +67,7 @@ class ApiKeyMiddleware:
         self.exempt = list(exempt_paths)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or path_matches(scope.get("path", ""), self.exempt):
+        if scope["type"] != "http" or path_matches(route_path(scope), self.exempt):
             await self.app(scope, receive, send)
             return
         token = bearer_token(scope)

@@ -714,3 +714,23 @@ def test_memory_and_fds_stay_flat_over_many_bad_requests(server: LiveServer) -> 
     )
     assert rss_after - rss_before < 64 * 1024, (rss_before, rss_after)  # generous: noise is a few MiB
     assert fds_after - fds_before <= 4, (fds_before, fds_after)
+
+
+def test_behind_a_proxy_prefix_the_exemptions_and_v2_shape_hold(tmp_path: Path) -> None:
+    """With `--root-path` (uvicorn puts the prefix in front of `path`), health stays exempt from the API key and
+    `/v2` errors keep the protocol's shape."""
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+    from app.settings import Settings
+
+    settings = Settings(models_dir=tmp_path, api_key="k", max_body_bytes=2048, log_level="warning")
+    with TestClient(create_app(settings), root_path="/api") as client:
+        assert client.get("/api/healthz").status_code == 200
+        assert_error(client.get("/api/v1/models"), 401, "unauthorized")
+        auth = {"authorization": "Bearer k"}
+        too_big = client.post("/api/v2/models/dense/infer", content=b" " * 3000, headers=auth)
+        assert too_big.status_code == 413 and isinstance(too_big.json()["error"], str)
+        unknown = client.get("/api/v2/models/nope", headers=auth)
+        assert unknown.status_code == 404 and isinstance(unknown.json()["error"], str)
+        assert_error(client.get("/api/v1/models/nope", headers=auth), 404, "model_not_found")
