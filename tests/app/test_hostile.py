@@ -268,6 +268,12 @@ CASES: dict[str, Case] = {
     "json-too-many-rows": Case(
         "/v1/encode", lambda: json.dumps({"inputs": [[0.5] * 784] * 17}).encode(), 413, "payload_too_large", JSON_CT
     ),
+    "json-too-many-latent-codes": Case(
+        "/v1/decode", lambda: json.dumps({"inputs": [[0.0] * 32] * 17}).encode(), 413, "payload_too_large", JSON_CT
+    ),
+    "npy-too-many-rows": Case(
+        "/v1/encode", lambda: npy_bytes(np.zeros((17, 784), np.float32)), 413, "payload_too_large", NPY_CT
+    ),
     "json-series-too-long": Case(
         "/v1/models/lstm/encode", lambda: json.dumps({"inputs": [[[0.0] * 6] * 501]}).encode(), 413, None, JSON_CT
     ),
