@@ -228,3 +228,27 @@ def test_demo_with_an_api_key(chromium: Any, keyed_server: str) -> None:
         assert read_pixels(tab, "denoised").shape == (28, 28)
     finally:
         context.close()
+
+
+def test_drawing_a_digit_feeds_the_models(page: tuple[Any, PageRecord], server: str) -> None:
+    """A stroke drawn with the mouse becomes the clean input (cropped and centred like MNIST) and is processed."""
+    tab, record = page
+    open_demo(tab, server)
+    tab.click("#clear")
+    wait_for_output(tab, "denoised", input="empty")
+    assert read_pixels(tab, "clean").max() == 0
+    box = tab.locator("#draw").bounding_box()
+    assert box is not None
+    tab.mouse.move(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.2)
+    tab.mouse.down()
+    tab.mouse.move(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.8, steps=12)
+    tab.mouse.up()
+    wait_for_output(tab, "denoised", input="drawing")
+    wait_for_output(tab, "reconstruction", input="drawing")
+    clean = read_pixels(tab, "clean")
+    rows, cols = np.nonzero(clean > 25)
+    # A vertical bar, fitted in 20x20 and centred: about 20 rows tall, narrow, in the middle columns.
+    assert 18 <= rows.max() - rows.min() + 1 <= 21 and cols.max() - cols.min() + 1 <= 8
+    assert 10 <= cols.mean() <= 17 and 10 <= rows.mean() <= 17
+    assert read_pixels(tab, "denoised").max() > 128, "the denoiser keeps the stroke"
+    record.assert_clean()
