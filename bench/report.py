@@ -143,12 +143,14 @@ def _context(run: Run) -> list[str]:
 
 
 def summary(run: Run, titles: dict[str, tuple[str, str, str]]) -> list[str]:
-    """`ours` at a glance: requests/s at every concurrency, rows/s and latency at the top one."""
+    """`ours` at a glance: requests/s at every concurrency; rows/s, latency and the share of the bare runtime
+    (at the batch size the server formed) at the top one."""
     res = run.results
     levels, top = run.config.levels, max(run.config.levels)
     lines = ["", "## Summary (`ours`, 1 worker, default settings)", "",
-             "| case | " + " | ".join(f"req/s c={c}" for c in levels) + f" | rows/s c={top} | p50 / p99 ms c={top} |",
-             "| --- | " + " | ".join("---:" for _ in levels) + " | ---: | ---: |"]  # fmt: skip
+             "| case | " + " | ".join(f"req/s c={c}" for c in levels) + f" | rows/s c={top} | p50 / p99 ms c={top} "
+             f"| share of bare ORT rows/s c={top} |",
+             "| --- | " + " | ".join("---:" for _ in levels) + " | ---: | ---: | ---: |"]  # fmt: skip
     for case, (title, _, _) in titles.items():
         if not any(res.get(OURS, case, c) for c in levels):
             continue
@@ -156,7 +158,12 @@ def summary(run: Run, titles: dict[str, tuple[str, str, str]]) -> list[str]:
         cells = res.get(OURS, case, top)
         rows = _f(median_of(cells, "rows_per_s")) if cells else ""
         lat = f"{median_of(cells, 'p50_ms'):.1f} / {median_of(cells, 'p99_ms'):.1f}" if cells else ""
-        lines.append(f"| {title} | " + " | ".join(rates) + f" | {rows} | {lat} |")
+        share = ""
+        formed = _mid([c.batch_rows for c in cells if c.batch_rows])
+        bare = res.bare_median(case, max(1, round(formed))) if formed else None
+        if cells and bare and bare.rows_per_s > 0:
+            share = f"{100 * median_of(cells, 'rows_per_s') / bare.rows_per_s:.1f} % (batch {bare.batch})"
+        lines.append(f"| {title} | " + " | ".join(rates) + f" | {rows} | {lat} | {share} |")
     return lines
 
 
