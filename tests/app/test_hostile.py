@@ -740,3 +740,32 @@ def test_behind_a_proxy_prefix_the_exemptions_and_v2_shape_hold(tmp_path: Path) 
         unknown = client.get("/api/v2/models/nope", headers=auth)
         assert unknown.status_code == 404 and isinstance(unknown.json()["error"], str)
         assert_error(client.get("/api/v1/models/nope", headers=auth), 404, "model_not_found")
+
+
+def test_client_disconnect_mid_inference_releases_everything(server: LiveServer, http: httpx.Client) -> None:
+    """Clients that send a whole (heavier) request and hang up at once: the work finishes or stops, nothing stays
+    in flight, and the in-flight cap has every slot back."""
+    series = json.dumps({"inputs": np.zeros((16, 400, 6)).tolist()}).encode()
+    head = (
+        "POST /v1/models/lstm/reconstruct HTTP/1.1\nHost: t\nContent-Type: application/json\n"
+        f"Content-Length: {len(series)}\n"
+    )
+    for _ in range(MAX_IN_FLIGHT * 2):
+        raw_request(server.port, head, series).close()
+    deadline = time.monotonic() + 30
+    while True:
+        gauge = [
+            float(line.split()[-1])
+            for line in http.get("/metrics").text.splitlines()
+            if line.startswith("ae_http_requests_in_flight")
+        ]
+        if gauge and max(gauge) <= 1.0:  # the /metrics request itself
+            break
+        assert time.monotonic() < deadline, f"requests still in flight: {gauge}"
+        time.sleep(0.1)
+    held = [raw_request(server.port, head, series[:10]) for _ in range(MAX_IN_FLIGHT - 1)]
+    try:
+        assert_serves(server.base)  # every slot but the held ones is free again
+    finally:
+        for sock in held:
+            sock.close()
