@@ -6,6 +6,7 @@ a model did not load.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import Callable, Iterator
@@ -299,3 +300,43 @@ def test_not_ready_is_503_in_the_protocol_shape(
             np.testing.assert_allclose(got, reference.run("dense", "encoder", x)["z"], rtol=0, atol=TOLERANCE)
     finally:
         assert server.stop() == 0
+
+
+def test_v2_and_v1_requests_share_the_engines_batches(models_dir: Path, tmp_path: Path, reference: Reference) -> None:
+    """One path for both protocols: concurrent /v2 and /v1 encodes of one graph are merged into the same ONNX
+    Runtime call by the engine's batcher (its metrics label such a call `mixed`), and each gets its own rows."""
+    env = {"AE_BATCH_MAX_DELAY_MS": "300", "AE_BATCH_MAX_ROWS": "64"}  # hold the batch open long enough to merge
+    with running(models_dir, tmp_path / "server.log", env) as server:
+        xs = [sample_input("dense", "encode", batch=2, seed=40 + i) for i in range(4)]
+
+        async def send_all() -> list[np.ndarray]:
+            async with httpx.AsyncClient(base_url=server.base, timeout=30) as http:
+
+                async def v1(x: np.ndarray) -> np.ndarray:
+                    response = await http.post("/v1/models/dense/encode", json={"inputs": x.tolist()})
+                    assert response.status_code == 200, response.text
+                    return np.asarray(response.json()["latent"], dtype=np.float32)
+
+                async def v2(x: np.ndarray) -> np.ndarray:
+                    body, length = binary_body([("x", x)], {"parameters": {"binary_data_output": True}})
+                    response = await http.post(
+                        "/v2/models/dense.encoder/infer", content=body, headers={HEADER: str(length)}
+                    )
+                    assert response.status_code == 200, response.text
+                    return split_response(response)[1]["z"]
+
+                return list(await asyncio.gather(v1(xs[0]), v2(xs[1]), v1(xs[2]), v2(xs[3])))
+
+        results = asyncio.run(send_all())
+        for x, got in zip(xs, results, strict=True):
+            np.testing.assert_allclose(got, reference.run("dense", "encoder", x)["z"], rtol=0, atol=TOLERANCE)
+        metrics = httpx.get(f"{server.base}/metrics", timeout=10).text.splitlines()
+        mixed = [
+            line
+            for line in metrics
+            if line.startswith("ae_inference_batch_size_count{")
+            and 'endpoint="mixed"' in line
+            and 'model="dense"' in line
+            and 'graph="encoder"' in line
+        ]
+        assert mixed and float(mixed[0].rsplit(" ", 1)[1]) >= 1, "\n".join(m for m in metrics if "batch_size" in m)
