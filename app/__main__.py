@@ -15,6 +15,7 @@ from pathlib import Path
 
 import uvicorn
 
+from app.http import PROTOCOL as HTTP_PROTOCOL
 from app.logs import uvicorn_log_config
 from app.metrics import MULTIPROC_ENV
 from app.settings import ENV_PREFIX, get_settings
@@ -71,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             access_log=False,
             root_path=args.root_path,
             timeout_graceful_shutdown=args.timeout_graceful_shutdown,
+            http=HTTP_PROTOCOL,  # httptools with a deadline and a size limit on request heads (app/http.py)
         )
     return 0
 

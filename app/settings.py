@@ -137,6 +137,16 @@ class Settings(BaseSettings):
     """The whole request body must arrive within this many seconds of the request's start (408 beyond): a
     stalled or trickling client cannot hold a slot forever (uvicorn has no read deadline). 0: no deadline."""
 
+    head_timeout_seconds: float = Field(default=10.0, ge=0.0)
+    """The request line and headers must arrive within this many seconds of the connection opening (or of the
+    first byte of a later request on a kept-alive connection): 408 and the connection closed beyond, so that a
+    client stalling inside its head does not keep a connection for ever. Applies under `python -m app`
+    (app/http.py). 0: no deadline."""
+
+    max_head_bytes: int = Field(default=64 * 1024, ge=1024)
+    """Largest request head (request line plus headers), in bytes: 431 and the connection closed beyond
+    (httptools itself has no limit). Applies under `python -m app` (app/http.py)."""
+
     max_in_flight_requests: int = Field(default=256, ge=1)
     """Requests handled at once by one worker process (reading, queued or running), over every route; one more
     is refused at once with 503 `overloaded` and `Retry-After`. `/healthz`, `/readyz`, `/metrics` and the V2

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import socket
 import struct
 import time
 import zlib
@@ -28,10 +29,14 @@ from tests.app.live import LiveServer, raw_request, read_response, running
 
 MAX_BODY = 256 * 1024
 BODY_TIMEOUT = 2.0
+HEAD_TIMEOUT = 2.0
+MAX_HEAD = 16 * 1024
 MAX_IN_FLIGHT = 4
 HOSTILE_ENV = {
     "AE_MAX_BODY_BYTES": str(MAX_BODY),
     "AE_BODY_TIMEOUT_SECONDS": str(BODY_TIMEOUT),
+    "AE_HEAD_TIMEOUT_SECONDS": str(HEAD_TIMEOUT),
+    "AE_MAX_HEAD_BYTES": str(MAX_HEAD),
     "AE_MAX_IN_FLIGHT_REQUESTS": str(MAX_IN_FLIGHT),
     "AE_RETRY_AFTER_SECONDS": "3",
     "AE_MAX_BATCH_ROWS": "16",
@@ -484,6 +489,39 @@ def test_trickling_body_is_408(server: LiveServer) -> None:
         status, _, body = read_response(sock, timeout=5)
     assert status == 408 and json.loads(body)["error"]["type"] == "request_timeout"
     assert time.monotonic() - started <= BODY_TIMEOUT * 4
+    assert_serves(server.base)
+
+
+def test_stalled_request_head_is_408(server: LiveServer) -> None:
+    """uvicorn parses the head before any middleware: app/http.py bounds the time it may take."""
+    sock = raw_request(server.port, "GET /healthz HTTP/1.1\nHost: t\nX-Slow: still-typ")  # no blank line
+    started = time.monotonic()
+    with sock:
+        status, headers, body = read_response(sock, timeout=HEAD_TIMEOUT * 5)
+    assert status == 408 and headers["connection"] == "close"
+    assert json.loads(body)["error"]["type"] == "request_timeout"
+    assert HEAD_TIMEOUT * 0.5 <= time.monotonic() - started <= HEAD_TIMEOUT * 4
+    assert_serves(server.base)
+
+
+def test_silent_connection_is_closed_quietly(server: LiveServer) -> None:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=HEAD_TIMEOUT * 5) as sock:
+        started = time.monotonic()
+        assert sock.recv(100) == b""  # closed, no answer to a request never made
+        assert HEAD_TIMEOUT * 0.5 <= time.monotonic() - started <= HEAD_TIMEOUT * 4
+    assert_serves(server.base)
+
+
+@pytest.mark.parametrize(("size", "status"), [(MAX_HEAD - 200, 200), (MAX_HEAD + 1, 431), (4 * MAX_HEAD, 431)])
+def test_request_head_size_is_bounded(server: LiveServer, size: int, status: int) -> None:
+    sock = raw_request(server.port, f"GET /healthz HTTP/1.1\nHost: t\nX-Pad: {'a' * size}\n")
+    with sock:
+        got, headers, body = read_response(sock)
+    assert got == status
+    if status == 431:
+        assert headers["connection"] == "close"
+        error = json.loads(body)["error"]
+        assert error["type"] == "request_header_too_large" and error["details"]["limit"] == MAX_HEAD
     assert_serves(server.base)
 
 

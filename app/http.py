@@ -1,0 +1,99 @@
+"""uvicorn's HTTP/1.1 protocol (httptools) with bounds on the request *head*, which no ASGI middleware can see.
+
+uvicorn parses the request line and headers before the app is called, with no deadline and no size limit: a
+client that trickles or stalls its head keeps its connection for ever, and a multi-megabyte header is buffered
+whole. `BoundedHttpToolsProtocol` adds both:
+
+- the head must be complete within `AE_HEAD_TIMEOUT_SECONDS` of the connection opening (or of the first byte
+  of a later request on a kept-alive connection; idle time between requests is uvicorn's keep-alive timeout):
+  else 408 and the connection is closed (a connection that sent nothing at all is just closed);
+- the head may hold at most `AE_MAX_HEAD_BYTES`: else 431 and the connection is closed.
+
+Both answers are JSON in our error shape (the path is not known yet). `python -m app` selects this protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from app.errors import error_body
+from app.settings import get_settings
+
+PROTOCOL = "app.http:BoundedHttpToolsProtocol"
+_REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
+
+
+class BoundedHttpToolsProtocol(HttpToolsProtocol):
+    """httptools protocol with a deadline and a size limit on each request head."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        settings = get_settings()
+        self._head_timeout = settings.head_timeout_seconds
+        self._max_head = settings.max_head_bytes
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._head_bytes = 0
+        self._in_head = False
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._in_head, self._head_bytes = True, 0
+        if self._head_timeout > 0:
+            self._head_timer = self.loop.call_later(self._head_timeout, self._head_too_slow)
+
+    def _disarm(self) -> None:
+        self._in_head = False
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._in_head:
+            end = data.find(b"\r\n\r\n")
+            head_bytes = self._head_bytes + (len(data) if end < 0 else end + 4)
+            if head_bytes > self._max_head:
+                self._refuse(431, "request_header_too_large", f"the request head exceeds {self._max_head} bytes")
+                return
+            self._head_bytes = head_bytes
+        super().data_received(data)
+
+    def on_message_begin(self) -> None:
+        if not self._in_head:  # a later request on a kept-alive connection
+            self._arm()
+        super().on_message_begin()
+
+    def on_headers_complete(self) -> None:
+        self._disarm()
+        super().on_headers_complete()
+
+    def _head_too_slow(self) -> None:
+        self._head_timer = None
+        if self._head_bytes == 0:  # nothing sent at all: an idle connection, closed quietly
+            self._disarm()
+            if not self.transport.is_closing():
+                self.transport.close()
+            return
+        self._refuse(408, "request_timeout", f"the request head did not arrive within {self._head_timeout:g} s")
+
+    def _refuse(self, status: int, type_: str, message: str) -> None:
+        self._disarm()
+        if self.transport.is_closing():
+            return
+        body = error_body(type_, message, {"limit": self._max_head} if status == 431 else {})
+        head = (
+            b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
+            % (status, _REASONS[status], len(body))
+        )
+        self.transport.write(head + body)
+        self.transport.close()
