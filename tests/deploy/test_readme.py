@@ -72,8 +72,6 @@ def test_two_commands_and_benchmark_pointer() -> None:
 
 def test_links_point_at_files() -> None:
     for target in re.findall(r"\]\(((?!https?:)[^)#]+)\)", README):
-        if target == "bench/RESULTS.md":  # written by a benchmark run (python -m bench), committed with its results
-            continue
         assert (REPO / target).exists(), f"README links to {target}, which does not exist"
 
 
