@@ -188,6 +188,7 @@ class _GraphQueue:
                 f"{self.graph.label} is overloaded: {len(self.waiting)} requests already wait for it in this worker "
                 f"(queue_max_requests={policy.queue_max_requests}); retry after the Retry-After delay",
                 {"model": self.graph.model, "graph": self.graph.role, "queue_max_requests": policy.queue_max_requests},
+                {"Retry-After": str(self.engine.retry_after_seconds)},
             )
         loop = asyncio.get_running_loop()
         request = _Request(feeds, endpoint, loop.create_future(), loop.time())
@@ -386,6 +387,11 @@ class InferenceEngine:
         self._queues: dict[str, _GraphQueue] = {}
         self._executor: ThreadPoolExecutor | None = None
         self._slots: asyncio.Semaphore | None = None
+
+    @property
+    def retry_after_seconds(self) -> int:
+        """The `Retry-After` of an `Overloaded` answer (the setting the in-flight cap uses too)."""
+        return int(self._settings.retry_after_seconds)
 
     @property
     def concurrency(self) -> int:

@@ -97,10 +97,11 @@ class Settings(BaseSettings):
     request limit `max_batch_rows` still applies). Images merge only with images of the same size, series only
     with series of the same length."""
 
-    batch_max_delay_ms: float = Field(default=1.0, ge=0.0, le=1000.0)
+    batch_max_delay_ms: float = Field(default=0.0, ge=0.0, le=1000.0)
     """Longest time, in milliseconds, the oldest waiting request holds its batch open for others to join before
-    it is sent (a full batch goes at once). 0: no holding back; requests still merge whenever they arrive while
-    the previous call runs."""
+    it is sent (a full batch goes at once). 0 (the default, as Triton's): no holding back; requests still merge
+    whenever they arrive while the ONNX Runtime slots are busy or within the same turn of the event loop. Measured
+    here: 1 ms cut 1-row requests at concurrency 1 from ~1,200 to ~330 requests/s and gained nothing at 32."""
 
     queue_max_requests: int = Field(default=128, ge=1)
     """Requests allowed to wait for ONNX Runtime per model graph in one worker process (each worker has its
@@ -112,7 +113,10 @@ class Settings(BaseSettings):
     told to stop)."""
 
     workers: int = Field(default=1, ge=1)
-    """uvicorn worker processes (`python -m app --workers` overrides). Each loads its own sessions."""
+    """uvicorn worker processes (`python -m app --workers` overrides). Each loads its own sessions and has its own
+    batcher, queue bounds and in-flight cap; with more than one, `/metrics` adds up every worker's values. 1 by
+    default (scale with replicas); on a standalone 2-CPU host 2 workers served 1.4-2.1x the small requests of 1
+    (and no more compute-bound ones): see app/README.md."""
 
     default_encode_model: str = "dense"
     """Model behind `POST /v1/encode`."""
