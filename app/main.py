@@ -10,6 +10,7 @@ import anyio.to_thread
 from fastapi import FastAPI
 
 from app import __version__
+from app.disconnect import DisconnectMiddleware
 from app.docs import install_docs
 from app.errors import install_error_handlers
 from app.inference import InferenceEngine
@@ -104,7 +105,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         install_docs(app)
     if settings.demo:
         install_demo(app)
-    # Starlette runs the last added middleware first: request context, CORS, API key, in-flight cap, body limits.
+    # Starlette runs the last added middleware first: request context, CORS, API key, in-flight cap, body limits,
+    # disconnect watch.
+    app.add_middleware(DisconnectMiddleware)  # innermost: a client gone during inference stops its request
     install_limits(app, settings)
     install_security(app, settings)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)

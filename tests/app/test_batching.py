@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -502,6 +503,40 @@ def test_a_request_past_its_deadline_gets_504_and_the_next_one_succeeds(server: 
     np.testing.assert_allclose(load_npy(response.content), want, atol=TOLERANCE, rtol=0)
     text = httpx.get(f"{server}/metrics").text
     assert metric(text, "ae_inference_rejected_total", graph="full", model="denoise-deadline", reason="timeout") == 1
+
+
+def test_a_client_that_disconnects_during_inference_stops_its_request(server: str) -> None:
+    """The client sends a long denoise request and hangs up: the request is cancelled (not computed to the end)."""
+    labels = {"graph": "full", "model": "denoise-deadline"}
+    counts = {"endpoint": "denoise", **labels}
+    before = httpx.get(f"{server}/metrics").text
+    body = npy_bytes(np.random.default_rng(110).uniform(0, 1, size=(1, 1, 512, 512)).astype(np.float32))
+    port = int(server.rsplit(":", 1)[1])
+    head = (
+        "POST /v1/models/denoise-deadline/denoise HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Content-Type: application/x-npy\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(head.encode() + body)
+        time.sleep(0.1)  # the request is being computed (over a second here); the client goes away
+    deadline = time.monotonic() + 20
+    while True:
+        text = httpx.get(f"{server}/metrics").text
+        cancelled = metric(text, "ae_inference_rejected_total", reason="cancelled", **labels)
+        if cancelled >= 1 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert cancelled == metric(before, "ae_inference_rejected_total", reason="cancelled", **labels) + 1
+    # The abandoned call was stopped rather than completed, and the request is counted as 499.
+    assert metric(text, "ae_inference_batch_size_count", **counts) == metric(
+        before, "ae_inference_batch_size_count", **counts
+    )
+    route = {"method": "POST", "model": "denoise-deadline", "route": "/v1/models/{name}/denoise", "status": "499"}
+    assert metric(text, "ae_http_requests_total", **route) >= 1
+    small = npy_bytes(np.random.default_rng(111).uniform(0, 1, size=(1, 1, 28, 28)).astype(np.float32))
+    headers = {"content-type": "application/x-npy"}
+    response = httpx.post(f"{server}/v1/models/denoise-deadline/denoise", content=small, headers=headers, timeout=30)
+    assert response.status_code == 200
 
 
 def worker_pids(parent: int) -> list[int]:
