@@ -17,6 +17,8 @@ import pytest
 
 from app.settings import Settings
 from deploy import requirements as image_requirements
+from tests.app.conftest import models_dir  # noqa: F401  (fixture of the server below)
+from tests.app.test_server import server  # noqa: F401  (a real uvicorn process on the committed models)
 from tests.deploy.conftest import REPO, Dockerfile, route_exists, settings_from
 
 PYPROJECT = REPO / "pyproject.toml"
@@ -298,3 +300,17 @@ http {{
     (tmp_path / "nginx.conf").write_text(main)
     result = subprocess.run([nginx, "-t", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")], capture_output=True)
     assert result.returncode == 0, result.stderr.decode()
+
+
+def test_healthcheck_commands_work(server: str, dockerfile: Dockerfile, compose: dict[str, Any]) -> None:  # noqa: F811
+    """The image's and compose's health commands, run as they are (port aside) against a real server: exit 0; and
+    non-zero when nothing answers."""
+    port = server.rsplit(":", 1)[1]
+    image_check = json.loads(dockerfile.stage("serve").all("HEALTHCHECK")[-1].args.split("CMD", 1)[1])
+    compose_check = compose["services"]["api"]["healthcheck"]["test"][1:]
+    for command in (image_check, compose_check):
+        assert command[0] == "python"
+        live = [sys.executable, *(part.replace("127.0.0.1:8000", f"127.0.0.1:{port}") for part in command[1:])]
+        assert subprocess.run(live, capture_output=True, timeout=10).returncode == 0
+        dead = [sys.executable, *(part.replace("127.0.0.1:8000", "127.0.0.1:9") for part in command[1:])]
+        assert subprocess.run(dead, capture_output=True, timeout=10).returncode != 0
