@@ -13,15 +13,19 @@ Only POST requests are watched (the inference routes); everything else passes st
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.limits import CLIENT_CLOSED_REQUEST, send_error
 
+WATCH_AFTER_SECONDS = 0.05
+
 
 class DisconnectMiddleware:
-    """Cancel a POST route whose client disconnected after sending its body and before any response."""
+    """Cancel a POST route whose client disconnected after sending its body and before any response.
+
+    To keep the hot path lean, the watch starts only when the route is still running `WATCH_AFTER_SECONDS`
+    after its body was read (a fast request costs one timer); a client gone earlier is noticed then."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -31,25 +35,37 @@ class DisconnectMiddleware:
             await self.app(scope, receive, send)
             return
         loop = asyncio.get_running_loop()
-        gone: asyncio.Future[Message] = loop.create_future()  # the message that ended the connection
+        route = asyncio.current_task()
+        gone: asyncio.Future[Message] | None = None  # the message that ended the connection
+        timer: asyncio.TimerHandle | None = None
         watcher: asyncio.Task[None] | None = None
-        response_started = False
-        route: asyncio.Task[None] | None = None
+        body_read = response_started = cancelled_by_us = False
 
         async def watch() -> None:
+            nonlocal cancelled_by_us
             message = await receive()
-            if not gone.done():
+            if gone is not None and not gone.done():
                 gone.set_result(message)
             if message["type"] == "http.disconnect" and not response_started and route is not None:
+                cancelled_by_us = True
                 route.cancel()
 
+        def start_watch() -> None:
+            nonlocal watcher, gone
+            if watcher is None:
+                gone = loop.create_future()
+                watcher = loop.create_task(watch())
+
         async def watched_receive() -> Message:
-            nonlocal watcher
-            if watcher is not None:  # the body is read: the next message is the disconnect
+            nonlocal body_read, timer
+            if body_read:  # the body is read: the next message is the disconnect
+                start_watch()
+                assert gone is not None
                 return await asyncio.shield(gone)
             message = await receive()
             if message["type"] == "http.request" and not message.get("more_body", False):
-                watcher = loop.create_task(watch())
+                body_read = True
+                timer = loop.call_later(WATCH_AFTER_SECONDS, start_watch)
             return message
 
         async def watched_send(message: Message) -> None:
@@ -58,21 +74,18 @@ class DisconnectMiddleware:
                 response_started = True
             await send(message)
 
-        async def call_route() -> None:
-            await self.app(scope, watched_receive, watched_send)
-
-        route = loop.create_task(call_route())
         try:
-            await asyncio.shield(route)
+            await self.app(scope, watched_receive, watched_send)
         except asyncio.CancelledError:
-            if not route.cancelled():  # we were cancelled (shutdown): take the route with us
-                route.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await route
-                raise
+            if not cancelled_by_us:
+                raise  # a shutdown, not the client
+            if route is not None and hasattr(route, "uncancel"):  # Python >= 3.11: our cancellation, consumed
+                route.uncancel()
             # The client went away and the route was stopped: the answer goes nowhere (the server drops it) but
             # the request is logged and counted as 499, as a disconnect during the body is.
             await send_error(scope, receive, send, CLIENT_CLOSED_REQUEST, "client_disconnected", "client went away")
         finally:
+            if timer is not None:
+                timer.cancel()
             if watcher is not None and not watcher.done():
                 watcher.cancel()
