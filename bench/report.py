@@ -137,7 +137,8 @@ def _context(run: Run) -> list[str]:
         "batch the server formed for the graph, `queue ms` the mean wait of a request in the batcher's queue and "
         "`ORT ms/call` the mean time inside ONNX Runtime per call (from the server's histograms, Triton-style). "
         "Latencies are wrk's (request sent to response read), in milliseconds. `mlserver-batching` = MLServer "
-        "with its adaptive batching at our maximum batch and delay.",
+        "with its adaptive batching at our maximum batch and delay (1 ms if ours is 0: MLServer merges nothing "
+        "without a delay).",
     ]
     return lines
 

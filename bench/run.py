@@ -220,8 +220,10 @@ def start_servers(run: Run, run_dir: Path, cases: list[Case]) -> None:
     model_file = run.config.models_dir / "dense" / card["graphs"]["encoder"]["file"]
     defaults = service_defaults()
     threads = int(defaults.get("intra_op_threads (resolved, 1 worker)", "1"))
-    # The peer batches like ours by default: the same maximum batch and delay.
-    batching = (int(defaults.get("batch_max_rows", "64")), float(defaults.get("batch_max_delay_ms", "1")) / 1000)
+    # The peer batches like ours: the same maximum batch and delay, except that MLServer's adaptive batching
+    # needs a positive delay to merge anything (ours merges what queues while ONNX Runtime is busy): 1 ms then.
+    delay_ms = float(defaults.get("batch_max_delay_ms", "1")) or 1.0
+    batching = (int(defaults.get("batch_max_rows", "64")), delay_ms / 1000)
     for name in peers:
         try:
             log(f"starting {name}")
