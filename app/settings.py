@@ -112,11 +112,12 @@ class Settings(BaseSettings):
     request is answered 504 `inference_timeout` and leaves the queue (a batch whose callers have all gone is
     told to stop)."""
 
-    workers: int = Field(default=1, ge=1)
+    workers: int = Field(default=1, ge=0)
     """uvicorn worker processes (`python -m app --workers` overrides). Each loads its own sessions and has its own
     batcher, queue bounds and in-flight cap; with more than one, `/metrics` adds up every worker's values. 1 by
     default (scale with replicas); on a standalone 2-CPU host 2 workers served 1.4-2.1x the small requests of 1
-    (and no more compute-bound ones): see app/README.md."""
+    (and no more compute-bound ones): see app/README.md. 0: one per usable CPU (affinity and cgroup quota),
+    resolved when the settings are read."""
 
     default_encode_model: str = "dense"
     """Model behind `POST /v1/encode`."""
@@ -218,6 +219,11 @@ class Settings(BaseSettings):
     """Time from SIGTERM to exit: the drain, then in-flight requests finish (anything still running when it is
     up is cancelled). Keep it below the orchestrator's kill deadline (Kubernetes: terminationGracePeriodSeconds,
     30 s by default). `python -m app --timeout-graceful-shutdown` overrides it."""
+
+    @field_validator("workers")
+    @classmethod
+    def _auto_workers(cls, value: int) -> int:
+        return value or usable_cpus()
 
     @field_validator("required_models", "providers", "api_key_exempt_paths", "cors_origins", mode="before")
     @classmethod

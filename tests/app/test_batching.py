@@ -314,6 +314,7 @@ def test_serving_knobs_come_from_the_card_unless_the_environment_sets_them(
 
 def test_onnx_threads_do_not_oversubscribe_the_usable_cpus() -> None:
     cpus = usable_cpus()
+    assert Settings(log_level="warning", workers=0).workers == cpus  # 0: one worker per usable CPU
     for workers in (1, 2, 4):
         settings = Settings(log_level="warning", workers=workers)
         busy = workers * settings.ort_concurrency() * settings.ort_intra_op_threads()
