@@ -147,6 +147,7 @@ class ServingSection(_Open):
 
     batching: bool | None = None
     batch_max_rows: int | None = Field(default=None, ge=1)
+    batch_max_values: int | None = Field(default=None, ge=1)
     batch_max_delay_ms: float | None = Field(default=None, ge=0.0, le=1000.0)
     queue_max_requests: int | None = Field(default=None, ge=1)
     inference_timeout_seconds: float | None = Field(default=None, gt=0.0)

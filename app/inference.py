@@ -40,14 +40,29 @@ import numpy as np
 import onnxruntime as ort
 
 from app.cards import GraphCard, ServingSection, TensorSpec
-from app.errors import InferenceError, InferenceTimeout, InvalidInput, ModelUnavailable, Overloaded, ServiceError
+from app.errors import (
+    InferenceError,
+    InferenceTimeout,
+    InvalidInput,
+    ModelUnavailable,
+    Overloaded,
+    PayloadTooLarge,
+    ServiceError,
+)
 from app.metrics import Metrics
 from app.settings import Settings, get_settings
 
 log = logging.getLogger("app.inference")
 
 Outputs = dict[str, np.ndarray]
-SERVING_KNOBS = ("batching", "batch_max_rows", "batch_max_delay_ms", "queue_max_requests", "inference_timeout_seconds")
+SERVING_KNOBS = (
+    "batching",
+    "batch_max_rows",
+    "batch_max_values",
+    "batch_max_delay_ms",
+    "queue_max_requests",
+    "inference_timeout_seconds",
+)
 
 
 @dataclass(frozen=True)
@@ -79,6 +94,7 @@ class BatchPolicy:
 
     batching: bool
     max_rows: int
+    max_values: int
     max_delay_seconds: float
     queue_max_requests: int
     timeout_seconds: float
@@ -96,6 +112,7 @@ class BatchPolicy:
             # A graph whose inputs and outputs do not all share one leading batch axis cannot be merged/split.
             batching=bool(values["batching"]) and shares_batch_axis(graph.card),
             max_rows=int(values["batch_max_rows"]),
+            max_values=int(values["batch_max_values"]),
             max_delay_seconds=float(values["batch_max_delay_ms"]) / 1000.0,
             queue_max_requests=int(values["queue_max_requests"]),
             timeout_seconds=float(values["inference_timeout_seconds"]),
@@ -133,7 +150,7 @@ def check_shape(spec: TensorSpec, shape: tuple[int, ...], axes: Mapping[str, int
 class _Request:
     """One caller's feeds waiting in a graph queue, with the future its caller awaits."""
 
-    __slots__ = ("batch", "endpoint", "enqueued", "feeds", "future", "key", "rows")
+    __slots__ = ("batch", "endpoint", "enqueued", "feeds", "future", "key", "rows", "values")
 
     def __init__(self, feeds: Mapping[str, np.ndarray], endpoint: str, future: asyncio.Future[Outputs], now: float):
         self.feeds = feeds
@@ -142,6 +159,7 @@ class _Request:
         self.enqueued = now
         first = next(iter(feeds.values()))
         self.rows = int(first.shape[0]) if first.ndim else 0
+        self.values = sum(int(array.size) for array in feeds.values())
         # Requests merge only when every input has the same sample shape (image size, series length) and dtype.
         self.key = tuple((name, array.shape[1:], array.dtype.str) for name, array in sorted(feeds.items()))
         self.batch: _Batch | None = None
@@ -292,15 +310,17 @@ class _GraphQueue:
         """The oldest request plus later ones of the same sample shape while the rows fit (order kept)."""
         head = self.waiting.popleft()
         members = [head]
-        rows = head.rows
-        max_rows = self.policy.max_rows
-        if self.policy.batching and 0 < rows < max_rows and self.waiting:
+        rows, values = head.rows, head.values
+        max_rows, max_values = self.policy.max_rows, self.policy.max_values
+        if self.policy.batching and 0 < rows < max_rows and values < max_values and self.waiting:
             rest: deque[_Request] = deque()
             while self.waiting and rows < max_rows:
                 request = self.waiting.popleft()
-                if request.key == head.key and request.rows > 0 and rows + request.rows <= max_rows:
+                fits = rows + request.rows <= max_rows and values + request.values <= max_values
+                if request.key == head.key and request.rows > 0 and fits:
                     members.append(request)
                     rows += request.rows
+                    values += request.values
                 else:
                     rest.append(request)
             rest.extend(self.waiting)
@@ -405,6 +425,18 @@ class InferenceEngine:
     async def run(self, graph: GraphSession, feeds: Mapping[str, np.ndarray], endpoint: str) -> Outputs:
         """Run `graph` on `feeds` (batched with concurrent callers when allowed); returns every output by name."""
         self._check_inputs(graph, feeds)
+        values = sum(int(array.size) for array in feeds.values())
+        if values > self._settings.max_request_values:
+            raise PayloadTooLarge(
+                f"{graph.label}: the request holds {values} input values; at most {self._settings.max_request_values} "
+                "per request (max_request_values)",
+                {
+                    "model": graph.model,
+                    "graph": graph.role,
+                    "values": values,
+                    "limit": self._settings.max_request_values,
+                },
+            )
         queue = self._queues.get(graph.label)
         if queue is None or queue.graph is not graph:
             queue = self._queues[graph.label] = _GraphQueue(self, graph, self.policy(graph))

@@ -97,6 +97,11 @@ class Settings(BaseSettings):
     request limit `max_batch_rows` still applies). Images merge only with images of the same size, series only
     with series of the same length."""
 
+    batch_max_values: int = Field(default=1024 * 1024, ge=1)
+    """Most input values (numbers, over every input tensor) merged into one ONNX Runtime call: the memory bound
+    of a merged batch, since rows differ in size (a 256x256 image is 83 times a 28x28 one; the denoiser peaks at
+    about 750 MiB per million input pixels). A single request above it still runs alone."""
+
     batch_max_delay_ms: float = Field(default=0.0, ge=0.0, le=1000.0)
     """Longest time, in milliseconds, the oldest waiting request holds its batch open for others to join before
     it is sent (a full batch goes at once). 0 (the default, as Triton's): no holding back; requests still merge
@@ -166,8 +171,14 @@ class Settings(BaseSettings):
     max_sequence_length: int = Field(default=10_000, ge=2)
     """Longest series accepted by the sequence models (413 beyond)."""
 
-    max_image_pixels: int = Field(default=4096 * 4096, ge=16)
-    """Largest image (width x height, read from its header before decoding) accepted (413 beyond)."""
+    max_image_pixels: int = Field(default=1024 * 1024, ge=16)
+    """Largest image (width x height, read from its header before decoding) accepted (413 beyond). The
+    denoiser needs about 750 MiB of working memory per million pixels: raise it only with the memory to match."""
+
+    max_request_values: int = Field(default=4 * 1024 * 1024, ge=1)
+    """Most input values (numbers over every input tensor, after decoding images) one request may send to a
+    model graph: 4 Mi float32 values are 16 MiB (e.g. 4096 MNIST rows fit; 256 same-size 1-megapixel uploads do
+    not). 413 beyond, before the request is queued."""
 
     max_image_side: int = Field(default=8192, ge=4)
     """Longest image side accepted (413 beyond)."""

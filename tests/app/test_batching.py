@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 
 from app.cards import ServingSection
-from app.errors import InferenceTimeout, Overloaded
+from app.errors import InferenceTimeout, Overloaded, PayloadTooLarge
 from app.inference import BatchPolicy, GraphSession, InferenceEngine
 from app.metrics import Metrics
 from app.registry import ModelRegistry
@@ -177,6 +177,38 @@ def test_images_of_different_sizes_and_series_of_different_lengths_never_merge(
     assert calls(metrics, graph) == (3, 10)
     for x, got in zip(arrays, results, strict=True):
         assert_matches_reference(reference, graph, x, got)
+
+
+def test_merged_images_stay_within_the_value_budget_and_a_big_one_runs_alone(
+    graphs: dict[str, GraphSession], reference: Reference
+) -> None:
+    graph = graphs["denoise.full"]
+    # 64x64 images are 4,096 values each: a budget of 10,000 values merges at most two of them per call.
+    arrays = [batch_of(graph, 1, 60 + i, height=64, width=64) for i in range(5)]
+    engine, metrics = make_engine(inference_concurrency=1, batch_max_values=10_000)
+    results = asyncio.run(run_concurrently(engine, graph, arrays))
+    assert calls(metrics, graph) == (3, 5)  # 2 + 2 + 1, never 3 images (12,288 values) in one call
+    assert calls_up_to(metrics, graph, 1) == 1 and calls_up_to(metrics, graph, 2) == 3
+    for x, got in zip(arrays, results, strict=True):
+        assert_matches_reference(reference, graph, x, got)
+
+    big = batch_of(graph, 1, 70, height=128, width=128)  # 16,384 values: above the budget, still served alone
+    engine, metrics = make_engine(inference_concurrency=1, batch_max_values=10_000)
+    (got,) = asyncio.run(run_concurrently(engine, graph, [big]))
+    assert calls(metrics, graph) == (1, 1)
+    assert_matches_reference(reference, graph, big, got)
+
+
+def test_a_request_above_the_value_limit_is_refused_before_it_is_queued(graphs: dict[str, GraphSession]) -> None:
+    graph = graphs["dense.encoder"]
+    engine, metrics = make_engine(max_request_values=784 * 10)
+    with pytest.raises(PayloadTooLarge) as caught:
+        asyncio.run(run_concurrently(engine, graph, [batch_of(graph, 11, 80)]))
+    assert caught.value.status == 413 and "8624 input values" in caught.value.message
+    assert calls(metrics, graph) == (0, 0)
+    engine, metrics = make_engine(max_request_values=784 * 10)
+    (got,) = asyncio.run(run_concurrently(engine, graph, [batch_of(graph, 10, 81)]))
+    assert got["z"].shape[0] == 10 and calls(metrics, graph) == (1, 10)
 
 
 def test_batching_off_never_merges(graphs: dict[str, GraphSession], reference: Reference) -> None:

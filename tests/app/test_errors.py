@@ -114,6 +114,13 @@ def test_limits_are_413() -> None:
     with make_client(max_sequence_length=50) as c:
         series = np.zeros((1, 51, 6)).tolist()
         assert_error(c.post("/v1/models/lstm/encode", json={"inputs": series}), 413)
+    with make_client(max_request_values=2 * 784) as c:  # the memory bound of one request, on both protocols
+        error = assert_error(c.post("/v1/encode", json={"inputs": digits(3)}), 413, "payload_too_large")
+        assert error["details"]["limit"] == 2 * 784 and "2352 input values" in error["message"]
+        v2 = {"inputs": [{"name": "x", "shape": [3, 784], "datatype": "FP32", "data": [0.0] * (3 * 784)}]}
+        response = c.post("/v2/models/dense.encoder/infer", json=v2)
+        assert response.status_code == 413 and "2352 input values" in response.json()["error"]
+        assert c.post("/v1/encode", json={"inputs": digits(2)}).status_code == 200
 
 
 def test_chunked_body_over_the_limit_is_413() -> None:
