@@ -18,7 +18,7 @@ from starlette.types import Receive, Scope, Send
 
 from app.codecs import to_json
 from app.deps import EngineDep, LifecycleDep, RegistryDep, ServiceDep, SettingsDep
-from app.errors import ModelUnavailable
+from app.errors import ModelUnavailable, UnsupportedMediaType
 from app.inference import InferenceEngine
 from app.inputs import read_body
 from app.registry import ModelRegistry
@@ -64,6 +64,7 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
         404: "unknown model, graph or version",
         413: "body or batch over the limits",
         422: "invalid request: wrong shape, values outside the model's range or non-finite",
+        415: "a Content-Type other than none, application/json or application/octet-stream",
         500: "the model failed or produced invalid output",
         503: "not ready: the model (or a required model) did not load",
     }
@@ -157,6 +158,23 @@ async def _config(
     return _json(dataplane.model_config(dataplane.resolve(registry, name, version), settings, engine))
 
 
+# tritonclient sends no Content-Type; other clients send JSON or octet-stream (binary extension). Anything else
+# (text/csv, a form, an image) is a client mistake, named in a 415 rather than parsed as JSON.
+INFER_CONTENT_TYPES = (JSON_CONTENT_TYPE, BINARY_CONTENT_TYPE)
+
+
+def check_content_type(header: str | None) -> None:
+    """415 unless the infer body's Content-Type is absent, JSON or octet-stream (parameters such as charset ok)."""
+    if header is None or not header.strip():
+        return
+    media = header.split(";", 1)[0].strip().lower()
+    if media not in INFER_CONTENT_TYPES:
+        raise UnsupportedMediaType(
+            f"Content-Type {media!r} is not accepted on infer; send {' or '.join(INFER_CONTENT_TYPES)} (or none)",
+            {"accepted": list(INFER_CONTENT_TYPES)},
+        )
+
+
 async def _infer(
     request: Request,
     registry: ModelRegistry,
@@ -172,6 +190,7 @@ async def _infer(
     request.state.model = entry.name
     request.state.task = "v2"
     model = dataplane.resolve(registry, name, version)
+    check_content_type(request.headers.get("content-type"))
     try:
         body = await read_body(request, settings.max_body_bytes)
         header_length = request.headers.get(HEADER_LENGTH)
@@ -248,7 +267,7 @@ _INFER: dict[str, Any] = {
             "`Inference-Header-Content-Length`) is followed by the raw tensors",
             "content": {BINARY_CONTENT_TYPE: {"schema": {"type": "string", "format": "binary"}}},
         },
-        **_errors(400, 404, 413, 422, 500, 503),
+        **_errors(400, 404, 413, 415, 422, 500, 503),
     },
 }
 

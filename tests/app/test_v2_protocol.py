@@ -119,6 +119,16 @@ def test_binary_in_and_out_with_any_or_no_content_type(
         np.testing.assert_allclose(arrays[name], want[name], rtol=0, atol=TOLERANCE)
 
 
+@pytest.mark.parametrize("content_type", ["text/csv", "multipart/form-data; boundary=x", "image/png"])
+def test_a_wrong_content_type_on_infer_is_415_and_the_next_request_works(http: httpx.Client, content_type: str) -> None:
+    body = {"inputs": [{"name": "x", "shape": [1, 784], "datatype": "FP32", "data": [0.0] * 784}]}
+    response = http.post("/v2/models/dense/infer", content=json.dumps(body), headers={"content-type": content_type})
+    assert response.status_code == 415, response.text
+    message = response.json()["error"]
+    assert isinstance(message, str) and content_type.split(";")[0] in message
+    assert http.post("/v2/models/dense/infer", content=json.dumps(body)).status_code == 200  # none is fine
+
+
 def test_binary_in_json_out_and_per_output_override(http: httpx.Client, reference: Reference) -> None:
     x = sample_input("dense", "encode", batch=2)
     want = reference.run("dense", "encoder", x)["z"]
