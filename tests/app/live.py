@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,12 +51,17 @@ class LiveServer:
 
 
 def start(
-    models_dir: Path, log_path: Path, env: dict[str, str] | None = None, ready_path: str = "/healthz"
+    models_dir: Path,
+    log_path: Path,
+    env: dict[str, str] | None = None,
+    ready_path: str = "/healthz",
+    args: Sequence[str] = (),
 ) -> LiveServer:
-    """Start the service and wait until `ready_path` answers (any status: it is up)."""
+    """Start the service (`args`: extra command-line options) and wait until `ready_path` answers (any status)."""
     port = free_port()
     full_env = {**os.environ, "AE_LOG_LEVEL": "info", "PYTHONUNBUFFERED": "1", **(env or {})}
     command = [sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", str(port), "--models-dir", str(models_dir)]
+    command += list(args)
     log_file = log_path.open("wb")
     process = subprocess.Popen(command, cwd=REPO, env=full_env, stdout=log_file, stderr=subprocess.STDOUT)
     log_file.close()
@@ -77,9 +82,11 @@ def start(
 
 
 @contextmanager
-def running(models_dir: Path, log_path: Path, env: dict[str, str] | None = None) -> Iterator[LiveServer]:
+def running(
+    models_dir: Path, log_path: Path, env: dict[str, str] | None = None, args: Sequence[str] = ()
+) -> Iterator[LiveServer]:
     """A started service, waited on until ready (all models loaded), stopped with SIGTERM at the end (exit 0)."""
-    server = start(models_dir, log_path, env)
+    server = start(models_dir, log_path, env, args=args)
     try:
         deadline = time.monotonic() + 90
         while httpx.get(f"{server.base}/readyz", timeout=5).status_code != 200:

@@ -9,16 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +27,8 @@ from app.inference import BatchPolicy, GraphSession, InferenceEngine
 from app.metrics import Metrics
 from app.registry import ModelRegistry
 from app.settings import Settings, usable_cpus
-from tests.app.conftest import REPO, TOLERANCE, Reference, assert_error, load_npy, npy_bytes
-from tests.app.test_server import free_port
+from tests.app.conftest import TOLERANCE, Reference, assert_error, load_npy, npy_bytes
+from tests.app.live import running
 
 ENGINE_MODELS = ("dense", "denoise", "lstm")
 
@@ -365,41 +360,6 @@ def copy_model(models_dir: Path, root: Path, name: str, as_name: str | None = No
     (target / "card.json").write_text(json.dumps(card))
 
 
-@contextmanager
-def running_server(models: Path, *args: str, **env: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """`python -m app` on a free port until ready; stopped with SIGTERM (it must exit 0)."""
-    port = free_port()
-    environ = {**os.environ, "AE_LOG_LEVEL": "warning", "PYTHONUNBUFFERED": "1", **env}
-    command = [sys.executable, "-m", "app", "--port", str(port), "--models-dir", str(models), *args]
-    process = subprocess.Popen(command, cwd=REPO, env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    try:
-        while True:
-            if process.poll() is not None:
-                output = process.stdout.read().decode() if process.stdout else ""
-                pytest.fail(f"the server exited with {process.returncode} before it was ready:\n{output}")
-            try:
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("the server was not ready within 60 s")
-            time.sleep(0.1)
-        yield base, process
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            code = process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            code = process.wait()
-        if process.stdout:
-            process.stdout.close()
-        assert code == 0, f"server exit code {code}"
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[str]:
     """Per-model knobs from the cards: dense holds batches open 20 ms, denoise queues at most 4 requests,
@@ -408,8 +368,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterat
     copy_model(models_dir, root, "dense", batch_max_delay_ms=20)
     copy_model(models_dir, root, "denoise", queue_max_requests=4)
     copy_model(models_dir, root, "denoise", "denoise-deadline", inference_timeout_seconds=0.3, batching=False)
-    with running_server(root) as (base, _):
-        yield base
+    with running(root, tmp_path_factory.mktemp("batching-log") / "server.log", {"AE_LOG_LEVEL": "warning"}) as live:
+        yield live.base
 
 
 def metric(text: str, name: str, **labels: str) -> float:
@@ -589,8 +549,9 @@ def test_two_workers_aggregate_their_metrics(tmp_path: Path, models_dir: Path) -
     root.mkdir()
     (root / "dense").symlink_to(models_dir / "dense", target_is_directory=True)
     x = {"inputs": [[0.5] * 784]}
-    with running_server(root, "--workers", "2") as (base, process):
-        children = worker_pids(process.pid)
+    with running(root, tmp_path / "server.log", {"AE_LOG_LEVEL": "warning"}, args=("--workers", "2")) as live:
+        base = live.base
+        children = worker_pids(live.process.pid)
         dirs = {multiproc_dir_of(pid) for pid in children}
         assert len(dirs) == 1 and None not in dirs, dirs  # one temporary directory shared by the workers
         shared: Path = dirs.pop()  # type: ignore[assignment]

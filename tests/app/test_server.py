@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import io
-import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,46 +14,14 @@ import pytest
 from PIL import Image
 
 from tests.app.conftest import REPO, TOLERANCE, Reference, png_bytes
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.app.live import running
 
 
 @pytest.fixture(scope="module")
-def server(models_dir: Path) -> Iterator[str]:
-    port = free_port()
-    env = {**os.environ, "AE_LOG_LEVEL": "warning", "PYTHONUNBUFFERED": "1"}
-    command = [sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", str(port), "--models-dir", str(models_dir)]
-    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    try:
-        while True:
-            if process.poll() is not None:
-                output = process.stdout.read().decode() if process.stdout else ""
-                pytest.fail(f"the server exited with {process.returncode} before it was ready:\n{output}")
-            try:
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("the server was not ready within 60 s")
-            time.sleep(0.1)
-        yield base
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            code = process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            code = process.wait()
-        if process.stdout:
-            process.stdout.close()
-        assert code == 0, f"server exit code {code}"
+def server(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    with running(models_dir, log, {"AE_LOG_LEVEL": "warning"}) as live:
+        yield live.base
 
 
 def test_multipart_upload_to_png(server: str, reference: Reference) -> None:

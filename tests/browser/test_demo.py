@@ -22,7 +22,7 @@ import pytest
 from PIL import Image
 
 from tests.app.conftest import Reference
-from tests.app.test_server import free_port
+from tests.app.live import free_port
 from tests.browser.conftest import PageRecord
 
 REPO = Path(__file__).resolve().parents[2]
