@@ -70,6 +70,12 @@ def targets(run: Run) -> list[tuple[str, str, str, str]]:
                          verdict(a, a < b)))  # fmt: skip
         else:
             rows.append((f"V2 JSON 1 row, c={top}: p99 ours vs `{peer}`", "n/a", "lower", "not measured"))
+        # MLServer's default runs inference in a second process (parallel_workers=1): two processes, like ours
+        # with 2 workers.
+        r = res.ratio((TWO_WORKERS, *v2), (peer, *v2), "rps")
+        if r is not None:
+            rows.append((f"V2 JSON 1 row, c={top}: `2-workers` / `{peer}` requests/s (both 2 processes)", _x(r),
+                         "reported", "-"))  # fmt: skip
     r = res.ratio((OURS, "encode-npy-64", top), (OURS, "encode-json-64", top), "rows_per_s")
     rows.append(
         (f"/v1 encode 64 rows, c={top}: .npy / JSON rows/s", _x(r), ">= 5x", verdict(r, r is not None and r >= 5))
