@@ -64,7 +64,7 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
         404: "unknown model, graph or version",
         413: "body or batch over the limits",
         422: "invalid request: wrong shape, values outside the model's range or non-finite",
-        415: "a Content-Type other than none, application/json or application/octet-stream",
+        415: "a Content-Type other than none, application/json, application/octet-stream or curl -d's default",
         500: "the model failed or produced invalid output",
         503: "not ready: the model (or a required model) did not load",
     }
@@ -158,17 +158,19 @@ async def _config(
     return _json(dataplane.model_config(dataplane.resolve(registry, name, version), settings, engine))
 
 
-# tritonclient sends no Content-Type; other clients send JSON or octet-stream (binary extension). Anything else
-# (text/csv, a form, an image) is a client mistake, named in a 415 rather than parsed as JSON.
+# tritonclient sends no Content-Type; other clients send JSON or octet-stream (binary extension), and `curl -d`,
+# what the KServe and Triton docs use, sends its default form type with a JSON body. Anything else (text/csv,
+# multipart, an image) is a client mistake, named in a 415 rather than parsed as JSON.
 INFER_CONTENT_TYPES = (JSON_CONTENT_TYPE, BINARY_CONTENT_TYPE)
+CURL_DEFAULT_CONTENT_TYPE = "application/x-www-form-urlencoded"
 
 
 def check_content_type(header: str | None) -> None:
-    """415 unless the infer body's Content-Type is absent, JSON or octet-stream (parameters such as charset ok)."""
+    """415 unless the infer body's Content-Type is absent, JSON, octet-stream or curl's default (parameters ok)."""
     if header is None or not header.strip():
         return
     media = header.split(";", 1)[0].strip().lower()
-    if media not in INFER_CONTENT_TYPES:
+    if media not in INFER_CONTENT_TYPES and media != CURL_DEFAULT_CONTENT_TYPE:
         raise UnsupportedMediaType(
             f"Content-Type {media!r} is not accepted on infer; send {' or '.join(INFER_CONTENT_TYPES)} (or none)",
             {"accepted": list(INFER_CONTENT_TYPES)},

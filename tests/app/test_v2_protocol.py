@@ -127,6 +127,8 @@ def test_a_wrong_content_type_on_infer_is_415_and_the_next_request_works(http: h
     message = response.json()["error"]
     assert isinstance(message, str) and content_type.split(";")[0] in message
     assert http.post("/v2/models/dense/infer", content=json.dumps(body)).status_code == 200  # none is fine
+    form = {"content-type": "application/x-www-form-urlencoded"}  # what `curl -d` sends with a JSON body
+    assert http.post("/v2/models/dense/infer", content=json.dumps(body), headers=form).status_code == 200
 
 
 def test_binary_in_json_out_and_per_output_override(http: httpx.Client, reference: Reference) -> None:
