@@ -130,13 +130,14 @@ def external_data_locations(data: bytes) -> list[str]:
 
 
 def session_options(settings: Settings) -> ort.SessionOptions:
-    """Session options from the settings: thread counts, optimisation level, no busy-waiting by default."""
+    """Session options from the settings: thread counts, optimisation level, memory arena, busy-waiting."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = settings.ort_intra_op_threads()
     opts.inter_op_num_threads = settings.inter_op_threads
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = _OPTIMIZATION_LEVELS[settings.graph_optimization]
     opts.log_severity_level = 3  # errors only: ORT's warnings go to stderr, not our JSON log
+    opts.enable_cpu_mem_arena = settings.cpu_mem_arena
     spin = "1" if settings.allow_spinning else "0"
     opts.add_session_config_entry("session.intra_op.allow_spinning", spin)
     opts.add_session_config_entry("session.inter_op.allow_spinning", spin)

@@ -528,8 +528,16 @@ def test_a_client_that_disconnects_during_inference_stops_its_request(server: st
     assert metric(text, "ae_http_requests_total", **route) >= 1
     small = npy_bytes(np.random.default_rng(111).uniform(0, 1, size=(1, 1, 28, 28)).astype(np.float32))
     headers = {"content-type": "application/x-npy"}
-    response = httpx.post(f"{server}/v1/models/denoise-deadline/denoise", content=small, headers=headers, timeout=30)
-    assert response.status_code == 200
+    # ONNX Runtime stops a terminated call at its next node: a 1024x1024 conv node can outlast this model's 0.3 s
+    # deadline on a busy machine, so the graph frees up within seconds rather than at once.
+    deadline = time.monotonic() + 15
+    while True:
+        url = f"{server}/v1/models/denoise-deadline/denoise"
+        response = httpx.post(url, content=small, headers=headers, timeout=30)
+        if response.status_code != 504 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert response.status_code == 200, response.text
 
 
 def worker_pids(parent: int) -> list[int]:

@@ -4,6 +4,8 @@ readiness (strict by default, or a named set), and the execution-provider choice
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,7 +16,7 @@ from app.inference import InferenceEngine
 from app.providers import CPU, CUDA, plan_providers, report_providers
 from app.registry import ModelRegistry, ModelStatus, session_options
 from app.settings import Settings
-from tests.app.conftest import assert_error, make_client
+from tests.app.conftest import REPO, assert_error, make_client
 
 
 def edit_card(folder: Path, change: Callable[[dict], None]) -> None:
@@ -207,6 +209,8 @@ def test_session_options_follow_the_settings(models_dir: Path) -> None:
     )
     assert options.intra_op_num_threads == 3 and options.inter_op_num_threads == 2
     assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    assert not options.enable_cpu_mem_arena  # off unless asked: it keeps the largest batch's memory forever
+    assert session_options(Settings(models_dir=models_dir, cpu_mem_arena=True)).enable_cpu_mem_arena
     auto = Settings(models_dir=models_dir, workers=2)
     assert auto.ort_intra_op_threads() >= 1
 
@@ -222,3 +226,42 @@ def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.required_models == ["dense", "denoise"]
     assert settings.providers == [CUDA, CPU]
     assert settings.max_batch_rows == 17 and settings.default_model("encode") == "conv"
+
+
+MEMORY_PROBE = """
+import sys, numpy as np
+from pathlib import Path
+from app.registry import ModelRegistry
+from app.inference import InferenceEngine
+from app.settings import Settings
+
+def rss_mib():
+    return int(Path("/proc/self/status").read_text().split("VmRSS:")[1].split()[0]) / 1024
+
+settings = Settings(models_dir=Path(sys.argv[1]), cpu_mem_arena=sys.argv[2] == "on", log_level="error")
+registry = ModelRegistry(settings, InferenceEngine(settings=settings))
+registry.load_all()
+graph = registry.get("denoise").graphs["full"]
+x = np.random.default_rng(0).uniform(0, 1, (9, 1, 256, 256)).astype(np.float32)
+before = rss_mib()
+for _ in range(2):
+    graph.session.run(None, {graph.inputs[0].name: x})
+print(rss_mib() - before)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmRSS from /proc (Linux)")
+def test_without_the_arena_a_big_batch_does_not_keep_its_memory(models_dir: Path, tmp_path: Path) -> None:
+    """The default (arena off) gives a big batch's memory back; the arena keeps it (what the setting is for)."""
+    root = tmp_path / "models"
+    root.mkdir()
+    (root / "denoise").symlink_to(models_dir / "denoise", target_is_directory=True)
+
+    def growth(arena: str) -> float:
+        command = [sys.executable, "-c", MEMORY_PROBE, str(root), arena]
+        done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120, check=True)
+        return float(done.stdout.strip().splitlines()[-1])
+
+    off, on = growth("off"), growth("on")
+    assert off < 200, f"RSS grew {off:.0f} MiB without the arena"
+    assert on > off + 150, f"arena on grew {on:.0f} MiB, off {off:.0f} MiB"
