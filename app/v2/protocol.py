@@ -14,6 +14,7 @@ and binary outputs are memoryviews on the result arrays.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,6 +48,7 @@ _DATATYPE_OF_KIND = {np.dtype(dtype).newbyteorder("="): name for name, dtype in 
 # Which numpy kinds JSON `data` may hold for each datatype family (JSON has no int/float distinction beyond
 # the literal, so integers are fine for floating tensors but not the other way round).
 _JSON_KINDS = {"f": "iuf", "i": "iu", "u": "iu", "b": "b"}
+_BOOLEAN_IN_ARRAY = re.compile(rb"[\[,]\s*(?:true|false)")
 # `model_name` / `model_version` are not in the protocol's request but the KServe SDK sends them; the path decides.
 _REQUEST_KEYS = {"id", "parameters", "inputs", "outputs", "model_name", "model_version"}
 _INPUT_KEYS = {"name", "shape", "datatype", "parameters", "data"}
@@ -152,8 +154,25 @@ def _first_bad_leaf(data: list[Any]) -> str:
     return "data is not a rectangular array of numbers (nested lists of unequal length?)"
 
 
-def json_data(name: str, data: Any, shape: tuple[int, ...], datatype: str) -> np.ndarray:
-    """`data` (flat, or nested in the tensor's shape; row-major) as an array of `datatype` in `shape`."""
+def _bool_leaf(data: list[Any]) -> str | None:
+    """Where a boolean sits among numbers (numpy would silently make it 1 or 0), or None."""
+    stack: list[tuple[Any, str]] = [(data, "")]
+    while stack:
+        value, where = stack.pop()
+        if isinstance(value, list):
+            stack.extend((item, f"{where}[{i}]") for i, item in reversed(list(enumerate(value))))
+        elif isinstance(value, bool):
+            return f"data{where}"
+    return None
+
+
+def json_data(
+    name: str, data: Any, shape: tuple[int, ...], datatype: str, may_hold_booleans: bool = True
+) -> np.ndarray:
+    """`data` (flat, or nested in the tensor's shape; row-major) as an array of `datatype` in `shape`.
+
+    `may_hold_booleans=False` (the request's JSON has no `true`/`false` inside an array) skips the per-value
+    search for a boolean mixed among numbers."""
     dtype = DATATYPES[datatype]
     if not isinstance(data, list):
         raise BadRequest(f"input {name!r}: data must be a list of values (flat or nested, row-major)")
@@ -161,6 +180,13 @@ def json_data(name: str, data: Any, shape: tuple[int, ...], datatype: str) -> np
         array = np.asarray(data)
     except (ValueError, TypeError):  # ragged nesting
         raise BadRequest(f"input {name!r}: {_first_bad_leaf(data)}") from None
+    if may_hold_booleans and array.dtype.kind in "iuf":
+        where = _bool_leaf(data)
+        if where is not None:
+            raise BadRequest(
+                f"input {name!r}: {where} is a boolean among numbers; {datatype} data must be numbers",
+                {"input": name, "datatype": datatype},
+            )
     allowed = _JSON_KINDS[dtype.kind]
     if array.dtype.kind not in allowed:
         if array.dtype.kind in "iufb":
@@ -197,6 +223,8 @@ def parse_request(body: bytes, header_length: str | None) -> InferRequest:
     """Decode an inference request body (JSON, or JSON + binary tensors); 400 naming what is wrong."""
     header, binary = split_body(body, header_length)
     doc = _load_json(header, header_length is not None)
+    # A `true`/`false` right after `[` or `,` is a boolean inside an array: only then are the values searched.
+    booleans_in_arrays = _BOOLEAN_IN_ARRAY.search(header) is not None
     unknown = sorted(set(doc) - _REQUEST_KEYS)
     if unknown:
         raise BadRequest(f"unknown field(s) {unknown} in the inference request; it holds {sorted(_REQUEST_KEYS)}")
@@ -262,7 +290,7 @@ def parse_request(body: bytes, header_length: str | None) -> InferRequest:
             inputs[name] = array if dtype.isnative else array.astype(dtype.newbyteorder("="))
             offset += size
         elif "data" in item:
-            inputs[name] = json_data(name, item["data"], shape, datatype)
+            inputs[name] = json_data(name, item["data"], shape, datatype, booleans_in_arrays)
         else:
             raise BadRequest(f"input {name!r} has neither data nor parameters.binary_data_size")
         datatypes[name] = datatype

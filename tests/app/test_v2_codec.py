@@ -78,12 +78,25 @@ def test_json_input_round_trip(datatype: str, nested: bool) -> None:
     ("BOOL", [1, 0, 1], "numbers that are not BOOL"),
     ("FP32", [None, 0, 1], "data[0] is null"),
     ("FP32", [[1], 2, 3], "not a rectangular array"),
+    ("FP32", [0.5, True, 1.0], "data[1] is a boolean among numbers"),
+    ("FP32", [[0.5, 1.0, False]], "data[0][2] is a boolean among numbers"),
+    ("INT32", [1, 2, True], "data[2] is a boolean among numbers"),
 ])  # fmt: skip
 def test_json_values_must_fit_the_datatype(datatype: str, data: list[object], fragment: str) -> None:
     doc = {"inputs": [{"name": "t", "shape": [1, 3], "datatype": datatype, "data": data}]}
     with pytest.raises(BadRequest) as caught:
         parse_request(orjson.dumps(doc), None)
     assert fragment in caught.value.message
+
+
+def test_booleans_as_parameter_values_do_not_trigger_the_value_search() -> None:
+    doc = {
+        "parameters": {"binary_data_output": False},
+        "inputs": [{"name": "t", "shape": [1, 3], "datatype": "FP32", "data": [0.5, 1, 0.25]}],
+        "outputs": [{"name": "y", "parameters": {"binary_data": True}}],
+    }
+    parsed = parse_request(orjson.dumps(doc), None)
+    np.testing.assert_array_equal(parsed.inputs["t"], np.array([[0.5, 1.0, 0.25]], np.float32))
 
 
 @pytest.mark.parametrize("datatype", list(SAMPLES))
