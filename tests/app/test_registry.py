@@ -209,8 +209,8 @@ def test_session_options_follow_the_settings(models_dir: Path) -> None:
     )
     assert options.intra_op_num_threads == 3 and options.inter_op_num_threads == 2
     assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    assert not options.enable_cpu_mem_arena  # off unless asked: it keeps the largest batch's memory forever
-    assert session_options(Settings(models_dir=models_dir, cpu_mem_arena=True)).enable_cpu_mem_arena
+    assert options.enable_cpu_mem_arena  # on unless turned off: big-image speed (its memory is bounded by batching)
+    assert not session_options(Settings(models_dir=models_dir, cpu_mem_arena=False)).enable_cpu_mem_arena
     auto = Settings(models_dir=models_dir, workers=2)
     assert auto.ort_intra_op_threads() >= 1
 
@@ -252,7 +252,7 @@ print(rss_mib() - before)
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmRSS from /proc (Linux)")
 def test_without_the_arena_a_big_batch_does_not_keep_its_memory(models_dir: Path, tmp_path: Path) -> None:
-    """The default (arena off) gives a big batch's memory back; the arena keeps it (what the setting is for)."""
+    """Without the arena a big batch's memory is given back; with it, it is kept (what the setting is for)."""
     root = tmp_path / "models"
     root.mkdir()
     (root / "denoise").symlink_to(models_dir / "denoise", target_is_directory=True)
