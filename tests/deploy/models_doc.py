@@ -8,6 +8,8 @@ import re
 import sys
 from pathlib import Path
 
+from tests.deploy.readme_sections import replace_section
+
 REPO = Path(__file__).resolve().parents[2]
 MODELS_README = REPO / "models" / "README.md"
 
@@ -69,10 +71,7 @@ def table() -> str:
 
 
 def replace_table(readme: str) -> str:
-    pattern = re.compile(r"(<!-- models-table:start -->\n).*?(<!-- models-table:end -->)", re.S)
-    if not pattern.search(readme):
-        raise ValueError("README.md has no <!-- models-table:start/end --> markers")
-    return pattern.sub(lambda m: m.group(1) + table() + "\n" + m.group(2), readme)
+    return replace_section(readme, "models-table", table())
 
 
 def main() -> int:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import ast
 import itertools
-import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from typing import Any
 from pydantic import SecretStr
 
 from app.settings import ENV_PREFIX, Settings
+from tests.deploy.readme_sections import replace_section
 
 SETTINGS_FILE = Path(__file__).resolve().parents[2] / "app" / "settings.py"
 
@@ -55,10 +55,7 @@ def table() -> str:
 
 def replace_table(readme: str) -> str:
     """The README with the text between the settings markers replaced by a fresh table."""
-    pattern = re.compile(r"(<!-- settings-table:start -->\n).*?(<!-- settings-table:end -->)", re.S)
-    if not pattern.search(readme):
-        raise ValueError("README.md has no <!-- settings-table:start/end --> markers")
-    return pattern.sub(lambda m: m.group(1) + table() + "\n" + m.group(2), readme)
+    return replace_section(readme, "settings-table", table())
 
 
 def main() -> int:
