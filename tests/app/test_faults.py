@@ -3,11 +3,8 @@ unexpected exception, both answered in the one JSON error shape with a request i
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
-import onnx
 import pytest
 from fastapi.testclient import TestClient
 from onnx import TensorProto, helper
@@ -15,11 +12,11 @@ from onnx import TensorProto, helper
 from app.main import create_app
 from app.settings import Settings
 from tests.app.conftest import assert_error, make_client
+from tests.app.tiny_models import write_encoder_model
 
 
 def sqrt_model(folder: Path, offset: float) -> None:
     """encoder: z = sqrt(offset - x) on [batch, 4]; NaN wherever x > offset. Written with its card."""
-    folder.mkdir(parents=True)
     graph = helper.make_graph(
         [
             helper.make_node("Constant", [], ["c"], value=helper.make_tensor("c", TensorProto.FLOAT, [], [offset])),
@@ -30,31 +27,7 @@ def sqrt_model(folder: Path, offset: float) -> None:
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
         [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["batch", 4])],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    data = model.SerializeToString()
-    onnx.checker.check_model(model)
-    (folder / "encoder.onnx").write_bytes(data)
-    spec = {"shape": ["batch", 4], "dtype": "float32", "layout": "N x 4", "description": ""}
-    card = {
-        "schema_version": 1,
-        "name": folder.name,
-        "version": "1",
-        "kind": "test",
-        "description": "sqrt test model",
-        "tasks": ["encode"],
-        "graphs": {
-            "encoder": {
-                "file": "encoder.onnx",
-                "sha256": hashlib.sha256(data).hexdigest(),
-                "bytes": len(data),
-                "inputs": [{"name": "x", "range": [0.0, 1.0], **spec}],
-                "outputs": [{"name": "z", "range": None, **spec}],
-            }
-        },
-        "input": {"layout": "vector", "range": [0.0, 1.0], "image": {"height": 2, "width": 2, "channels": 1}},
-    }
-    (folder / "card.json").write_text(json.dumps(card))
+    write_encoder_model(folder, graph, "sqrt test model", [0.0, 1.0])
 
 
 def test_non_finite_model_output_is_a_clear_json_error(tmp_path: Path) -> None:

@@ -3,7 +3,6 @@ broken model is refused at load with a clear log line, `/readyz` names it and wh
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from collections.abc import Callable
@@ -15,6 +14,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from tests.app.live import start
+from tests.app.tiny_models import write_encoder_model
 
 
 def edit_card(folder: Path, change: Callable[[dict], None]) -> None:
@@ -26,7 +26,6 @@ def edit_card(folder: Path, change: Callable[[dict], None]) -> None:
 def external_data_model(folder: Path, location: str) -> None:
     """A valid one-graph model (z = x @ W) whose weight lives in external data at `location`, with a card whose
     size and sha256 match the ONNX file: only the external data gives it away."""
-    folder.mkdir(parents=True)
     weight = numpy_helper.from_array(np.eye(4, dtype=np.float32), "W")
     weight.data_location = TensorProto.EXTERNAL
     weight.ClearField("raw_data")
@@ -39,30 +38,7 @@ def external_data_model(folder: Path, location: str) -> None:
         [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["batch", 4])],
         [weight],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    data = model.SerializeToString()
-    (folder / "encoder.onnx").write_bytes(data)
-    spec = {"shape": ["batch", 4], "dtype": "float32", "layout": "N x 4", "description": "", "range": None}
-    card = {
-        "schema_version": 1,
-        "name": folder.name,
-        "version": "1",
-        "kind": "test",
-        "description": "external data test model",
-        "tasks": ["encode"],
-        "graphs": {
-            "encoder": {
-                "file": "encoder.onnx",
-                "sha256": hashlib.sha256(data).hexdigest(),
-                "bytes": len(data),
-                "inputs": [{"name": "x", **spec}],
-                "outputs": [{"name": "z", **spec}],
-            }
-        },
-        "input": {"layout": "vector", "range": None, "image": {"height": 2, "width": 2, "channels": 1}},
-    }
-    (folder / "card.json").write_text(json.dumps(card))
+    write_encoder_model(folder, graph, "external data test model", None, check=False)
 
 
 @pytest.mark.slow
