@@ -216,20 +216,31 @@ class _GraphQueue:
         self._start()
         if self._idle or not policy.batching or self.rows_waiting >= policy.max_rows:
             self._wake()
+        # The deadline is one timer that fails the future (cheaper per request than `asyncio.wait_for`).
+        deadline = loop.call_later(policy.timeout_seconds, self._expire, request)
         try:
-            return await asyncio.wait_for(request.future, policy.timeout_seconds)
-        except asyncio.TimeoutError:
-            self._abandon(request)
-            self.engine.count_rejected(self.graph, "timeout")
-            raise InferenceTimeout(
-                f"{self.graph.label} did not answer within the inference deadline of {policy.timeout_seconds:g} s "
-                "(queue wait plus computation); the request was dropped",
-                {"model": self.graph.model, "graph": self.graph.role, "timeout_seconds": policy.timeout_seconds},
-            ) from None
+            return await request.future
         except asyncio.CancelledError:
             self._abandon(request)
             self.engine.count_rejected(self.graph, "cancelled")
             raise
+        finally:
+            deadline.cancel()
+
+    def _expire(self, request: _Request) -> None:
+        """The request's deadline passed before its result: it leaves the queue (or its batch) with a 504."""
+        if request.future.done():
+            return
+        policy = self.policy
+        request.future.set_exception(
+            InferenceTimeout(
+                f"{self.graph.label} did not answer within the inference deadline of {policy.timeout_seconds:g} s "
+                "(queue wait plus computation); the request was dropped",
+                {"model": self.graph.model, "graph": self.graph.role, "timeout_seconds": policy.timeout_seconds},
+            )
+        )
+        self._abandon(request)
+        self.engine.count_rejected(self.graph, "timeout")
 
     def _abandon(self, request: _Request) -> None:
         """The caller is gone (deadline, cancellation): leave the queue, or stop its batch if nobody else waits."""
@@ -533,24 +544,24 @@ class InferenceEngine:
         if self._metrics is not None and endpoint != "warmup":
             rows = next(iter(feeds.values())).shape[0] if feeds else 0
             labels = (graph.model, graph.role, endpoint)
-            self._metrics.batch_size.labels(*labels).observe(rows)
-            self._metrics.inference_latency.labels(*labels).observe(elapsed)
+            self._metrics.child(self._metrics.batch_size, *labels).observe(rows)
+            self._metrics.child(self._metrics.inference_latency, *labels).observe(elapsed)
         return {spec.name: value for spec, value in zip(graph.outputs, values, strict=True)}
 
     # -- metrics (no-ops without a Metrics object) -----------------------------------------------------------
     def set_queue_depth(self, graph: GraphSession, depth: int) -> None:
         if self._metrics is not None:
-            self._metrics.queue_depth.labels(graph.model, graph.role).set(depth)
+            self._metrics.child(self._metrics.queue_depth, graph.model, graph.role).set(depth)
 
     def observe_queue_wait(self, graph: GraphSession, seconds: list[float]) -> None:
         if self._metrics is not None:
-            histogram = self._metrics.queue_duration.labels(graph.model, graph.role)
+            histogram = self._metrics.child(self._metrics.queue_duration, graph.model, graph.role)
             for value in seconds:
                 histogram.observe(value)
 
     def count_rejected(self, graph: GraphSession, reason: str) -> None:
         if self._metrics is not None:
-            self._metrics.rejected.labels(graph.model, graph.role, reason).inc()
+            self._metrics.child(self._metrics.rejected, graph.model, graph.role, reason).inc()
 
     # -- checks ---------------------------------------------------------------------------------------------
     @staticmethod

@@ -16,7 +16,7 @@ import anyio.to_thread
 import numpy as np
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from app.codecs import JSON, MULTIPART, NPY, json_tensor, media_type, npy_tensor
 from app.errors import BadRequest, InvalidInput, PayloadTooLarge, UnsupportedMediaType
@@ -43,14 +43,24 @@ async def read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit}", {"limit": limit})
+    # `request.receive` directly, as `Request.stream()` does minus its async generator (a few microseconds per
+    # request on the hot path); a disconnect is Starlette's ClientDisconnect, as there.
+    receive = request.receive
     chunks: list[bytes] = []
     received = 0
-    async for chunk in request.stream():
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        if message["type"] != "http.request":
+            continue
+        chunk = message.get("body", b"")
         received += len(chunk)
         if received > limit:
             raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes", {"limit": limit})
         chunks.append(chunk)
-    return b"".join(chunks)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def takes_images(entry: ModelEntry, task: str) -> bool:

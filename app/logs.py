@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from typing import Any
@@ -13,22 +14,34 @@ import orjson
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
 # uvicorn attaches an ANSI-coloured copy of its message: noise in a JSON line.
 _DROPPED = {"color_message"}
+_SKIPPED = frozenset(_STANDARD | _DROPPED)
 
 
 class JsonFormatter(logging.Formatter):
     """`{"ts": ..., "level": ..., "logger": ..., "message": ..., <extra fields>}`."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._second = -1
+        self._second_text = ""
+
+    def _timestamp(self, record: logging.LogRecord) -> str:
+        second = int(record.created)
+        if second != self._second:  # one strftime per second, not per line
+            self._second, self._second_text = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self._second_text}.{int(record.msecs):03d}Z"
+
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "ts": self._timestamp(record),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
-            "pid": record.process,
+            "pid": record.process or os.getpid(),
         }
-        for key, value in vars(record).items():
-            if key not in _STANDARD and key not in _DROPPED and not key.startswith("_"):
-                entry[key] = value
+        for key in vars(record).keys() - _SKIPPED:
+            if not key.startswith("_"):
+                entry[key] = getattr(record, key)
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return orjson.dumps(entry, default=str).decode()
@@ -50,6 +63,11 @@ def configure_logging(level: str = "info", json_lines: bool = True) -> None:
     logger.addHandler(handler)
     logger.setLevel(level.upper())
     logger.propagate = False
+    # What every LogRecord would otherwise look up for fields our lines never show (the logging HOWTO's
+    # "Optimization" section): thread and multiprocessing names. The pid comes from the formatter.
+    logging.logThreads = False
+    logging.logMultiprocessing = False
+    logging.logProcesses = False
 
 
 def uvicorn_log_config(level: str = "info", json_lines: bool = True) -> dict[str, Any]:

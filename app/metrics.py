@@ -10,6 +10,7 @@ readiness, the maximum for load time). Each worker still has its own batcher and
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -35,6 +36,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
         r = self.registry
         self.requests = Counter(
             "ae_http_requests", "HTTP requests answered", ["method", "route", "model", "status"], registry=r
@@ -80,6 +82,16 @@ class Metrics:
             "ae_model_load_seconds", "Time to verify, open and warm the model's sessions", ["model"], registry=r,
             multiprocess_mode="livemax",
         )  # fmt: skip
+
+    def child(self, metric: Any, *values: str) -> Any:
+        """`metric.labels(*values)`, remembered: prometheus_client validates the values and takes a lock on every
+        `labels()` call, a few microseconds per request on the hot path. Label values are bounded (see above), so
+        the cache is too."""
+        key = (metric, values)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*values)
+        return found
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric (of every worker in multiprocess mode)."""

@@ -209,6 +209,18 @@ class Settings(BaseSettings):
     log_json: bool = True
     """One JSON object per log line (off: plain text, for reading in a terminal)."""
 
+    gc_freeze: bool = True
+    """Once the models are loaded, move every object alive (modules, schemas, session metadata: all kept for the
+    life of the process) out of the garbage collector's view (`gc.freeze()`), so that its full collections under
+    load walk only what requests create. Measured at 1-row encode, concurrency 32: p99 latency 50 -> 14 ms."""
+
+    opentelemetry: bool = False
+    """FastAPI's native OpenTelemetry instrumentation (a span, metrics and error logs per request, sent to the
+    providers the process configures, e.g. with `opentelemetry-instrument` or `FASTAPI_OTEL_AUTO_CONFIGURE`).
+    Off by default: even with no provider configured, FastAPI looks the providers up on every request (about 6 %
+    of the event loop's time at 1-row encode under load); `/metrics` and the JSON access log cover the same
+    ground."""
+
     docs: bool = True
     """Serve `/docs` (Swagger UI) and `/redoc` from local assets."""
 

@@ -20,6 +20,7 @@ from starlette.responses import Response
 from app.codecs import JSON, NPY, json_tensor, media_type, npy_tensor
 from app.deps import SettingsDep
 from app.errors import UnsupportedMediaType
+from app.hotpath import HotRoute
 from app.inputs import _PARSE_ON_LOOP_BYTES, read_body
 
 router = APIRouter(prefix="/bench", tags=["bench"], include_in_schema=False)
@@ -48,3 +49,16 @@ async def noop_parse(request: Request, settings: SettingsDep) -> Response:
     else:
         await anyio.to_thread.run_sync(parse)
     return Response(body, media_type=ctype)
+
+
+async def _hot_noop_raw(request: Request) -> Response:
+    return await noop_raw(request, request.app.state.settings)
+
+
+async def _hot_noop_parse(request: Request) -> Response:
+    return await noop_parse(request, request.app.state.settings)
+
+
+HOT_ROUTES = [HotRoute("/bench/noop-raw", _hot_noop_raw), HotRoute("/bench/noop-parse", _hot_noop_parse)]
+"""The ceilings take the same hot path as the inference routes (app/hotpath.py): what they measure is then the
+HTTP stack our routes actually run on."""

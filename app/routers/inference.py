@@ -14,6 +14,7 @@ from starlette.responses import Response
 from app.cards import TASKS
 from app.codecs import JSON, NPY, NPZ, PNG
 from app.deps import RegistryDep, ServiceDep, SettingsDep
+from app.hotpath import HotRoute
 from app.inputs import InputOptions, read_inputs
 from app.outputs import IMAGE_TASKS, choose_format, render
 from app.preprocess import Preprocess
@@ -251,3 +252,24 @@ for _task in TASKS:
         response_model=None,
         tags=["inference (default models)"],
     )
+
+
+def _hot_model_route(task: str) -> HotRoute:
+    async def handler(request: Request, name: str) -> Response:
+        state = request.app.state
+        return await serve_task(request, name, task, InputOptions(), state.registry, state.service, state.settings)
+
+    return HotRoute(f"/v1/models/{{name}}/{task}", handler, takes_query=True)
+
+
+def _hot_alias_route(task: str) -> HotRoute:
+    async def handler(request: Request) -> Response:
+        state = request.app.state
+        name = state.settings.default_model(task)
+        return await serve_task(request, name, task, InputOptions(), state.registry, state.service, state.settings)
+
+    return HotRoute(f"/v1/{task}", handler, takes_query=True)
+
+
+HOT_ROUTES = [_hot_model_route(task) for task in TASKS] + [_hot_alias_route(task) for task in TASKS]
+"""The same routes on the hot path (app/hotpath.py), for requests without query options."""

@@ -19,6 +19,7 @@ from starlette.types import Receive, Scope, Send
 from app.codecs import to_json
 from app.deps import EngineDep, LifecycleDep, RegistryDep, ServiceDep, SettingsDep
 from app.errors import ModelUnavailable, UnsupportedMediaType
+from app.hotpath import HotRoute
 from app.inference import InferenceEngine
 from app.inputs import read_body
 from app.registry import ModelRegistry
@@ -366,3 +367,16 @@ async def infer_version(
 ) -> Response:
     """Run that version of the model (404 unless it is the card's version)."""
     return await _infer(request, registry, service, engine, settings, statistics, name, version)
+
+
+async def _hot_infer(request: Request, name: str, version: str | None = None) -> Response:
+    state = request.app.state
+    statistics = await get_statistics(request)
+    return await _infer(request, state.registry, state.service, state.engine, state.settings, statistics, name, version)
+
+
+HOT_ROUTES = [
+    HotRoute("/v2/models/{name}/infer", _hot_infer),
+    HotRoute("/v2/models/{name}/versions/{version}/infer", _hot_infer),
+]
+"""Inference on the hot path (app/hotpath.py); the V2 routes take no query options."""
