@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -171,8 +172,30 @@ def json_tensor(body: bytes, max_rows: int, field: str = "inputs") -> np.ndarray
     return array.astype(np.float64, copy=False)
 
 
-def npy_tensor(body: bytes, max_rows: int) -> np.ndarray:
-    """A `.npy` body (float32, C order, never pickled) as an array; the header must match the byte count."""
+_NPY_HEADER = re.compile(
+    rb"\{'descr': '([<>|=]?[a-z][0-9]{1,2})', 'fortran_order': (True|False), "
+    rb"'shape': \(((?:[0-9]+, ?)*[0-9]*)\), \} *\n"
+)
+
+
+def npy_header(body: bytes) -> tuple[tuple[int, ...], bool, np.dtype[Any], int] | None:
+    """Shape, Fortran order, dtype and data offset of a version 1.0 `.npy` body whose header is in the form numpy
+    itself writes; None for anything else (numpy's reader then decides). numpy parses every header with
+    `ast.literal_eval`, about a twentieth of a 64-row request's time on the event loop."""
+    if len(body) < 10 or body[:8] != b"\x93NUMPY\x01\x00":
+        return None
+    end = 10 + int.from_bytes(body[8:10], "little")
+    if end > len(body) or end > _NPY_MAX_HEADER + 10:
+        return None
+    match = _NPY_HEADER.fullmatch(body, 10, end)
+    if match is None:
+        return None
+    descr, fortran, dims = match.groups()
+    shape = tuple(int(d) for d in dims.split(b",") if d.strip())
+    return shape, fortran == b"True", np.dtype(descr.decode()), end
+
+
+def _npy_header_numpy(body: bytes) -> tuple[tuple[int, ...], bool, np.dtype[Any], int]:
     buffer = io.BytesIO(body)
     try:
         version = np.lib.format.read_magic(buffer)
@@ -186,6 +209,13 @@ def npy_tensor(body: bytes, max_rows: int) -> np.ndarray:
         raise
     except Exception as exc:  # numpy raises ValueError / SyntaxError on a malformed header
         raise InvalidNpy(f"the body is not a valid .npy file: {exc}") from exc
+    return shape, fortran, dtype, buffer.tell()
+
+
+def npy_tensor(body: bytes, max_rows: int) -> np.ndarray:
+    """A `.npy` body (float32, C order, never pickled) as an array; the header must match the byte count."""
+    fast = npy_header(body)
+    shape, fortran, dtype, offset = fast if fast is not None else _npy_header_numpy(body)
     if dtype not in NPY_DTYPES:
         raise InvalidInput(
             f".npy dtype {dtype.str} is not accepted; send float32 (e.g. array.astype(numpy.float32))",
@@ -202,7 +232,6 @@ def npy_tensor(body: bytes, max_rows: int) -> np.ndarray:
             f".npy array holds {shape[0]} samples; at most {max_rows} per request", {"limit": max_rows}
         )
     count = math.prod(shape)
-    offset = buffer.tell()
     if len(body) - offset != count * dtype.itemsize:
         raise InvalidNpy(
             f".npy header says shape {list(shape)} ({count * dtype.itemsize} data bytes) but the body holds "

@@ -503,17 +503,23 @@ class InferenceEngine:
             # Whatever failed, one request must not fail the others: run each on its own.
             log.warning("merged batch of %s failed; running its %d requests one by one", graph.label, len(requests))
             return [self._compute_one(graph, r) for r in requests]
+        try:  # one pass over the whole batch; only when it fails is each caller's share checked on its own
+            self._check_finite(graph, outputs)
+            all_finite = True
+        except InferenceError:
+            all_finite = False
         results: list[Outputs | ServiceError] = []
         start = 0
         for request in requests:
             stop = start + request.rows
             part = outputs if len(requests) == 1 else {name: v[start:stop] for name, v in outputs.items()}
             start = stop
-            try:
-                self._check_finite(graph, part)
-            except InferenceError as error:
-                results.append(error)
-                continue
+            if not all_finite:
+                try:
+                    self._check_finite(graph, part)
+                except InferenceError as error:
+                    results.append(error)
+                    continue
             results.append(part)
         return results
 

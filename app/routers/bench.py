@@ -21,7 +21,7 @@ from app.codecs import JSON, NPY, json_tensor, media_type, npy_tensor
 from app.deps import SettingsDep
 from app.errors import UnsupportedMediaType
 from app.hotpath import HotRoute
-from app.inputs import _PARSE_ON_LOOP_BYTES, read_body
+from app.inputs import PARSE_ON_LOOP_BINARY_BYTES, PARSE_ON_LOOP_JSON_BYTES, read_body
 
 router = APIRouter(prefix="/bench", tags=["bench"], include_in_schema=False)
 
@@ -44,7 +44,7 @@ async def noop_parse(request: Request, settings: SettingsDep) -> Response:
     def parse() -> np.ndarray:
         return npy_tensor(body, settings.max_batch_rows) if ctype == NPY else json_tensor(body, settings.max_batch_rows)
 
-    if len(body) < _PARSE_ON_LOOP_BYTES:
+    if len(body) < (PARSE_ON_LOOP_BINARY_BYTES if ctype == NPY else PARSE_ON_LOOP_JSON_BYTES):
         parse()
     else:
         await anyio.to_thread.run_sync(parse)

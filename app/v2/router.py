@@ -21,7 +21,7 @@ from app.deps import EngineDep, LifecycleDep, RegistryDep, ServiceDep, SettingsD
 from app.errors import ModelUnavailable, UnsupportedMediaType
 from app.hotpath import HotRoute
 from app.inference import InferenceEngine
-from app.inputs import read_body
+from app.inputs import PARSE_ON_LOOP_BINARY_BYTES, PARSE_ON_LOOP_JSON_BYTES, read_body
 from app.registry import ModelRegistry
 from app.service import InferenceService
 from app.settings import Settings
@@ -53,10 +53,6 @@ ModelName = Annotated[
     ),
 ]
 ModelVersion = Annotated[str, Path(description="the card's version string", examples=["1"])]
-# JSON header bodies up to this size parse on the event loop; larger ones (or big binary tensors, whose value
-# checks are a pass over the data) go to a worker thread so they do not stall other requests.
-_PARSE_ON_LOOP_BYTES = 64 * 1024
-_PARSE_ON_LOOP_BINARY_BYTES = 1024 * 1024
 
 
 def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -204,7 +200,7 @@ async def _infer(
 
         started = time.perf_counter_ns()
         json_bytes = int(header_length) if header_length and header_length.isdigit() else len(body)
-        on_loop = json_bytes < _PARSE_ON_LOOP_BYTES and len(body) < _PARSE_ON_LOOP_BINARY_BYTES
+        on_loop = json_bytes < PARSE_ON_LOOP_JSON_BYTES and len(body) < PARSE_ON_LOOP_BINARY_BYTES
         plan, request_id = prepare() if on_loop else await anyio.to_thread.run_sync(prepare)
         timer.rows, timer.compute_input = plan.rows, time.perf_counter_ns() - started
         started = time.perf_counter_ns()

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.codecs import JSON, NPY, NPZ, PNG, negotiate, npy_tensor
+from app.codecs import JSON, NPY, NPZ, PNG, _npy_header_numpy, negotiate, npy_header, npy_tensor
 from app.errors import InvalidInput, InvalidNpy, NotAcceptable
 from tests.app.conftest import Reference, make_client, png_bytes
 
@@ -82,6 +82,40 @@ def test_npy_header_that_lies_about_a_huge_shape_allocates_nothing() -> None:
     lying = header.replace(b"(1, 1)", b"(9, 9)")
     with pytest.raises(InvalidNpy):
         npy_tensor(lying, 100)
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.zeros((64, 784), np.float32),
+        np.zeros((1, 1, 28, 28), np.float32),
+        np.zeros((2, 3), ">f4"),
+        np.zeros((2, 3), np.float64),
+        np.asfortranarray(np.zeros((2, 3), np.float32)),
+        np.zeros(5, np.float32),
+        np.zeros((), np.float32),
+        np.zeros((2, 2), np.bool_),
+    ],
+    ids=lambda a: f"{a.dtype.str}{list(a.shape)}{'F' if a.flags.f_contiguous and a.ndim > 1 else ''}",
+)
+def test_fast_npy_header_reads_what_numpy_reads(array: np.ndarray) -> None:
+    """The regex reader of numpy's own header form agrees with numpy's reader (shape, order, dtype, offset)."""
+    body = save(array)
+    assert npy_header(body) is not None
+    assert npy_header(body) == _npy_header_numpy(body)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        save(np.zeros(3, "U3")),  # a dtype outside the fast form
+        save(np.zeros((2, 3), np.float32)).replace(b"'descr'", b'"descr"'),  # valid Python, not numpy's form
+        save(np.zeros((2, 3), np.float32))[:20],  # truncated inside the header
+        b"\x93NUMPY\x02\x00" + save(np.zeros((2, 3), np.float32))[8:],  # version 2.0
+    ],
+)
+def test_fast_npy_header_leaves_other_headers_to_numpy(body: bytes) -> None:
+    assert npy_header(body) is None
 
 
 def test_fixed_size_denoiser_is_resized_in_and_out(model_copy: Callable[..., Path], reference: Reference) -> None:

@@ -3,13 +3,19 @@ unexpected exception, both answered in the one JSON error shape with a request i
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from onnx import TensorProto, helper
 
+from app.errors import InferenceError
+from app.inference import InferenceEngine
 from app.main import create_app
+from app.metrics import Metrics
+from app.registry import ModelRegistry
 from app.settings import Settings
 from tests.app.conftest import assert_error, make_client
 from tests.app.tiny_models import write_encoder_model
@@ -40,6 +46,32 @@ def test_non_finite_model_output_is_a_clear_json_error(tmp_path: Path) -> None:
         assert "non-finite" in error["message"] and error["details"]["output"] == "z"
         assert "Traceback" not in response.text
         assert c.post("/v1/models/sqrt/encode", json={"inputs": [[0.2] * 4]}).status_code == 200
+
+
+def test_one_callers_non_finite_output_fails_only_that_caller_of_a_merged_batch(tmp_path: Path) -> None:
+    """The batch's outputs are checked in one pass; when that finds NaN, each caller's rows are checked on their
+    own, so the callers whose outputs are finite still get them."""
+    sqrt_model(tmp_path / "sqrt", offset=0.5)
+    settings = Settings(models_dir=tmp_path, log_level="warning", batch_max_delay_ms=200)
+    metrics = Metrics()
+    engine = InferenceEngine(metrics, settings)
+    registry = ModelRegistry(settings, engine, metrics)
+    registry.load_all()
+    graph = registry.serving("sqrt").graph_for("encode")
+
+    async def three_callers() -> list[object]:
+        try:
+            feeds = [{"x": np.full((rows, 4), value, np.float32)} for rows, value in ((1, 0.1), (2, 0.9), (1, 0.2))]
+            return await asyncio.gather(*[engine.run(graph, f, "encode") for f in feeds], return_exceptions=True)
+        finally:
+            await engine.aclose()
+
+    first, second, third = asyncio.run(three_callers())
+    assert isinstance(second, InferenceError) and "non-finite" in second.message
+    assert isinstance(first, dict) and np.allclose(first["z"], np.sqrt(0.4))
+    assert isinstance(third, dict) and np.allclose(third["z"], np.sqrt(0.3))
+    counts = [s.value for f in metrics.batch_size.collect() for s in f.samples if s.name.endswith("_count")]
+    assert counts == [1.0]  # the three callers were one ONNX Runtime call
 
 
 def test_model_failing_its_warm_up_is_not_served(tmp_path: Path) -> None:
