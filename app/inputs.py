@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
-import anyio.to_thread
 import numpy as np
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
@@ -21,6 +20,7 @@ from starlette.requests import ClientDisconnect, Request
 from app.codecs import JSON, MULTIPART, NPY, json_tensor, media_type, npy_tensor
 from app.errors import BadRequest, InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from app.images import decode_image
+from app.offload import Offload
 from app.preprocess import Preprocess, prepare_image
 from app.registry import ModelEntry
 from app.service import InferenceService, InputBatch, model_image_target
@@ -152,13 +152,14 @@ async def read_inputs(
 
         # Small bodies parse in microseconds on the loop; big ones would stall every other request.
         on_loop = len(body) < (PARSE_ON_LOOP_BINARY_BYTES if source == "npy" else PARSE_ON_LOOP_JSON_BYTES)
-        return parse() if on_loop else await anyio.to_thread.run_sync(parse)
+        return parse() if on_loop else await request.app.state.offload.run(parse)
     uploads: list[tuple[str | None, bytes]] = (
         await _multipart_files(request, body, settings) if ctype == MULTIPART else [(None, body)]
     )
     if len(uploads) > settings.max_batch_rows:
         raise PayloadTooLarge(f"{len(uploads)} images; at most {settings.max_batch_rows} per request")
-    return await anyio.to_thread.run_sync(_image_batch, entry, task, uploads, options, settings, service)
+    offload: Offload = request.app.state.offload
+    return await offload.run(_image_batch, entry, task, uploads, options, settings, service)
 
 
 def _image_batch(

@@ -22,6 +22,7 @@ from app.limits import install_limits
 from app.logs import configure_logging
 from app.metrics import Metrics
 from app.middleware import RequestContextMiddleware
+from app.offload import Offload
 from app.registry import ModelRegistry
 from app.routers import bench, health, inference, models
 from app.routers.demo import install_demo
@@ -68,6 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.registry = registry
         app.state.engine = engine
         app.state.service = InferenceService(engine, settings)
+        app.state.offload = Offload.from_settings(settings)
         await anyio.to_thread.run_sync(registry.load_all)
         if settings.gc_freeze:
             # Everything alive now (modules, FastAPI's and pydantic's schemas, the sessions' metadata) lives as

@@ -12,7 +12,6 @@ cost of the model, the batcher and the response encoding.
 
 from __future__ import annotations
 
-import anyio.to_thread
 import numpy as np
 from fastapi import APIRouter, Request
 from starlette.responses import Response
@@ -47,7 +46,7 @@ async def noop_parse(request: Request, settings: SettingsDep) -> Response:
     if len(body) < (PARSE_ON_LOOP_BINARY_BYTES if ctype == NPY else PARSE_ON_LOOP_JSON_BYTES):
         parse()
     else:
-        await anyio.to_thread.run_sync(parse)
+        await request.app.state.offload.run(parse)
     return Response(body, media_type=ctype)
 
 

@@ -11,7 +11,6 @@ import time
 from collections.abc import Sequence
 from typing import Annotated, Any
 
-import anyio.to_thread
 from fastapi import APIRouter, Depends, Path, Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -201,7 +200,7 @@ async def _infer(
         started = time.perf_counter_ns()
         json_bytes = int(header_length) if header_length and header_length.isdigit() else len(body)
         on_loop = json_bytes < PARSE_ON_LOOP_JSON_BYTES and len(body) < PARSE_ON_LOOP_BINARY_BYTES
-        plan, request_id = prepare() if on_loop else await anyio.to_thread.run_sync(prepare)
+        plan, request_id = prepare() if on_loop else await request.app.state.offload.run(prepare)
         timer.rows, timer.compute_input = plan.rows, time.perf_counter_ns() - started
         started = time.perf_counter_ns()
         outputs = await dataplane.run_inference(model, plan, engine)
