@@ -20,7 +20,6 @@ from app.inference import InferenceEngine
 from app.lifecycle import Lifecycle
 from app.limits import install_limits
 from app.logs import configure_logging
-from app.memory import limit_malloc_arenas
 from app.metrics import Metrics
 from app.middleware import RequestContextMiddleware
 from app.offload import Offload
@@ -65,7 +64,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        limit_malloc_arenas(settings.malloc_arena_max)  # before the sessions' and the pools' threads start
         engine = InferenceEngine(metrics, settings)
         registry = ModelRegistry(settings, engine, metrics)
         app.state.registry = registry

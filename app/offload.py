@@ -1,8 +1,8 @@
 """CPU-bound request work off the event loop (large JSON bodies, image decoding) in a bounded set of threads.
 
 anyio's default pool lends up to 40 threads to whoever asks: with 32 concurrent 28x28 PNG uploads the process
-ran 41 threads, each with its own malloc arena (RSS swung between 190 and 250 MiB under the same steady load),
-all contending with the event loop for the GIL. The work is CPU-bound (Pillow and numpy release the GIL only
+ran 41 threads (13 with this pool), each with a malloc arena of its own, all contending with the event loop for
+the GIL. The work is CPU-bound (Pillow and numpy release the GIL only
 part of the time), so a few threads per usable CPU do as well; requests beyond the bound wait their turn on the
 loop, where they cost nothing. (ONNX Runtime calls have their own threads: `app.inference`.)
 """

@@ -130,9 +130,9 @@ class Settings(BaseSettings):
     offload_threads: int = Field(default=0, ge=0)
     """Threads per worker process for request work too heavy for the event loop (JSON bodies over 64 KiB, image
     decoding and preprocessing); further such requests wait for one. 0: twice the usable CPUs divided by
-    `workers`, at least 2 (Pillow and numpy release the GIL part of the time). anyio's default pool would grow to
-    40 threads, each with its own malloc arena: at 32 concurrent 28x28 uploads that held ~50 MiB more RSS for
-    ~4 % more images/s (4 vs 40 threads, interleaved runs)."""
+    `workers`, at least 2 (Pillow and numpy release the GIL part of the time). anyio's default pool grows to 40
+    threads (41 in the process at 32 concurrent 28x28 uploads, against 13), all contending for the GIL, for ~4 %
+    more images/s than 4 threads (interleaved runs, within the machine's noise)."""
 
     workers: int = Field(default=1, ge=0)
     """uvicorn worker processes (`python -m app --workers` overrides). Each loads its own sessions and has its own
@@ -215,11 +215,6 @@ class Settings(BaseSettings):
 
     log_json: bool = True
     """One JSON object per log line (off: plain text, for reading in a terminal)."""
-
-    malloc_arena_max: int = Field(default=2, ge=0)
-    """Most glibc malloc arenas the process's threads share (`mallopt(M_ARENA_MAX)` at start-up; Linux/glibc).
-    glibc's default, up to eight per CPU, let RSS step from 183 to 274 MiB under a steady small-request load; two
-    held it at ~207 MiB. 0: glibc's default. `MALLOC_ARENA_MAX` in the environment wins."""
 
     gc_freeze: bool = True
     """Once the models are loaded, move every object alive (modules, schemas, session metadata: all kept for the

@@ -1,17 +1,13 @@
-"""The bounded pool for request work off the event loop (app/offload.py) and the malloc arena cap
-(app/memory.py): what keeps the threads and their memory bounded under load."""
+"""The bounded pool for request work off the event loop (app/offload.py)."""
 
 from __future__ import annotations
 
 import asyncio
-import platform
 import threading
 import time
 
 import numpy as np
-import pytest
 
-from app.memory import ENV, limit_malloc_arenas
 from app.offload import Offload
 from app.settings import Settings, usable_cpus
 
@@ -67,11 +63,3 @@ def test_image_uploads_are_decoded_in_the_bounded_pool() -> None:
         assert results == [200] * 16
         # 16 posting threads are gone; the app added at most its 2 offload threads (plus ORT's own).
         assert threading.active_count() - before <= 2 + Settings().ort_concurrency()
-
-
-def test_malloc_arenas_are_capped_once_and_the_environment_wins(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert limit_malloc_arenas(0) is False  # glibc's default kept
-    monkeypatch.setenv(ENV, "4")
-    assert limit_malloc_arenas(2) is False  # glibc read the environment at start-up
-    monkeypatch.delenv(ENV)
-    assert limit_malloc_arenas(2) is (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")

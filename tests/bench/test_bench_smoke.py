@@ -53,3 +53,14 @@ def test_bench_smoke(tmp_path: Path) -> None:
     assert re.search(r"\| encode-json-1 \| dense\.encoder \| 1 \| [\d,]+ \|", report), "no bare-runtime row"
     assert re.search(r"\| ours: .* \| \d+\.\d+ s \| \d+ MiB \| \d+ MiB \|", report), "no start-up/memory row"
     assert "ours / `noop-raw` requests/s" in report
+
+
+def test_memory_ab_smoke() -> None:
+    """`python -m bench.memory_ab` for one short cycle: two real servers, their RSS before and after."""
+    command = [sys.executable, "-m", "bench.memory_ab", "--cycles", "1", "--seconds", "1", "--b", "AE_GC_FREEZE=0"]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-4000:]
+    rows = re.findall(r"^\| (ready|after cycle 1 \(([\d,]+) requests\)) \| ([\d.]+) \| ([\d.]+) \|$", done.stdout, re.M)
+    assert [r[0].split(" (")[0] for r in rows] == ["ready", "after cycle 1"], done.stdout
+    assert int(rows[1][1].replace(",", "")) > 0
+    assert all(float(r[2]) > 50 and float(r[3]) > 50 for r in rows)  # every model loaded: well over 50 MiB
