@@ -20,7 +20,6 @@ from starlette.requests import ClientDisconnect, Request
 from app.codecs import JSON, MULTIPART, NPY, json_tensor, media_type, npy_tensor
 from app.errors import BadRequest, InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from app.images import decode_image
-from app.offload import Offload
 from app.preprocess import Preprocess, prepare_image
 from app.registry import ModelEntry
 from app.service import InferenceService, InputBatch, model_image_target
@@ -158,8 +157,7 @@ async def read_inputs(
     )
     if len(uploads) > settings.max_batch_rows:
         raise PayloadTooLarge(f"{len(uploads)} images; at most {settings.max_batch_rows} per request")
-    offload: Offload = request.app.state.offload
-    return await offload.run(_image_batch, entry, task, uploads, options, settings, service)
+    return await request.app.state.offload.run(_image_batch, entry, task, uploads, options, settings, service)
 
 
 def _image_batch(

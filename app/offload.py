@@ -2,9 +2,9 @@
 
 anyio's default pool lends up to 40 threads to whoever asks: with 32 concurrent 28x28 PNG uploads the process
 ran 41 threads (13 with this pool), each with a malloc arena of its own, all contending with the event loop for
-the GIL. The work is CPU-bound (Pillow and numpy release the GIL only
-part of the time), so a few threads per usable CPU do as well; requests beyond the bound wait their turn on the
-loop, where they cost nothing. (ONNX Runtime calls have their own threads: `app.inference`.)
+the GIL. The work is CPU-bound (Pillow and numpy release the GIL only part of the time), so a few threads per
+usable CPU do as well; requests beyond the bound wait their turn on the loop, where they cost nothing. (ONNX
+Runtime calls have their own threads: `app.inference`.)
 """
 
 from __future__ import annotations
