@@ -9,7 +9,9 @@ whole. `BoundedHttpToolsProtocol` adds both:
   else 408 and the connection is closed (a connection that sent nothing at all is just closed);
 - the head may hold at most `AE_MAX_HEAD_BYTES`: else 431 and the connection is closed.
 
-Both answers are JSON in our error shape (the path is not known yet). `python -m app` selects this protocol.
+A head httptools cannot parse (a bad request line, `Content-Length: abc`, a control character in a header) gets
+uvicorn's 400, but in our JSON error shape (`malformed_request`) rather than its plain text. Every answer here is
+JSON in our error shape (the path is not known yet). `python -m app` selects this protocol.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from app.errors import error_body
 from app.settings import get_settings
 
 PROTOCOL = "app.http:BoundedHttpToolsProtocol"
-_REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
+_REASONS = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
 
 
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
@@ -85,6 +87,19 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 self.transport.close()
             return
         self._refuse(408, "request_timeout", f"the request head did not arrive within {self._head_timeout:g} s")
+
+    def send_400_response(self, msg: str) -> None:
+        # uvicorn calls this when httptools rejects the bytes (its `msg` is a fixed "Invalid HTTP request received.").
+        if self.cycle is not None and self.cycle.response_started:  # broken chunked framing mid-answer: just close
+            self._disarm()
+            self.transport.close()
+            return
+        self._refuse(
+            400,
+            "malformed_request",
+            "the HTTP request could not be parsed (request line, a header, Content-Length or chunked framing); "
+            "the connection is closed",
+        )
 
     def _refuse(self, status: int, type_: str, message: str) -> None:
         self._disarm()

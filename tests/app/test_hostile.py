@@ -525,6 +525,40 @@ def test_request_head_size_is_bounded(server: LiveServer, size: int, status: int
     assert_serves(server.base)
 
 
+@pytest.mark.parametrize(
+    "head",
+    [
+        "POST /v1/encode HTTP/1.1\nHost: t\nContent-Type: application/json\nContent-Length: abc\n",
+        "GET /healthz HTTP/9.9 extra\nHost: t\n",
+        "GET /healthz HTTP/1.1\nHost: t\nX-Bad\x01: 1\n",
+        "POST /v1/encode HTTP/1.1\nHost: t\nContent-Length: 5\nTransfer-Encoding: chunked\n",
+    ],
+    ids=["content-length-abc", "bad-request-line", "control-char-header", "length-and-chunked"],
+)
+def test_malformed_head_is_a_json_400(server: LiveServer, head: str) -> None:
+    """httptools rejects the head before any middleware: the 400 is still JSON in our error shape."""
+    sock = raw_request(server.port, head)
+    with sock:
+        status, headers, body = read_response(sock)
+    assert status == 400 and headers["connection"] == "close"
+    assert headers["content-type"] == "application/json"
+    error = json.loads(body)["error"]
+    assert error["type"] == "malformed_request" and "could not be parsed" in error["message"]
+    assert_serves(server.base)
+
+
+def test_broken_chunked_framing_is_a_json_400(server: LiveServer) -> None:
+    sock = raw_request(
+        server.port,
+        "POST /v1/encode HTTP/1.1\nHost: t\nContent-Type: application/json\nTransfer-Encoding: chunked\n",
+        b"zz\r\n{}\r\n",
+    )
+    with sock:
+        status, _, body = read_response(sock)
+    assert status == 400 and json.loads(body)["error"]["type"] == "malformed_request"
+    assert_serves(server.base)
+
+
 def test_v2_timeout_has_the_protocol_shape(server: LiveServer) -> None:
     sock = raw_request(
         server.port,
