@@ -350,6 +350,7 @@ class _GraphQueue:
         except RuntimeError:  # the executor is shut down: the service is stopping
             self.engine.slots().release()
             _settle(batch, ModelUnavailable("the service is shutting down"))
+            _release(batch)
             return
         self._running.add(job)
         job.add_done_callback(lambda done: self._finished(done, batch))
@@ -357,21 +358,24 @@ class _GraphQueue:
     def _finished(self, job: asyncio.Future[list[Outputs | ServiceError]], batch: _Batch) -> None:
         self._running.discard(job)
         self.engine.slots().release()
-        if job.cancelled():
-            _settle(batch, ModelUnavailable("the service is shutting down"))
-            return
-        error = job.exception()
-        if error is not None:
-            log.error("batch of %s failed unexpectedly: %r", self.graph.label, error)
-            _settle(batch, InferenceError(f"{self.graph.label} failed", {"model": self.graph.model}))
-            return
-        for request, outcome in zip(batch.requests, job.result(), strict=True):
-            if request.future.done():  # the caller left (deadline or cancellation): drop its result
-                continue
-            if isinstance(outcome, ServiceError):
-                request.future.set_exception(outcome)
-            else:
-                request.future.set_result(outcome)
+        try:
+            if job.cancelled():
+                _settle(batch, ModelUnavailable("the service is shutting down"))
+                return
+            error = job.exception()
+            if error is not None:
+                log.error("batch of %s failed unexpectedly: %r", self.graph.label, error)
+                _settle(batch, InferenceError(f"{self.graph.label} failed", {"model": self.graph.model}))
+                return
+            for request, outcome in zip(batch.requests, job.result(), strict=True):
+                if request.future.done():  # the caller left (deadline or cancellation): drop its result
+                    continue
+                if isinstance(outcome, ServiceError):
+                    request.future.set_exception(outcome)
+                else:
+                    request.future.set_result(outcome)
+        finally:
+            _release(batch)
 
     async def aclose(self) -> None:
         if self._task is not None:
@@ -401,6 +405,17 @@ def lower_thread_priority(nice: int) -> None:
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
+
+
+def _release(batch: _Batch) -> None:
+    """The batch is over: break the request <-> batch reference cycle.
+
+    Left to the cyclic garbage collector, every request's inputs (and the request body they view, 200 KB for a
+    64-row .npy) outlived the request: cycles of requests that were in flight during a collection are promoted
+    to older generations, which are collected rarely. Under 64-row .npy load at concurrency 32 that held ~60 MB
+    of bodies for minutes, and RSS rose by ~100 MiB."""
+    for request in batch.requests:
+        request.batch = None
 
 
 def _settle(batch: _Batch, error: ServiceError) -> None:

@@ -20,6 +20,7 @@ from app.inference import InferenceEngine
 from app.lifecycle import Lifecycle
 from app.limits import install_limits
 from app.logs import configure_logging
+from app.memory import MallocTrimmer
 from app.metrics import Metrics
 from app.middleware import RequestContextMiddleware
 from app.offload import Offload
@@ -78,6 +79,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             gc.collect()
             gc.freeze()
         lifecycle.install()  # SIGTERM drains first (AE_DRAIN_SECONDS); see app/lifecycle.py
+        trimmer = app.state.trimmer = MallocTrimmer(settings.malloc_trim_seconds, app.state.offload, metrics)
+        trimmer.start()  # freed memory back to the OS every AE_MALLOC_TRIM_SECONDS (app/memory.py)
         readiness = registry.readiness()
         log.info(
             "service started",
@@ -92,6 +95,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             lifecycle.uninstall()
+            await trimmer.stop()
             if settings.gc_freeze:
                 gc.unfreeze()  # what this app leaves behind may be collected again (tests run many apps)
             await engine.aclose()

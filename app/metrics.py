@@ -82,6 +82,14 @@ class Metrics:
             "ae_model_load_seconds", "Time to verify, open and warm the model's sessions", ["model"], registry=r,
             multiprocess_mode="livemax",
         )  # fmt: skip
+        # app/memory.py: freed memory handed back to the OS (glibc malloc_trim), per trim.
+        self.memory_trim_seconds = Histogram(
+            "ae_memory_trim_seconds", "Duration of one malloc_trim (in the offload pool, not on the event loop)",
+            buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.memory_trimmed_bytes = Counter(
+            "ae_memory_trimmed_bytes", "Resident memory given back to the OS by malloc_trim", registry=r
+        )
 
     def child(self, metric: Any, *values: str) -> Any:
         """`metric.labels(*values)`, remembered: prometheus_client validates the values and takes a lock on every

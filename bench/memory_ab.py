@@ -1,6 +1,6 @@
 """Memory A/B: two servers side by side under the same small-request load, interleaved; RSS after every cycle.
 
-    .venv/bin/python -m bench.memory_ab --cycles 6 --a "" --b "AE_MALLOC_ARENA_MAX=0"
+    .venv/bin/python -m bench.memory_ab --cycles 4 --a "AE_MALLOC_TRIM_SECONDS=10" --b "AE_MALLOC_TRIM_SECONDS=0"
 
 `--a` / `--b` are space-separated `NAME=value` settings for each server (production settings otherwise). A cycle
 drives each server in turn with wrk at concurrency 32 through every small-request case of the benchmark
@@ -29,7 +29,7 @@ def settings(text: str) -> dict[str, str]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.memory_ab", description=__doc__.split("\n\n")[0])
     p.add_argument("--a", default="", help="settings of server A (NAME=value ...)")
-    p.add_argument("--b", default="AE_MALLOC_ARENA_MAX=0", help="settings of server B (NAME=value ...)")
+    p.add_argument("--b", default="", help="settings of server B (NAME=value ...)")
     p.add_argument("--cycles", type=int, default=6)
     p.add_argument("--seconds", type=float, default=5.0, help="wrk seconds per case and server")
     args = p.parse_args(argv)

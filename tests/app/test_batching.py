@@ -263,6 +263,49 @@ def test_a_cancelled_caller_leaves_the_queue_and_the_others_are_served(
     assert metrics.registry.get_sample_value("ae_inference_queue_depth", labels) == 0
 
 
+def test_requests_and_batches_are_freed_without_the_cycle_collector(graphs: dict[str, GraphSession]) -> None:
+    """A finished batch leaves no reference cycle behind: left to the cyclic collector, the inputs of requests
+    in flight during a collection (and the bodies they view) outlived them for minutes, ~100 MiB of RSS under
+    64-row .npy load."""
+    import gc
+
+    from app.inference import _Batch, _Request
+
+    graph = graphs["dense.encoder"]
+    engine, _ = make_engine(inference_concurrency=1, batch_max_delay_ms=50)
+    arrays = [batch_of(graph, rows, 80 + rows) for rows in (1, 2, 3, 4)]
+
+    def in_cycles() -> list[str]:
+        gc.collect()
+        try:
+            return [type(o).__name__ for o in gc.garbage if isinstance(o, (_Request, _Batch))]
+        finally:
+            gc.garbage.clear()
+
+    async def scenario() -> tuple[list[str], list[str]]:
+        try:
+            tasks = [asyncio.create_task(engine.run(graph, {"x": a}, "test")) for a in arrays]
+            await asyncio.sleep(0.01)
+            tasks[1].cancel()  # one caller leaves while queued; the other three are served in one batch
+            await asyncio.gather(*tasks, return_exceptions=True)
+            after_cancel = in_cycles()
+            await asyncio.gather(*(engine.run(graph, {"x": a}, "test") for a in arrays))  # four merged
+            return after_cancel, in_cycles()
+        finally:
+            await engine.aclose()
+
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)  # what the collector finds unreachable is kept in gc.garbage, not freed
+    try:
+        after_cancel, after_merged = asyncio.run(scenario())
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert after_cancel == [] and after_merged == []
+
+
 def with_serving(graph: GraphSession, **knobs: Any) -> GraphSession:
     """The same session with a card `serving` section."""
     return GraphSession(graph.model, graph.role, graph.card, graph.session, ServingSection(**knobs))
