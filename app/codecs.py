@@ -85,39 +85,46 @@ def _describe_bad_leaf(field: str, data: list[Any]) -> InvalidInput | None:
     return None
 
 
-def _describe_ragged(field: str, data: list[Any]) -> InvalidInput:
-    def shape_of(value: Any) -> list[int]:
-        shape = []
-        while isinstance(value, list):
-            shape.append(len(value))
-            value = value[0] if value else None
-        return shape
+def _shape_of(value: Any) -> list[int]:
+    """The shape a nested list implies, following first elements."""
+    shape = []
+    while isinstance(value, list):
+        shape.append(len(value))
+        value = value[0] if value else None
+    return shape
 
-    expected = shape_of(data)
 
-    def check(value: Any, index: tuple[int, ...], depth: int) -> InvalidInput | None:
-        if depth == len(expected):
-            if isinstance(value, list):
-                return InvalidInput(
-                    f"{_index_text(field, index)} is a list where a number belongs (shape {expected} implied by "
-                    f"{field}[0])",
-                    {"field": field, "index": list(index), "expected_shape": expected},
-                )
-            return None
-        if not isinstance(value, list) or len(value) != expected[depth]:
-            got = f"length {len(value)}" if isinstance(value, list) else "a number"
+def _first_ragged(
+    field: str, expected: list[int], value: Any, index: tuple[int, ...], depth: int
+) -> InvalidInput | None:
+    """The first place where `value` departs from `expected` (a module function, not a closure: a recursive
+    closure is a reference cycle, left to the garbage collector with whatever it holds)."""
+    if depth == len(expected):
+        if isinstance(value, list):
             return InvalidInput(
-                f"{_index_text(field, index)} has {got}, expected length {expected[depth]}: the array is ragged "
-                f"(shape {expected} implied by the first element)",
+                f"{_index_text(field, index)} is a list where a number belongs (shape {expected} implied by "
+                f"{field}[0])",
                 {"field": field, "index": list(index), "expected_shape": expected},
             )
-        for i, item in enumerate(value):
-            problem = check(item, (*index, i), depth + 1)
-            if problem:
-                return problem
         return None
+    if not isinstance(value, list) or len(value) != expected[depth]:
+        got = f"length {len(value)}" if isinstance(value, list) else "a number"
+        return InvalidInput(
+            f"{_index_text(field, index)} has {got}, expected length {expected[depth]}: the array is ragged "
+            f"(shape {expected} implied by the first element)",
+            {"field": field, "index": list(index), "expected_shape": expected},
+        )
+    for i, item in enumerate(value):
+        problem = _first_ragged(field, expected, item, (*index, i), depth + 1)
+        if problem:
+            return problem
+    return None
 
-    return check(data, (), 0) or InvalidInput(f"{field} is not a rectangular array of numbers", {"field": field})
+
+def _describe_ragged(field: str, data: list[Any]) -> InvalidInput:
+    return _first_ragged(field, _shape_of(data), data, (), 0) or InvalidInput(
+        f"{field} is not a rectangular array of numbers", {"field": field}
+    )
 
 
 def json_tensor(body: bytes, max_rows: int, field: str = "inputs") -> np.ndarray:
@@ -160,7 +167,10 @@ def json_tensor(body: bytes, max_rows: int, field: str = "inputs") -> np.ndarray
     if not only_numbers:
         problem = _describe_bad_leaf(field, data)
         if problem:
-            raise problem
+            try:
+                raise problem
+            finally:  # a frame holding the exception its traceback holds is a cycle: it would keep the body alive
+                del problem
         if array.dtype.kind not in "fiu":
             raise _describe_ragged(field, data)
     if array.ndim < 2:

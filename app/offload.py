@@ -32,5 +32,31 @@ class Offload:
         return cls(settings.offload_threads or max(2, 2 * usable_cpus() // settings.workers))
 
     async def run(self, func: Callable[..., T], *args: object) -> T:
-        """`func(*args)` in a worker thread; waits for a free one first."""
-        return await anyio.to_thread.run_sync(func, *args, limiter=self._limiter)
+        """`func(*args)` in a worker thread; waits for a free one first.
+
+        An exception comes back as a value and is raised here: raised through anyio's future, it would sit in a
+        reference cycle (the awaiting frame holds the future, the future the exception, the exception's
+        traceback that frame) and keep the request's body alive until a full garbage collection; a bad
+        upload is exactly what a hostile client repeats."""
+        outcome = await anyio.to_thread.run_sync(_capture, func, args, limiter=self._limiter)
+        if isinstance(outcome, _Failure):
+            error = outcome.error
+            try:
+                raise error
+            finally:
+                del error, outcome
+        return outcome
+
+
+class _Failure:
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+def _capture(func: Callable[..., T], args: tuple[object, ...]) -> T | _Failure:
+    try:
+        return func(*args)
+    except Exception as exc:
+        return _Failure(exc)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import types
 
 import numpy as np
 import pytest
@@ -275,3 +276,66 @@ def test_next_request_after_errors_still_succeeds(client: TestClient) -> None:
     client.post("/v1/encode", content=b"{", headers={"content-type": "application/json"})
     client.post("/v1/encode", content=b"\x93NUMPY", headers={"content-type": "application/x-npy"})
     assert client.post("/v1/encode", json={"inputs": digits()}).status_code == 200
+
+
+# -- no request left for the cycle collector --------------------------------------------------------------------
+CYCLE_CASES = [
+    ("/v1/encode", "application/json", b'{"inputs": [[0.5, 0.5, "x"]]}', 422),
+    ("/v1/encode", "application/json", b'{"inputs": [[0.5, 0.5], [0.5]]}', 422),
+    ("/v1/encode", "application/json", b'{"inputs": [[0.1, 0.2,]]}', 400),
+    ("/v1/encode", "application/x-npy", b"hello world", 400),
+    ("/v1/denoise", "image/png", b"not a png at all", 415),
+    ("/v1/encode", "text/plain", b"{}", 415),
+    ("/v1/models/nope/encode", "application/json", b'{"inputs": [[0.5]]}', 404),
+    (
+        "/v2/models/dense/infer",
+        "application/json",
+        b'{"inputs": [{"name": "x", "shape": [1], "datatype": "BOOL"}]}',
+        400,
+    ),
+    (
+        "/v1/encode",
+        "application/json",
+        b'{"inputs": [' + b",".join([b"[" + b",".join([b"0.5"] * 784) + b"]"] * 2) + b"]}",
+        200,
+    ),
+    (  # over 64 KiB: parsed in the offload pool, the error comes back from a worker thread
+        "/v1/encode",
+        "application/json",
+        b'{"inputs": [' + b",".join([b"[" + b",".join([b"0.5"] * 784) + b"]"] * 40) + b', [true]]}',
+        422,
+    ),
+]
+
+
+def test_no_request_leaves_a_reference_cycle_behind() -> None:
+    """Answers, good and bad, leave nothing of the request for the cyclic collector (frames of app code,
+    exceptions, the request): a cycle keeps the body alive until a full collection, and a client that repeats
+    a bad upload of the maximum size would hold that much memory per request (a traceback kept by a future
+    in the offload pool, a recursive closure, a frame holding the exception it raised did)."""
+    import gc
+
+    from app.errors import ServiceError
+
+    with make_client() as client:
+        for path, ctype, body, status in CYCLE_CASES:  # warm every path first
+            assert client.post(path, content=body, headers={"content-type": ctype}).status_code == status, path
+        gc.collect()
+        gc.disable()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        try:
+            for _ in range(3):
+                for path, ctype, body, _status in CYCLE_CASES:
+                    client.post(path, content=body, headers={"content-type": ctype})
+            gc.collect()
+            ours = [
+                repr(o)[:120]
+                for o in gc.garbage
+                if isinstance(o, ServiceError)
+                or (isinstance(o, types.FrameType) and "/app/" in o.f_code.co_filename.replace("\\", "/"))
+            ]
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+            gc.enable()
+    assert ours == []
