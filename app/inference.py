@@ -316,6 +316,7 @@ class _GraphQueue:
                 slots.release()
                 raise
             self._launch(batch, loop)
+            del batch  # sleeping with it would keep the last batch's inputs alive until the next one
 
     def _take(self) -> _Batch:
         """The oldest request plus later ones of the same sample shape while the rows fit (order kept)."""
