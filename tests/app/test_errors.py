@@ -302,7 +302,7 @@ CYCLE_CASES = [
     (  # over 64 KiB: parsed in the offload pool, the error comes back from a worker thread
         "/v1/encode",
         "application/json",
-        b'{"inputs": [' + b",".join([b"[" + b",".join([b"0.5"] * 784) + b"]"] * 40) + b', [true]]}',
+        b'{"inputs": [' + b",".join([b"[" + b",".join([b"0.5"] * 784) + b"]"] * 40) + b", [true]]}",
         422,
     ),
 ]
