@@ -72,17 +72,17 @@ def _walk(value: Any, index: tuple[int, ...] = ()) -> Iterator[tuple[tuple[int, 
         yield index, value
 
 
-def _describe_bad_leaf(field: str, data: list[Any]) -> InvalidInput | None:
+def _reject_bad_leaf(field: str, data: list[Any]) -> None:
+    """A 422 naming the first value that is not a number (raised here, so no frame keeps the exception)."""
     for index, leaf in _walk(data):
         if isinstance(leaf, bool) or not isinstance(leaf, (int, float)):
             kind = {bool: "a boolean", str: "a string", type(None): "null", dict: "an object"}.get(
                 type(leaf), "not a number"
             )
-            return InvalidInput(
+            raise InvalidInput(
                 f"{_index_text(field, index)} is {kind}; every value must be a number",
                 {"field": field, "index": list(index)},
             )
-    return None
 
 
 def _shape_of(value: Any) -> list[int]:
@@ -165,12 +165,7 @@ def json_tensor(body: bytes, max_rows: int, field: str = "inputs") -> np.ndarray
     except (ValueError, TypeError):
         raise _describe_ragged(field, data) from None
     if not only_numbers:
-        problem = _describe_bad_leaf(field, data)
-        if problem:
-            try:
-                raise problem
-            finally:  # a frame holding the exception its traceback holds is a cycle: it would keep the body alive
-                del problem
+        _reject_bad_leaf(field, data)
         if array.dtype.kind not in "fiu":
             raise _describe_ragged(field, data)
     if array.ndim < 2:

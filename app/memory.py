@@ -64,8 +64,6 @@ class MallocTrimmer:
         self._metrics = metrics
         self._trim = load_malloc_trim() if interval > 0 else None
         self._task: asyncio.Task[None] | None = None
-        self.trims = 0
-        self.released_bytes = 0
 
     @property
     def enabled(self) -> bool:
@@ -95,8 +93,6 @@ class MallocTrimmer:
         self._trim(0)
         elapsed = time.perf_counter() - started
         released = max(0, before - resident_bytes())
-        self.trims += 1
-        self.released_bytes += released
         if self._metrics is not None:
             self._metrics.memory_trim_seconds.observe(elapsed)
             self._metrics.memory_trimmed_bytes.inc(released)

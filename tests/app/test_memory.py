@@ -29,7 +29,6 @@ def test_a_trim_returns_memory_that_free_kept() -> None:
     released = asyncio.run(trimmer.trim_now())
     assert released > 64 * 1024 * 1024, (released, held)
     assert resident_bytes() < held - 64 * 1024 * 1024
-    assert trimmer.trims == 1 and trimmer.released_bytes == released
     assert metrics.registry.get_sample_value("ae_memory_trimmed_bytes_total") == released
     assert metrics.registry.get_sample_value("ae_memory_trim_seconds_count") == 1
     assert len(pinned) == 64 * 1024
@@ -60,5 +59,5 @@ def test_the_service_trims_on_its_interval_and_reports_it() -> None:
             assert time.monotonic() < deadline, counts
             time.sleep(0.05)
         trimmer = client.app.state.trimmer
-        assert trimmer.enabled and trimmer.trims >= 2
+        assert trimmer.enabled
     assert trimmer._task is None  # stopped with the app
