@@ -73,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
             root_path=args.root_path,
             timeout_graceful_shutdown=args.timeout_graceful_shutdown,
             http=HTTP_PROTOCOL,  # httptools with a deadline and a size limit on request heads (app/http.py)
+            proxy_headers=True,
+            forwarded_allow_ips=",".join(settings.forwarded_allow_ips),  # whose X-Forwarded-For names the client
         )
     return 0
 

@@ -6,8 +6,11 @@ The exporter writes the card; the service reads what it needs to serve and passe
 
 from __future__ import annotations
 
+import errno
 import math
+import os
 import re
+import stat
 from pathlib import Path
 from typing import Any, Literal
 
@@ -188,22 +191,48 @@ class ModelCard(_Open):
         return str(value) if isinstance(value, int) else value
 
 
-def read_card(folder: Path) -> ModelCard:
-    """Parse and validate `folder/card.json`; raises CardError with a readable reason."""
-    path = folder / CARD_FILE
+def read_regular_file(path: Path) -> bytes:
+    """The bytes of `path` if it is a regular file (symlinks to one included); OSError otherwise. Opened without
+    blocking and checked before reading: a named pipe or device in place of a model file would block `open()`
+    or `read()` for ever (start-up hung, SIGTERM ignored)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     try:
-        raw = path.read_bytes()
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read()
+    finally:
+        os.close(fd)
+
+
+def read_card(folder: Path) -> ModelCard:
+    """Parse and validate `folder/card.json`; raises CardError with a readable reason (paths relative to the
+    models directory: reasons reach `/readyz`, which needs no key)."""
+    shown = f"{folder.name}/{CARD_FILE}"
+    try:
+        raw = read_regular_file(folder / CARD_FILE)
     except OSError as exc:
-        raise CardError(f"cannot read {path}: {exc.strerror or exc}") from exc
+        raise CardError(f"cannot read {shown}: {exc.strerror or exc}") from exc
     try:
         card = ModelCard.model_validate_json(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ()))
-        raise CardError(f"{path}: invalid card at {where or 'top level'}: {first.get('msg')}") from exc
+        raise CardError(f"{shown}: invalid card at {where or 'top level'}: {first.get('msg')}") from exc
     if card.name != folder.name:
-        raise CardError(f"{path}: card name {card.name!r} differs from its folder name {folder.name!r}")
+        raise CardError(f"{shown}: card name {display_name(card.name)!r} differs from its folder name {folder.name!r}")
     return card
+
+
+DISPLAY_NAME_CHARS = 64
+
+
+def display_name(name: str) -> str:
+    """A client-given name as answers and logs show it: at most 64 characters (a 60 KB name in a URL used to be
+    echoed whole in the 404 and the log line)."""
+    if len(name) <= DISPLAY_NAME_CHARS:
+        return name
+    return f"{name[:DISPLAY_NAME_CHARS]}...({len(name) - DISPLAY_NAME_CHARS} more characters)"
 
 
 def name_is_valid(name: str) -> bool:

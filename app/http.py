@@ -9,6 +9,11 @@ whole. `BoundedHttpToolsProtocol` adds both:
   else 408 and the connection is closed (a connection that sent nothing at all is just closed);
 - the head may hold at most `AE_MAX_HEAD_BYTES`: else 431 and the connection is closed.
 
+Two more things uvicorn's protocol does not do: a request whose client closes the connection (or half-closes
+it, `shutdown(SHUT_WR)`, as `nc -N` does) before its answer is sent is marked, so that it is logged and counted
+as 499 rather than as the 200 nobody received; and `close_idle_connections()`, called when the drain starts
+(app/lifecycle.py), closes every kept-alive connection that is between requests, before the listener closes.
+
 A head httptools cannot parse (a bad request line, `Content-Length: abc`, a control character in a header) gets
 uvicorn's 400, but in our JSON error shape (`malformed_request`) rather than its plain text. Every answer here is
 JSON in our error shape (the path is not known yet). `python -m app` selects this protocol.
@@ -17,9 +22,11 @@ JSON in our error shape (the path is not known yet). `python -m app` selects thi
 from __future__ import annotations
 
 import asyncio
+import weakref
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.server import ServerState
 
 from app.errors import error_body
 from app.settings import get_settings
@@ -28,8 +35,24 @@ PROTOCOL = "app.http:BoundedHttpToolsProtocol"
 _REASONS = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
 
 
+_SERVERS: weakref.WeakSet[ServerState] = weakref.WeakSet()
+"""uvicorn's state of each server of this process whose connections use this protocol (one per process, or one
+per worker process): what `close_idle_connections` walks. Process-wide, as the signal that starts the drain."""
+
+
+def close_idle_connections() -> int:
+    """Close every kept-alive connection between two requests (the drain has started); returns how many."""
+    closed = 0
+    for state in list(_SERVERS):
+        for connection in list(state.connections):
+            if isinstance(connection, BoundedHttpToolsProtocol) and connection.close_if_idle():
+                closed += 1
+    return closed
+
+
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
-    """httptools protocol with a deadline and a size limit on each request head."""
+    """httptools protocol with a deadline and a size limit on each request head, an answer after a half-close,
+    and a way to close it when idle."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -39,6 +62,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._head_timer: asyncio.TimerHandle | None = None
         self._head_bytes = 0
         self._in_head = False
+        self._receiving = False  # between the first byte of a request and its end
+        _SERVERS.add(self.server_state)
 
     def _arm(self) -> None:
         self._disarm()
@@ -56,10 +81,6 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_made(transport)
         self._arm()
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
-        super().connection_lost(exc)
-
     def data_received(self, data: bytes) -> None:
         if self._in_head:
             end = data.find(b"\r\n\r\n")
@@ -73,7 +94,34 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         if not self._in_head:  # a later request on a kept-alive connection
             self._arm()
+        self._receiving = True
         super().on_message_begin()
+
+    def on_message_complete(self) -> None:
+        self._receiving = False
+        super().on_message_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        # The client closed (or half-closed: it will send nothing more, and Go's and nginx's servers take that as
+        # the client leaving too) before its answer was sent: whatever the app sends now goes nowhere. Say so in
+        # the request's state, so that the request is logged and counted as 499, not as the 200 nobody received.
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            cycle.scope.setdefault("state", {})["client_gone"] = True  # type: ignore[typeddict-item]
+        self._disarm()
+        super().connection_lost(exc)
+
+    def close_if_idle(self) -> bool:
+        """Close the connection if it is between requests (True); a request arriving or running is left alone."""
+        if self.transport.is_closing() or self._receiving:
+            return False
+        if self.cycle is not None and not self.cycle.response_complete:
+            return False
+        if self.pipeline:
+            return False
+        self._disarm()
+        self.transport.close()
+        return True
 
     def on_headers_complete(self) -> None:
         self._disarm()

@@ -155,6 +155,24 @@ def decode_image(
     )
 
 
+DECODE_BYTES_PER_PIXEL = 64
+"""Peak memory of decoding one image to float pixels, per pixel (measured with tracemalloc on 1-megapixel
+uploads: 5 B gray, 43 B RGB, 52 B RGBA, plus Pillow's own buffer): what a request reserves before decoding."""
+
+
+def header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from an upload's header, without decoding its pixels; None when it cannot be read (the
+    decoder then says why)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as image:
+                width, height = image.size
+    except Exception:
+        return None
+    return int(width), int(height)
+
+
 def _has_orientation(image: Image.Image) -> bool:
     try:
         return int(image.getexif().get(0x0112, 1)) not in (0, 1)

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from app.budget import MemoryBudget
 from app.cards import GraphCard, ServingSection, TensorSpec
 from app.errors import (
     InferenceError,
@@ -65,6 +66,15 @@ SERVING_KNOBS = (
 )
 
 
+DEFAULT_WORK_BYTES_PER_VALUE = 1024.0
+"""Working memory assumed per input value where it cannot be measured (no /proc): above every graph measured."""
+ARENA_SHRINKAGE = "memory.enable_memory_arena_shrinkage"
+SHRINK_ARENA_ABOVE_BYTES = 64 * 1024 * 1024
+"""An ONNX Runtime call expected to need more working memory than this gives its arena memory back afterwards
+(run option `memory.enable_memory_arena_shrinkage`): the arena otherwise keeps the largest call's memory for the
+life of the process, outside every budget."""
+
+
 @dataclass(frozen=True)
 class GraphSession:
     """An open ONNX Runtime session for one graph of one model, with the card's description of its tensors."""
@@ -74,6 +84,9 @@ class GraphSession:
     card: GraphCard
     session: ort.InferenceSession
     serving: ServingSection | None = None
+    work_bytes_per_value: float = DEFAULT_WORK_BYTES_PER_VALUE
+    """ONNX Runtime's working memory (activations, outputs, scratch) per input value, measured at load
+    (`app.registry.measure_working_memory`); what a request reserves from the inference memory budget."""
 
     @property
     def inputs(self) -> list[TensorSpec]:
@@ -340,6 +353,11 @@ class _GraphQueue:
         self.rows_waiting -= rows
         self.engine.set_queue_depth(self.graph, len(self.waiting))
         batch = _Batch(members)
+        if (
+            self.engine.arena
+            and sum(r.values for r in members) * self.graph.work_bytes_per_value > SHRINK_ARENA_ABOVE_BYTES
+        ):
+            batch.run_options.add_run_config_entry(ARENA_SHRINKAGE, "cpu:0")
         for request in members:
             request.batch = batch
         return batch
@@ -428,9 +446,15 @@ def _settle(batch: _Batch, error: ServiceError) -> None:
 class InferenceEngine:
     """Runs graphs: queued and batched per model graph, off the event loop, outputs checked, metrics recorded."""
 
-    def __init__(self, metrics: Metrics | None = None, settings: Settings | None = None) -> None:
+    def __init__(
+        self,
+        metrics: Metrics | None = None,
+        settings: Settings | None = None,
+        memory: MemoryBudget | None = None,
+    ) -> None:
         self._metrics = metrics
         self._settings = settings if settings is not None else get_settings()
+        self.memory = memory  # the inference memory budget (app/budget.py); None: unbounded
         self._queues: dict[str, _GraphQueue] = {}
         self._executor: ThreadPoolExecutor | None = None
         self._slots: asyncio.Semaphore | None = None
@@ -439,6 +463,11 @@ class InferenceEngine:
     def retry_after_seconds(self) -> int:
         """The `Retry-After` of an `Overloaded` answer (the setting the in-flight cap uses too)."""
         return int(self._settings.retry_after_seconds)
+
+    @property
+    def arena(self) -> bool:
+        """Whether the sessions use ONNX Runtime's CPU memory arena (which a run may be asked to shrink)."""
+        return bool(self._settings.cpu_mem_arena)
 
     @property
     def concurrency(self) -> int:
@@ -467,12 +496,45 @@ class InferenceEngine:
         queue = self._queues.get(graph.label)
         if queue is None or queue.graph is not graph:
             queue = self._queues[graph.label] = _GraphQueue(self, graph, self.policy(graph))
-        return await queue.submit(feeds, endpoint)
+        rows = int(next(iter(feeds.values())).shape[0]) if feeds else 0
+        chunk = self._chunk_rows(graph, rows, values)
+        if chunk >= rows:
+            return await self._submit(queue, feeds, endpoint, values)
+        parts = []
+        for start in range(0, rows, chunk):
+            part = {name: array[start : start + chunk] for name, array in feeds.items()}
+            parts.append(await self._submit(queue, part, endpoint, sum(int(a.size) for a in part.values())))
+        return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
-    def run_blocking(self, graph: GraphSession, feeds: Mapping[str, np.ndarray], endpoint: str) -> Outputs:
-        """Run `graph` on `feeds` in the calling thread, outside the queue (the warm-up at load)."""
+    def _chunk_rows(self, graph: GraphSession, rows: int, values: int) -> int:
+        """Rows per ONNX Runtime call for a request: all of them, unless its working memory would exceed a quarter
+        of the inference memory budget and its rows are independent (one shared batch axis); then as many as fit
+        in that quarter (at least one), so that a big request runs as several calls instead of being refused."""
+        if self.memory is None or rows <= 1 or not shares_batch_axis(graph.card):
+            return rows
+        quarter = self.memory.limit // 4
+        if values * graph.work_bytes_per_value <= quarter:
+            return rows
+        return max(1, int(quarter // (values / rows * graph.work_bytes_per_value)))
+
+    async def _submit(self, queue: _GraphQueue, feeds: Mapping[str, np.ndarray], endpoint: str, values: int) -> Outputs:
+        need = int(values * queue.graph.work_bytes_per_value)
+        if self.memory is None or need <= 0:
+            return await queue.submit(feeds, endpoint)
+        async with self.memory.hold(need, f"{queue.graph.label} on {values} input values"):
+            return await queue.submit(feeds, endpoint)
+
+    def run_blocking(
+        self, graph: GraphSession, feeds: Mapping[str, np.ndarray], endpoint: str, shrink_arena: bool = False
+    ) -> Outputs:
+        """Run `graph` on `feeds` in the calling thread, outside the queue (the warm-up at load); `shrink_arena`:
+        give ONNX Runtime's arena memory back afterwards."""
         axes = self._check_inputs(graph, feeds)
-        outputs = self._session_run(graph, feeds, endpoint, None)
+        options = None
+        if shrink_arena and self.arena:
+            options = ort.RunOptions()
+            options.add_run_config_entry(ARENA_SHRINKAGE, "cpu:0")
+        outputs = self._session_run(graph, feeds, endpoint, options)
         self._check_output_shapes(graph, outputs, axes)
         self._check_finite(graph, outputs)
         return outputs

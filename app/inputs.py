@@ -19,7 +19,8 @@ from starlette.requests import ClientDisconnect, Request
 
 from app.codecs import JSON, MULTIPART, NPY, json_tensor, media_type, npy_tensor
 from app.errors import BadRequest, InvalidInput, PayloadTooLarge, UnsupportedMediaType
-from app.images import decode_image
+from app.images import DECODE_BYTES_PER_PIXEL, decode_image, header_size
+from app.limits import request_reservation
 from app.preprocess import Preprocess, prepare_image
 from app.registry import ModelEntry
 from app.service import InferenceService, InputBatch, model_image_target
@@ -65,6 +66,64 @@ async def read_body(request: Request, limit: int) -> bytes:
         chunks.append(chunk)
         if not message.get("more_body", False):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+JSON_BYTES_PER_VALUE = 48
+"""Memory a JSON number costs once parsed, at most: a Python float (24 B) and its list slot (8 B), then the
+float64 and float32 arrays made of it. A body's values are at most its commas plus one, so a 32 MiB body of
+`0,0,0,...` (16 Mi values, ~770 MiB parsed) is known before it is parsed."""
+
+
+async def reserve_parsing(request: Request, body: bytes, json_bytes: int) -> None:
+    """Reserve what parsing `body` will cost from the request memory budget (503 or 413 when it does not fit): its
+    first `json_bytes` are JSON (values estimated from their commas), the rest binary tensors (a float32 view, at
+    most one converted copy)."""
+    reservation = request_reservation(request.scope)
+    if reservation is None:
+        return
+    values = body.count(b",", 0, json_bytes) + 1 if json_bytes else 0
+    need = 2 * len(body) + values * JSON_BYTES_PER_VALUE
+    if not reservation.try_grow(need - reservation.held):
+        await reservation.ensure(need, f"parsing a body of {len(body)} bytes")
+
+
+async def reserve_decoding(
+    request: Request, entry: ModelEntry, task: str, uploads: list[tuple[str | None, bytes]], settings: Settings
+) -> None:
+    """Decide from the image headers alone, before any pixel is decoded: the values the model will get (413
+    beyond `max_request_values`) and the memory decoding them holds (reserved from the request memory budget).
+    Each upload is decoded in turn, so the peak is the largest image's decoding plus every result."""
+    card = entry.card
+    assert card is not None
+    spec = entry.graph_for(task).inputs[0]
+    target = model_image_target(card, spec)
+    values = largest = total = 0
+    for _, data in uploads:
+        size = header_size(data)
+        if size is None:
+            continue  # the decoder reports what is wrong with it
+        pixels = size[0] * size[1]
+        if pixels > settings.max_image_pixels:
+            continue  # refused by the decoder with its size in the message
+        largest = max(largest, pixels)
+        total += pixels
+        values += target[0] * target[1] if target is not None else pixels
+    if total > settings.max_request_pixels:
+        raise PayloadTooLarge(
+            f"the {len(uploads)} images hold {total} pixels in all; at most {settings.max_request_pixels} per request "
+            "(max_request_pixels)",
+            {"pixels": total, "limit": settings.max_request_pixels},
+        )
+    if values > settings.max_request_values:
+        raise PayloadTooLarge(
+            f"the {len(uploads)} images hold {values} pixels for the model; at most {settings.max_request_values} "
+            "per request (max_request_values)",
+            {"values": values, "limit": settings.max_request_values},
+        )
+    reservation = request_reservation(request.scope)
+    if reservation is not None:
+        need = reservation.held + largest * DECODE_BYTES_PER_PIXEL + values * 8
+        await reservation.ensure(need, f"decoding {len(uploads)} image(s)")
 
 
 def takes_images(entry: ModelEntry, task: str) -> bool:
@@ -142,6 +201,7 @@ async def read_inputs(
         raise BadRequest("preprocess and invert apply to image uploads only (multipart/form-data or image/*)")
     body = await read_body(request, settings.max_body_bytes)
     if not is_image_body:
+        await reserve_parsing(request, body, 0 if ctype == NPY else len(body))
         source, field_name = ("npy", "body") if ctype == NPY else ("json", "inputs")
 
         def parse() -> InputBatch:
@@ -157,6 +217,7 @@ async def read_inputs(
     )
     if len(uploads) > settings.max_batch_rows:
         raise PayloadTooLarge(f"{len(uploads)} images; at most {settings.max_batch_rows} per request")
+    await reserve_decoding(request, entry, task, uploads, settings)
     return await request.app.state.offload.run(_image_batch, entry, task, uploads, options, settings, service)
 
 

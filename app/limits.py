@@ -1,18 +1,25 @@
-"""Limits enforced in front of the routes, as plain ASGI middleware, before any body is buffered.
+"""Admission and limits in front of the routes, as plain ASGI middleware, before any body is buffered.
 
-- `InFlightLimitMiddleware`: at most `max_in_flight_requests` requests at once in this worker; beyond that an
-  immediate 503 `overloaded` with `Retry-After` (uvicorn's `--limit-concurrency` answers without it, in plain
-  text). Health paths are exempt so that probes answer under load.
-- `BodyLimitMiddleware`: the request body's size limit, decided from `Content-Length` before reading and while
-  streaming (chunked bodies have no length), applied to the *decompressed* size of `Content-Encoding: gzip` /
-  `deflate` bodies, which are inflated incrementally and never past the limit (a zip bomb is a 413, not an
-  out-of-memory); other encodings are a 415; the whole body must arrive within `body_timeout_seconds` of the
-  request's start (uvicorn has no read deadline: a stalled or trickling client would hold a slot forever) -> 408.
-  A client that disconnects mid-body is recorded as 499 (nginx's convention) and releases everything.
+`AdmissionMiddleware` decides, in this order:
 
-Every answer goes through `render_error`, so it has the route's error shape (ours, or the Open Inference
-Protocol's under `/v2`). When the middleware answers while the route is reading, the route sees a disconnect
-and whatever it tries to send afterwards is dropped.
+- the body's size limit, from `Content-Length` before reading and while streaming (chunked bodies have no
+  length), applied to the *decompressed* size of `Content-Encoding: gzip` / `deflate` bodies, which are inflated
+  incrementally and never past the limit (a zip bomb is a 413, not an out-of-memory); other encodings are 415;
+- a request that has a body is first a *body read*: it holds one of `max_body_reads` (503 `overloaded` beyond)
+  and one of its client's `max_body_reads_per_client` (429 `too_many_requests` beyond; the client is the peer
+  address, or the one a trusted proxy names in `X-Forwarded-For`), plus its declared length from the request
+  memory budget (app/budget.py). It must arrive at `body_min_rate_bytes` per second after a grace of
+  `body_rate_grace_seconds`, and in `body_timeout_seconds` at most (408 otherwise): uvicorn has no read deadline,
+  and a trickling client would otherwise hold its place for ever;
+- only once its body is complete (at once for a request without one) does a request take one of the
+  `max_in_flight_requests` slots (503 `overloaded` with `Retry-After` beyond; uvicorn's `--limit-concurrency`
+  answers without it, in plain text). So clients still sending their bodies never starve the requests that are
+  ready to run: three hundred trickling connections used to hold every slot for a minute.
+
+Health paths are exempt from the counts so that probes answer under load. A client that disconnects mid-body
+is recorded as 499 (nginx's convention) and releases everything. Every answer goes through `render_error`, so it
+has the route's error shape (ours, or the Open Inference Protocol's under `/v2`). When the middleware answers
+while the route is reading, the route sees a disconnect and whatever it tries to send afterwards is dropped.
 """
 
 from __future__ import annotations
@@ -24,7 +31,8 @@ from typing import Any
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import render_error, route_path
+from app.budget import MemoryBudget, Reservation
+from app.errors import ServiceError, render_error, route_path
 from app.settings import Settings
 
 HEALTH_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready"})
@@ -63,44 +71,24 @@ async def send_error(
     await response(scope, receive, send)
 
 
-class InFlightLimitMiddleware:
-    """Caps the requests handled at once by this worker; beyond the cap, 503 `overloaded` with Retry-After."""
-
-    def __init__(self, app: ASGIApp, max_in_flight: int, retry_after_seconds: int) -> None:
-        self.app = app
-        self.max_in_flight = max_in_flight
-        self.retry_after = str(retry_after_seconds)
-        self.in_flight = 0  # one event loop per worker: no lock needed
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or route_path(scope) in HEALTH_PATHS:
-            await self.app(scope, receive, send)
-            return
-        if self.in_flight >= self.max_in_flight:
-            await send_error(
-                scope,
-                receive,
-                send,
-                503,
-                "overloaded",
-                f"the service is handling {self.in_flight} requests, its limit; retry after {self.retry_after} s",
-                {"limit": self.max_in_flight},
-                {"Retry-After": self.retry_after},
-            )
-            return
-        self.in_flight += 1
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            self.in_flight -= 1
-
-
 class BodyRejected(Exception):
     """Why the body is refused: the status, type and message of the answer."""
 
-    def __init__(self, status: int, type_: str, message: str, details: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        type_: str,
+        message: str,
+        details: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status, self.type, self.message, self.details = status, type_, message, details or {}
+        self.headers = headers or {}
+
+    @classmethod
+    def from_error(cls, error: ServiceError) -> BodyRejected:
+        return cls(error.status, error.type, error.message, error.details, error.headers)
 
 
 class Inflater:
@@ -152,17 +140,110 @@ class Inflater:
             raise BodyRejected(400, "invalid_encoding", f"the {self.encoding} request body is truncated")
 
 
-class _Deadline:
-    """One timer per request for the whole body (a cancel scope around every `receive()` costs ~10 us more per
-    request): when it fires while the route waits for body bytes, that wait is cancelled and reports None."""
+class Admission:
+    """This worker's counts: requests past their body (in flight), and bodies being read, in all and per client.
 
-    def __init__(self, seconds: float) -> None:
+    One event loop per worker: no lock needed."""
+
+    def __init__(self, max_in_flight: int, max_reads: int, max_reads_per_client: int, retry_after_seconds: int):
+        self.max_in_flight = max_in_flight
+        self.max_reads = max_reads
+        self.max_reads_per_client = max_reads_per_client
+        self.retry_after = str(retry_after_seconds)
+        self.in_flight = 0
+        self.reads = 0
+        self.reads_by_client: dict[str, int] = {}
+
+    def start_read(self, client: str) -> BodyRejected | None:
+        """Take a body-read place for `client`, or say why not."""
+        if self.reads_by_client.get(client, 0) >= self.max_reads_per_client:
+            return BodyRejected(
+                429,
+                "too_many_requests",
+                f"this client is already sending {self.max_reads_per_client} request bodies, its limit; finish "
+                f"those first (retry after {self.retry_after} s)",
+                {"limit": self.max_reads_per_client},
+                {"Retry-After": self.retry_after},
+            )
+        if self.reads >= self.max_reads:
+            return BodyRejected(
+                503,
+                "overloaded",
+                f"the service is receiving {self.reads} request bodies, its limit; retry after {self.retry_after} s",
+                {"limit": self.max_reads},
+                {"Retry-After": self.retry_after},
+            )
+        self.reads += 1
+        self.reads_by_client[client] = self.reads_by_client.get(client, 0) + 1
+        return None
+
+    def end_read(self, client: str) -> None:
+        self.reads -= 1
+        left = self.reads_by_client.get(client, 1) - 1
+        if left > 0:
+            self.reads_by_client[client] = left
+        else:
+            self.reads_by_client.pop(client, None)
+
+    def enter(self) -> BodyRejected | None:
+        """Take an in-flight place, or say why not."""
+        if self.in_flight >= self.max_in_flight:
+            return BodyRejected(
+                503,
+                "overloaded",
+                f"the service is handling {self.in_flight} requests, its limit; retry after {self.retry_after} s",
+                {"limit": self.max_in_flight},
+                {"Retry-After": self.retry_after},
+            )
+        self.in_flight += 1
+        return None
+
+    def leave(self) -> None:
+        self.in_flight -= 1
+
+
+class _BodyClock:
+    """The body's deadline, one timer per request (a cancel scope around every `receive()` costs ~10 us more):
+    `grace + received / min_rate` seconds after the start (Apache's mod_reqtimeout `body=...,MinRate=...`), never
+    later than `total`. When it passes while the route waits for body bytes, that wait is cancelled and reports
+    None."""
+
+    def __init__(self, total: float, grace: float, min_rate: float) -> None:
         self.expired = False
+        self.received = 0
+        self._total, self._grace, self._rate = total, grace, min_rate
         self._waiter: asyncio.Task[Any] | None = None
-        loop = asyncio.get_running_loop()
-        self._handle = loop.call_later(seconds, self._expire) if seconds > 0 else None
+        self._loop = asyncio.get_running_loop()
+        self._start = self._loop.time()
+        self._handle: asyncio.TimerHandle | None = None
+        first = min(t for t in (total, grace) if t > 0) if (total > 0 or (grace > 0 and min_rate > 0)) else 0
+        if first > 0:
+            self._handle = self._loop.call_at(self._start + first, self._check)
 
-    def _expire(self) -> None:
+    def allowed_until(self) -> float:
+        """The time by which the body must be complete, given what arrived so far."""
+        limits = []
+        if self._total > 0:
+            limits.append(self._start + self._total)
+        if self._grace > 0 and self._rate > 0:
+            limits.append(self._start + self._grace + self.received / self._rate)
+        return min(limits) if limits else float("inf")
+
+    def reason(self) -> str:
+        elapsed = self._loop.time() - self._start
+        if self._total > 0 and elapsed >= self._total:
+            return f"the request body did not arrive within {self._total:g} s ({self.received} bytes received)"
+        return (
+            f"the request body arrived too slowly: {self.received} bytes in {elapsed:.1f} s; after "
+            f"{self._grace:g} s it must arrive at {self._rate:g} bytes/s or more"
+        )
+
+    def _check(self) -> None:
+        until = self.allowed_until()
+        if self._loop.time() < until:
+            self._handle = self._loop.call_at(until, self._check)
+            return
+        self._handle = None
         self.expired = True
         if self._waiter is not None and not self._waiter.done():
             self._waiter.cancel()
@@ -186,15 +267,43 @@ class _Deadline:
     def stop(self) -> None:
         if self._handle is not None:
             self._handle.cancel()
+            self._handle = None
 
 
-class BodyLimitMiddleware:
-    """Body size (declared, streamed, decompressed), Content-Encoding, and the body's read deadline."""
+def client_address(scope: Scope) -> str:
+    """The client the limits count against: the peer's address, or the one a trusted proxy named (uvicorn
+    rewrites `scope["client"]` from `X-Forwarded-For` when the peer is in `forwarded_allow_ips`)."""
+    client = scope.get("client")
+    return str(client[0]) if client else "unknown"
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int, body_timeout_seconds: float) -> None:
+
+def _has_body(scope: Scope) -> bool:
+    declared = _header(scope, b"content-length")
+    if declared is not None:
+        return declared.strip() not in ("", "0")
+    return _header(scope, b"transfer-encoding") is not None
+
+
+def request_reservation(scope: Scope) -> Reservation | None:
+    """The request-memory reservation the admission middleware holds for this request (None outside it)."""
+    state = scope.get("state")
+    return state.get("memory") if state else None
+
+
+class AdmissionMiddleware:
+    """Body size (declared, streamed, decompressed), Content-Encoding, body reads (counted, paced, bounded,
+    reserved), then the in-flight cap."""
+
+    def __init__(
+        self, app: ASGIApp, settings: Settings, admission: Admission, request_memory: MemoryBudget | None = None
+    ) -> None:
         self.app = app
-        self.limit = max_body_bytes
-        self.timeout = body_timeout_seconds
+        self.admission = admission
+        self.memory = request_memory
+        self.limit = settings.max_body_bytes
+        self.timeout = settings.body_timeout_seconds
+        self.grace = settings.body_rate_grace_seconds
+        self.min_rate = float(settings.body_min_rate_bytes)
 
     def _too_large(self, what: str) -> BodyRejected:
         return BodyRejected(
@@ -229,14 +338,37 @@ class BodyLimitMiddleware:
                 (k, v) for k, v in scope["headers"] if k not in (b"content-encoding", b"content-length")
             ]
         if declared.isdigit() and int(declared) > self.limit:
-            rejection = self._too_large(f"request body of {int(declared)} bytes")
-            await send_error(
-                scope, receive, send, rejection.status, rejection.type, rejection.message, rejection.details
-            )
+            await self._refuse(scope, receive, send, self._too_large(f"request body of {int(declared)} bytes"))
             return
 
-        deadline = _Deadline(self.timeout)
-        received = 0  # bytes on the wire
+        await self._admit(scope, receive, send, inflater)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, rejection: BodyRejected) -> None:
+        await send_error(
+            scope,
+            receive,
+            send,
+            rejection.status,
+            rejection.type,
+            rejection.message,
+            rejection.details,
+            rejection.headers,
+        )
+
+    async def _admit(self, scope: Scope, receive: Receive, send: Send, inflater: Inflater | None) -> None:
+        admission = self.admission
+        counted = route_path(scope) not in HEALTH_PATHS
+        has_body = _has_body(scope)
+        client = client_address(scope)
+        reading = entered = False  # what this request holds of `admission`
+        if counted:
+            refusal = admission.start_read(client) if has_body else admission.enter()
+            if refusal is not None:
+                await self._refuse(scope, receive, send, refusal)
+                return
+            reading, entered = has_body, not has_body
+        reservation = Reservation(self.memory) if self.memory is not None and has_body else None
+        clock: _BodyClock | None = None
         produced = 0  # bytes handed to the route (decoded)
         body_done = False
         answered = False  # this middleware sent the response
@@ -247,32 +379,25 @@ class BodyLimitMiddleware:
             nonlocal answered
             if not app_started and not answered:
                 answered = True
-                await send_error(
-                    scope,
-                    receive,
-                    send,
-                    rejection.status,
-                    rejection.type,
-                    rejection.message,
-                    rejection.details,
-                    {"Connection": "close"},
-                )
+                rejection.headers.setdefault("Connection", "close")
+                await self._refuse(scope, receive, send, rejection)
             return _DISCONNECT
 
         async def limited_receive() -> Message:
-            nonlocal received, produced, body_done, client_gone
+            nonlocal produced, body_done, client_gone, reading, entered
             if answered:
                 return _DISCONNECT
             if body_done:  # e.g. a response listening for the client's disconnect
                 return await receive()
-            message = await deadline.receive(receive)
+            assert clock is not None
+            message = await clock.receive(receive)
             if message is None:
                 return await reject(
                     BodyRejected(
                         408,
                         "request_timeout",
-                        f"the request body did not arrive within {self.timeout:g} s ({received} bytes received)",
-                        {"timeout_seconds": self.timeout, "received_bytes": received},
+                        clock.reason(),
+                        {"timeout_seconds": self.timeout, "received_bytes": clock.received},
                     )
                 )
             if message["type"] == "http.disconnect":
@@ -282,10 +407,10 @@ class BodyLimitMiddleware:
                 return message
             chunk = message.get("body", b"")
             more = bool(message.get("more_body", False))
-            received += len(chunk)
+            clock.received += len(chunk)
             try:
-                if received > self.limit:
-                    raise self._too_large("request body" if more else f"request body of {received} bytes")
+                if clock.received > self.limit:
+                    raise self._too_large("request body" if more else f"request body of {clock.received} bytes")
                 if inflater is not None:
                     chunk = inflater.feed(chunk, self.limit - produced)
                     if not more:
@@ -295,9 +420,26 @@ class BodyLimitMiddleware:
                     rejection = self._too_large("request body once decompressed")
                 return await reject(rejection)
             produced += len(chunk)
+            # A body without a length (chunked), or inflated past it, is reserved as it grows and never waits: a
+            # half-read body must not sit on memory while it waits for more.
+            if (
+                reservation is not None
+                and produced > reservation.held
+                and not reservation.try_grow(produced - reservation.held)
+            ):
+                return await reject(
+                    BodyRejected.from_error(reservation.budget.overloaded(produced, "the request body"))
+                )
             if not more:
                 body_done = True
-                deadline.stop()
+                clock.stop()
+                if reading:  # the body is here: from now on the request counts as in flight
+                    reading = False
+                    admission.end_read(client)
+                    refusal = admission.enter()
+                    if refusal is not None:
+                        return await reject(refusal)
+                    entered = True
             return {"type": "http.request", "body": chunk, "more_body": more}
 
         async def guarded_send(message: Message) -> None:
@@ -309,6 +451,16 @@ class BodyLimitMiddleware:
             await send(message)
 
         try:
+            if reservation is not None:
+                _state(scope)["memory"] = reservation
+                declared = _header(scope, b"content-length")
+                if declared is not None and declared.strip().isdigit():
+                    try:
+                        await reservation.grow(int(declared), "the request body")
+                    except ServiceError as exc:
+                        await self._refuse(scope, receive, send, BodyRejected.from_error(exc))
+                        return
+            clock = _BodyClock(self.timeout, self.grace, self.min_rate)
             await self.app(scope, limited_receive, guarded_send)
         except ClientDisconnect:
             if answered:
@@ -322,16 +474,16 @@ class BodyLimitMiddleware:
                 return  # the route failed on the disconnect it was handed after our answer
             raise
         finally:
-            deadline.stop()
+            if clock is not None:
+                clock.stop()
+            if reading:
+                admission.end_read(client)
+            if entered:
+                admission.leave()
+            if reservation is not None:
+                reservation.release()
 
 
-def install_limits(app: Any, settings: Settings) -> None:
-    """Add the body limits and the in-flight cap (Starlette runs the last added first: the cap, then the body)."""
-    app.add_middleware(
-        BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes, body_timeout_seconds=settings.body_timeout_seconds
-    )
-    app.add_middleware(
-        InFlightLimitMiddleware,
-        max_in_flight=settings.max_in_flight_requests,
-        retry_after_seconds=settings.retry_after_seconds,
-    )
+def install_limits(app: Any, settings: Settings, admission: Admission, request_memory: MemoryBudget | None) -> None:
+    """Add the admission middleware (body limits, body reads, in-flight cap)."""
+    app.add_middleware(AdmissionMiddleware, settings=settings, admission=admission, request_memory=request_memory)

@@ -12,15 +12,18 @@ from fastapi import FastAPI
 from fastapi.telemetry import TelemetryConfig
 
 from app import __version__
+from app.budget import MemoryBudget
 from app.disconnect import DisconnectMiddleware
 from app.docs import install_docs
 from app.errors import install_error_handlers
 from app.hotpath import HotPathMiddleware
+from app.http import close_idle_connections
 from app.inference import InferenceEngine
 from app.lifecycle import Lifecycle
-from app.limits import install_limits
+from app.limits import Admission, install_limits
 from app.logs import configure_logging
 from app.memory import MallocTrimmer
+from app.methods import MethodsMiddleware
 from app.metrics import Metrics
 from app.middleware import RequestContextMiddleware
 from app.offload import Offload
@@ -65,7 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = InferenceEngine(metrics, settings)
+        engine = InferenceEngine(metrics, settings, inference_memory)
         registry = ModelRegistry(settings, engine, metrics)
         app.state.registry = registry
         app.state.engine = engine
@@ -78,7 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # Measured at 1-row encode under load: p99 50 -> 14 ms, +10 % requests/s.
             gc.collect()
             gc.freeze()
-        lifecycle.install()  # SIGTERM drains first (AE_DRAIN_SECONDS); see app/lifecycle.py
+        lifecycle.install()  # SIGTERM: drain, close idle connections, cut off at the deadline (app/lifecycle.py)
         trimmer = app.state.trimmer = MallocTrimmer(settings.malloc_trim_seconds, app.state.offload, metrics)
         trimmer.start()  # freed memory back to the OS every AE_MALLOC_TRIM_SECONDS (app/memory.py)
         readiness = registry.readiness()
@@ -115,7 +118,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = metrics
-    lifecycle = app.state.lifecycle = Lifecycle(settings.drain_seconds)
+    lifecycle = app.state.lifecycle = Lifecycle(
+        settings.drain_seconds, settings.graceful_timeout_seconds, on_drain=[close_idle_connections]
+    )
+    admission = app.state.admission = Admission(
+        settings.max_in_flight_requests,
+        settings.max_body_reads,
+        settings.max_body_reads_per_client,
+        settings.retry_after_seconds,
+    )
+    request_memory = app.state.request_memory = MemoryBudget(
+        "request memory",
+        settings.request_memory_budget_bytes,
+        settings.memory_wait_seconds,
+        settings.retry_after_seconds,
+    )
+    inference_memory = app.state.inference_memory = MemoryBudget(
+        "inference memory",
+        settings.inference_memory_budget_bytes,
+        settings.memory_wait_seconds,
+        settings.retry_after_seconds,
+    )
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(models.router)
@@ -127,12 +150,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         install_docs(app)
     if settings.demo:
         install_demo(app)
-    # Starlette runs the last added middleware first: request context, CORS, API key, in-flight cap, body limits,
-    # disconnect watch, hot path.
+    # Starlette runs the last added middleware first: request context, CORS, API key, admission (body limits, body
+    # reads, in-flight cap), disconnect watch, methods, hot path.
     hot_routes = [*inference.HOT_ROUTES, *V2_HOT_ROUTES, *(bench.HOT_ROUTES if settings.bench_endpoints else [])]
     app.add_middleware(HotPathMiddleware, routes=hot_routes)  # the inference routes without FastAPI's machinery
-    app.add_middleware(DisconnectMiddleware)  # innermost: a client gone during inference stops its request
-    install_limits(app, settings)
+    app.add_middleware(MethodsMiddleware)  # HEAD wherever GET, OPTIONS with Allow, WebSocket refused in JSON
+    app.add_middleware(DisconnectMiddleware)  # a client gone during inference stops its request
+    install_limits(app, settings, admission, request_memory)
     install_security(app, settings)
-    app.add_middleware(RequestContextMiddleware, metrics=metrics)
+    app.add_middleware(
+        RequestContextMiddleware, metrics=metrics, lifecycle=lifecycle, retry_after_seconds=settings.retry_after_seconds
+    )
     return app

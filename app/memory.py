@@ -55,6 +55,42 @@ def resident_bytes() -> int:
         return 0
 
 
+def _status_bytes(key: str) -> int | None:
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(key.encode() + b":"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def peak_resident_bytes() -> int | None:
+    """The highest resident set size this process has reached (VmHWM), None where /proc is not there."""
+    return _status_bytes("VmHWM")
+
+
+def measure_growth(func: Callable[[], object]) -> int | None:
+    """Bytes of memory `func()` makes resident at its peak beyond what was resident before it, measured with the
+    kernel's peak-RSS counter (reset through `/proc/self/clear_refs`, Linux >= 4.0), after handing freed memory
+    back to the OS so that reused free blocks do not hide the growth. None where that cannot be done."""
+    trim = load_malloc_trim()
+    if trim is not None:
+        trim(0)
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset VmHWM to the current RSS
+    except OSError:
+        return None
+    before = _status_bytes("VmRSS")
+    func()
+    peak = peak_resident_bytes()
+    if before is None or peak is None:
+        return None
+    return max(0, peak - before)
+
+
 class MallocTrimmer:
     """Calls `malloc_trim(0)` every `interval` seconds, in the offload pool, while the service runs."""
 

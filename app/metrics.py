@@ -10,6 +10,7 @@ readiness, the maximum for load time). Each worker still has its own batcher and
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
@@ -27,6 +28,38 @@ def multiprocess_dir() -> str | None:
     return os.environ.get(MULTIPROC_ENV) or None
 
 
+_LIVE_GAUGE_FILE = re.compile(r"gauge_live[a-z]+_(\d+)\.db")
+
+
+def forget_dead_workers(path: str) -> list[int]:
+    """Drop the live gauges (in flight, queue depth, readiness) of worker processes that no longer exist.
+
+    A worker killed without its shutdown (`kill -9`, out of memory) leaves its gauge files behind, and the
+    aggregate kept counting its last in-flight and queued requests for ever after uvicorn replaced it. Done on
+    every scrape (a directory listing) and when a worker starts. Returns the process ids forgotten."""
+    dead = set()
+    try:
+        names = os.listdir(path)
+    except OSError:
+        return []
+    for name in names:
+        match = _LIVE_GAUGE_FILE.fullmatch(name)
+        if match is None:
+            continue
+        pid = int(match.group(1))
+        if pid in dead or pid == os.getpid():
+            continue
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            dead.add(pid)
+        except PermissionError:  # alive, someone else's
+            continue
+    for pid in dead:
+        multiprocess.mark_process_dead(pid, path)  # type: ignore[no-untyped-call]
+    return sorted(dead)
+
+
 class Metrics:
     """Request counts, errors and latency per route and model; batch sizes and ONNX time per model and endpoint.
 
@@ -35,6 +68,9 @@ class Metrics:
     """
 
     def __init__(self) -> None:
+        path = multiprocess_dir()
+        if path is not None:
+            forget_dead_workers(path)  # e.g. the worker this one replaces
         self.registry = CollectorRegistry(auto_describe=True)
         self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
         r = self.registry
@@ -106,6 +142,7 @@ class Metrics:
         path = multiprocess_dir()
         if path is None:
             return generate_latest(self.registry)
+        forget_dead_workers(path)
         aggregate = CollectorRegistry()
         multiprocess.MultiProcessCollector(aggregate, path=path)  # type: ignore[no-untyped-call]
         return generate_latest(aggregate)

@@ -4,6 +4,7 @@ for anything unexpected (never a stack trace to the client).
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import os
@@ -14,6 +15,8 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import render_error, route_path
+from app.lifecycle import Lifecycle
+from app.limits import CLIENT_CLOSED_REQUEST
 from app.metrics import Metrics
 
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -21,6 +24,14 @@ _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/+=@-]{1,128}$")
 
 access_log = logging.getLogger("app.access")
 error_log = logging.getLogger("app.errors")
+
+
+LOGGED_PATH_CHARS = 256
+
+
+def _shown_path(path: str) -> str:
+    """The request path as the access log shows it: at most 256 characters (a path is client input)."""
+    return path if len(path) <= LOGGED_PATH_CHARS else f"{path[:LOGGED_PATH_CHARS]}...({len(path)} characters)"
 
 
 class RequestIds:
@@ -49,9 +60,11 @@ def request_id_from(scope: Scope, ids: RequestIds) -> str:
 class RequestContextMiddleware:
     """Wraps every HTTP request: id in and out, latency, log line, counters."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, lifecycle: Lifecycle, retry_after_seconds: int = 1) -> None:
         self.app = app
         self.metrics = metrics
+        self.lifecycle = lifecycle
+        self.retry_after = str(retry_after_seconds)
         self.ids = RequestIds()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -65,19 +78,47 @@ class RequestContextMiddleware:
         status = 500
         response_started = False
 
+        lifecycle = self.lifecycle
+
         async def send_with_id(message: Message) -> None:
             nonlocal status, response_started
             if message["type"] == "http.response.start":
                 status = message["status"]
                 response_started = True
-                MutableHeaders(scope=message).append(REQUEST_ID_HEADER, request_id)
+                headers = MutableHeaders(scope=message)
+                headers.append(REQUEST_ID_HEADER, request_id)
+                if lifecycle.draining and "connection" not in headers:
+                    headers.append("Connection", "close")  # the client reconnects elsewhere
             await send(message)
 
         self.metrics.in_flight.inc()
+        task = asyncio.current_task()
+        if task is not None:
+            lifecycle.running.add(task)
         try:
             await self.app(scope, receive, send_with_id)
+        except asyncio.CancelledError:
+            if task is None or task not in lifecycle.cut_off:
+                raise
+            # Cut off at the shutdown deadline (app/lifecycle.py): our cancellation, answered here.
+            lifecycle.cut_off.discard(task)
+            if hasattr(task, "uncancel"):
+                task.uncancel()
+            state["error_type"] = "shutting_down"
+            if not response_started:
+                response = render_error(
+                    route_path(scope),
+                    503,
+                    "shutting_down",
+                    "the service is shutting down and this request did not finish in its grace period; retry",
+                    {},
+                    {"Retry-After": self.retry_after, "Connection": "close"},
+                )
+                await response(scope, receive, send_with_id)
         except Exception:
-            error_log.exception("unhandled error", extra={"request_id": request_id, "path": scope.get("path")})
+            error_log.exception(
+                "unhandled error", extra={"request_id": request_id, "path": _shown_path(scope.get("path", ""))}
+            )
             state["error_type"] = "internal_error"
             if not response_started:
                 response = render_error(
@@ -88,10 +129,15 @@ class RequestContextMiddleware:
                 )
                 await response(scope, receive, send_with_id)
         finally:
+            if task is not None:
+                lifecycle.running.discard(task)
             self.metrics.in_flight.dec()
             self._record(scope, state, request_id, status, time.perf_counter() - started)
 
     def _record(self, scope: Scope, state: dict, request_id: str, status: int, seconds: float) -> None:  # type: ignore[type-arg]
+        if state.get("client_gone") and status != CLIENT_CLOSED_REQUEST:
+            # The connection closed before the answer went out (app/http.py): nobody received this status.
+            status, state["error_type"] = CLIENT_CLOSED_REQUEST, "client_disconnected"
         route = scope.get("route")
         template = getattr(route, "path", None) or "unmatched"
         model = state.get("model", "")
@@ -117,7 +163,7 @@ class RequestContextMiddleware:
             extra={
                 "request_id": request_id,
                 "method": method,
-                "path": scope.get("path", ""),
+                "path": _shown_path(scope.get("path", "")),
                 "route": template,
                 "model": model or None,
                 "task": state.get("task"),

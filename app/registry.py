@@ -8,6 +8,7 @@ registry's own table only: no filesystem path is ever built from a request.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import math
@@ -28,11 +29,14 @@ from app.cards import (
     ModelCard,
     TensorSpec,
     check_card,
+    display_name,
     name_is_valid,
     read_card,
+    read_regular_file,
 )
 from app.errors import ModelNotFound, ModelUnavailable, TaskNotSupported
-from app.inference import GraphSession, InferenceEngine
+from app.inference import DEFAULT_WORK_BYTES_PER_VALUE, GraphSession, InferenceEngine, shares_batch_axis
+from app.memory import measure_growth
 from app.metrics import Metrics
 from app.providers import ProviderPlan, ProviderReport, plan_providers, report_providers
 from app.settings import Settings
@@ -183,6 +187,29 @@ def warmup_feeds(card: ModelCard, graph: GraphCard) -> dict[str, np.ndarray]:
     return feeds
 
 
+PROBE_VALUES = 32 * 1024
+"""Input values of the probe that measures a graph's working memory at load (its warm-up sample, repeated)."""
+MIN_WORK_BYTES_PER_VALUE = 64.0
+WORK_SAFETY = 1.5
+"""Margin on the measured working memory: thread counts, allocator and batch shapes differ between calls."""
+
+
+def measure_working_memory(engine: InferenceEngine, graph: GraphSession, feeds: dict[str, np.ndarray]) -> float:
+    """ONNX Runtime's working memory per input value for `graph`: the peak RSS growth of one call on ~32 Ki
+    input values (the warm-up sample repeated along the batch axis; the arena gives the memory back after it),
+    with a margin. Per value because the models' cost is linear in rows and in pixels; what the inference memory
+    budget charges each request. Falls back to `DEFAULT_WORK_BYTES_PER_VALUE` where it cannot be measured."""
+    values = sum(int(a.size) for a in feeds.values())
+    if shares_batch_axis(graph.card) and values:
+        repeat = max(1, PROBE_VALUES // values)
+        feeds = {name: np.repeat(a, repeat, axis=0) for name, a in feeds.items()}
+        values *= repeat
+    growth = measure_growth(lambda: engine.run_blocking(graph, feeds, "warmup", shrink_arena=True))
+    if growth is None or not values:
+        return DEFAULT_WORK_BYTES_PER_VALUE
+    return round(max(MIN_WORK_BYTES_PER_VALUE, growth / values * WORK_SAFETY), 1)
+
+
 class ModelRegistry:
     """Every model found in the models directory, by name."""
 
@@ -234,23 +261,23 @@ class ModelRegistry:
 
     def _model_folders(self, root: Path) -> list[Path]:
         if not root.is_dir():
-            self._scan_problem = f"models directory {root} does not exist"
-            log.error("no models", extra={"reason": self._scan_problem})
+            self._scan_problem = "the models directory (AE_MODELS_DIR) does not exist"
+            log.error("no models", extra={"reason": self._scan_problem, "models_dir": str(root)})
             return []
         folders = []
         for path in sorted(root.iterdir()):
             if not path.is_dir() or path.name.startswith("."):
                 continue  # staging folders of the exporter are hidden
             if not (path / CARD_FILE).is_file():
-                log.warning("skipping folder without a card", extra={"folder": str(path)})
+                log.warning("skipping folder without a card", extra={"folder": path.name})
                 continue
             if not name_is_valid(path.name):
-                log.warning("skipping folder whose name is not a model name", extra={"folder": str(path)})
+                log.warning("skipping folder whose name is not a model name", extra={"folder": display_name(path.name)})
                 continue
             folders.append(path)
         if not folders:
-            self._scan_problem = f"no model cards found in {root}"
-            log.error("no models", extra={"reason": self._scan_problem})
+            self._scan_problem = "no model cards found in the models directory (AE_MODELS_DIR)"
+            log.error("no models", extra={"reason": self._scan_problem, "models_dir": str(root)})
         return folders
 
     def _load(self, entry: ModelEntry, plan: ProviderPlan, options: ort.SessionOptions) -> None:
@@ -263,7 +290,7 @@ class ModelRegistry:
             if path.parent != folder:
                 raise LoadError(f"graph {role}: {graph_card.file} resolves outside the model folder")
             try:
-                data = path.read_bytes()
+                data = read_regular_file(path)
             except OSError as exc:
                 raise LoadError(f"graph {role}: cannot read {graph_card.file}: {exc.strerror or exc}") from exc
             if graph_card.bytes is not None and len(data) != graph_card.bytes:
@@ -301,11 +328,14 @@ class ModelRegistry:
                 entry.providers = report
         for note in entry.providers.notes if entry.providers else ():
             log.warning("providers: %s", note, extra={"model": entry.name})
-        for graph in entry.graphs.values():
+        for role, graph in list(entry.graphs.items()):
+            feeds = warmup_feeds(card, graph.card)
             try:
-                self._engine.run_blocking(graph, warmup_feeds(card, graph.card), "warmup")
+                self._engine.run_blocking(graph, feeds, "warmup")
+                work = measure_working_memory(self._engine, graph, feeds)
             except Exception as exc:
                 raise LoadError(f"graph {graph.role}: warm-up failed: {exc}") from exc
+            entry.graphs[role] = dataclasses.replace(graph, work_bytes_per_value=work)
         entry.status = ModelStatus.READY
 
     # -- lookup --------------------------------------------------------------------------------------------
@@ -323,8 +353,8 @@ class ModelRegistry:
         entry = self._entries.get(name)
         if entry is None:
             raise ModelNotFound(
-                f"no model named {name!r}; models: {', '.join(self._entries) or 'none'}",
-                {"model": name, "models": list(self._entries)},
+                f"no model named {display_name(name)!r}; models: {', '.join(self._entries) or 'none'}",
+                {"model": display_name(name), "models": list(self._entries)},
             )
         return entry
 
@@ -350,7 +380,7 @@ class ModelRegistry:
         for name in required:
             entry = self._entries.get(name)
             if entry is None:
-                not_ready[name] = f"required but no card found in {self._settings.models_dir}"
+                not_ready[name] = "required but no card found in the models directory"
             elif not entry.ready:
                 not_ready[name] = entry.reason or entry.status.value
         return Readiness(not not_ready, required, not_ready)

@@ -101,8 +101,9 @@ class Settings(BaseSettings):
 
     batch_max_rows: int = Field(default=64, ge=1)
     """Most rows (samples) merged into one ONNX Runtime call; a request counts its own rows (a 50-row request
-    counts 50). A request with more rows than this runs alone: never split, never refused by the batcher (the
-    request limit `max_batch_rows` still applies). Images merge only with images of the same size, series only
+    counts 50). A request with more rows than this runs alone, never refused by the batcher (the request limit
+    `max_batch_rows` still applies), and is split into several calls only when its working memory would exceed a
+    quarter of `inference_memory_budget_bytes`. Images merge only with images of the same size, series only
     with series of the same length."""
 
     batch_max_values: int = Field(default=256 * 1024, ge=1)
@@ -110,7 +111,7 @@ class Settings(BaseSettings):
     of a merged batch, and so of what the memory arena keeps, since rows differ in size (a 256x256 image is 83
     times a 28x28 one; the denoiser needs about 750 MiB per million input pixels). 256 Ki values = four 256x256
     images or 334 MNIST rows; merging more big images gains nothing (the denoiser's cost is linear in pixels:
-    21-22 images/s at batch 1, 2 or 9). A single request above it still runs alone."""
+    21-22 images/s at batch 1, 2 or 9). A single request above it still runs alone (see `batch_max_rows`)."""
 
     batch_max_delay_ms: float = Field(default=0.0, ge=0.0, le=1000.0)
     """Longest time, in milliseconds, the oldest waiting request holds its batch open for others to join before
@@ -174,10 +175,50 @@ class Settings(BaseSettings):
     """Largest request head (request line plus headers), in bytes: 431 and the connection closed beyond
     (httptools itself has no limit). Applies under `python -m app` (app/http.py)."""
 
+    body_min_rate_bytes: int = Field(default=4096, ge=0)
+    """Slowest accepted average upload rate, in bytes per second, once `body_rate_grace_seconds` have passed: a
+    body must be complete `grace + received / rate` seconds after the request's start (and within
+    `body_timeout_seconds` in any case), else 408. A client trickling one byte now and then is cut off after the
+    grace, not after the whole body timeout. 0: no minimum rate."""
+
+    body_rate_grace_seconds: float = Field(default=5.0, ge=0.0)
+    """Seconds a request body may take before `body_min_rate_bytes` applies (slow starts, small bodies)."""
+
+    max_body_reads: int = Field(default=512, ge=1)
+    """Request bodies being received at once by one worker process, over every client; one more is refused at
+    once with 503 `overloaded` and `Retry-After`. A request holds one of these, not an in-flight slot, until its
+    body is complete, so clients still sending never starve requests that are ready to run."""
+
+    max_body_reads_per_client: int = Field(default=32, ge=1)
+    """Request bodies one client may be sending at once (429 `too_many_requests` with `Retry-After` beyond). The
+    client is the peer address, or the address a trusted proxy (`forwarded_allow_ips`) puts in
+    `X-Forwarded-For`."""
+
+    forwarded_allow_ips: CommaList = ["127.0.0.1"]
+    """Proxies whose `X-Forwarded-For` / `X-Forwarded-Proto` are trusted (uvicorn's `forwarded_allow_ips`):
+    addresses or networks, `*` for any. Behind the compose file's nginx, its address; requests from anywhere
+    else are counted under their own peer address."""
+
     max_in_flight_requests: int = Field(default=256, ge=1)
-    """Requests handled at once by one worker process (reading, queued or running), over every route; one more
-    is refused at once with 503 `overloaded` and `Retry-After`. `/healthz`, `/readyz`, `/metrics` and the V2
-    health routes are not counted and never refused."""
+    """Requests handled at once by one worker process once their body has arrived (queued, running, answering),
+    over every route; one more is refused at once with 503 `overloaded` and `Retry-After`. `/healthz`, `/readyz`,
+    `/metrics` and the V2 health routes are not counted and never refused."""
+
+    request_memory_budget_bytes: int = Field(default=512 * 1024 * 1024, ge=1024 * 1024)
+    """Memory one worker process lets requests hold at once for their data: bodies being received (their
+    declared length), what parsing a JSON body makes of it (estimated from its commas before parsing) and
+    decoded images (estimated from their headers before decoding). A request that does not fit waits up to
+    `memory_wait_seconds`, then gets 503 `overloaded` with `Retry-After`; one that could never fit gets 413."""
+
+    inference_memory_budget_bytes: int = Field(default=1024 * 1024 * 1024, ge=1024 * 1024)
+    """ONNX Runtime working memory one worker process lets the requests being computed hold at once: each
+    request reserves its input values x its graph's working bytes per value (measured when the model loads;
+    `GET /v1/models/{name}` shows it) from queueing to its result. Same waiting and refusals as
+    `request_memory_budget_bytes`. With the defaults one worker stays under ~2 GiB whatever the mix (the
+    Kubernetes manifest's limit): ~0.2 GiB loaded, plus both budgets."""
+
+    memory_wait_seconds: float = Field(default=10.0, ge=0.0)
+    """Longest wait for room in a memory budget before a request is answered 503 `overloaded`."""
 
     retry_after_seconds: int = Field(default=1, ge=0)
     """The `Retry-After` value (seconds) of a 503 `overloaded` answer."""
@@ -196,6 +237,11 @@ class Settings(BaseSettings):
     """Most input values (numbers over every input tensor, after decoding images) one request may send to a
     model graph: 4 Mi float32 values are 16 MiB (e.g. 4096 MNIST rows fit; 256 same-size 1-megapixel uploads do
     not). 413 beyond, before the request is queued."""
+
+    max_request_pixels: int = Field(default=32 * 1024 * 1024, ge=16)
+    """Most image pixels one request may upload, summed over its files (read from their headers before any is
+    decoded; 413 beyond): 256 all-black 1024x1024 PNGs are a 300 KB body but a quarter of a gigapixel to decode,
+    even for a model that shrinks each to 28x28."""
 
     max_image_side: int = Field(default=8192, ge=4)
     """Longest image side accepted (413 beyond)."""
@@ -270,7 +316,9 @@ class Settings(BaseSettings):
     def _auto_workers(cls, value: int) -> int:
         return value or usable_cpus()
 
-    @field_validator("required_models", "providers", "api_key_exempt_paths", "cors_origins", mode="before")
+    @field_validator(
+        "required_models", "providers", "api_key_exempt_paths", "cors_origins", "forwarded_allow_ips", mode="before"
+    )
     @classmethod
     def _comma_list(cls, value: object) -> object:
         return _split_list(value)

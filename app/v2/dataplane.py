@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from app import __version__
-from app.cards import ModelCard, TensorSpec
+from app.cards import ModelCard, TensorSpec, display_name
 from app.errors import BadRequest, InvalidInput, ModelNotFound, ModelUnavailable, PayloadTooLarge
 from app.inference import GraphSession, InferenceEngine, check_shape
 from app.registry import ModelEntry, ModelRegistry
@@ -106,9 +106,9 @@ def locate(registry: ModelRegistry, name: str) -> tuple[ModelEntry, str]:
         return registry.get(model), role
     known = ", ".join(model_names(registry)) or "none"
     raise ModelNotFound(
-        f"unknown model {name!r}; V2 models are named <model>.<encoder|decoder|full>, or <model> for its full "
-        f"graph: {known}",
-        {"model": name},
+        f"unknown model {display_name(name)!r}; V2 models are named <model>.<encoder|decoder|full>, or <model> for "
+        f"its full graph: {known}",
+        {"model": display_name(name)},
     )
 
 
@@ -123,12 +123,12 @@ def resolve(registry: ModelRegistry, name: str, version: str | None = None) -> V
         raise ModelNotFound(
             f"model {entry.name!r} has no {role} graph; its V2 models: "
             + ", ".join(f"{entry.name}.{r}" for r in card.graphs),
-            {"model": name},
+            {"model": display_name(name)},
         )
     if version is not None and version != card.version:
         raise ModelNotFound(
-            f"model {name!r} has no version {version!r}; its version is {card.version!r}",
-            {"model": name, "version": version},
+            f"model {display_name(name)!r} has no version {display_name(version)!r}; its version is {card.version!r}",
+            {"model": display_name(name), "version": display_name(version)},
         )
     return V2Model(name=name, entry=entry, graph=graph)
 

@@ -20,7 +20,7 @@ from app.deps import EngineDep, LifecycleDep, RegistryDep, ServiceDep, SettingsD
 from app.errors import ModelUnavailable, UnsupportedMediaType
 from app.hotpath import HotRoute
 from app.inference import InferenceEngine
-from app.inputs import PARSE_ON_LOOP_BINARY_BYTES, PARSE_ON_LOOP_JSON_BYTES, read_body
+from app.inputs import PARSE_ON_LOOP_BINARY_BYTES, PARSE_ON_LOOP_JSON_BYTES, read_body, reserve_parsing
 from app.registry import ModelRegistry
 from app.service import InferenceService
 from app.settings import Settings
@@ -192,13 +192,14 @@ async def _infer(
     try:
         body = await read_body(request, settings.max_body_bytes)
         header_length = request.headers.get(HEADER_LENGTH)
+        json_bytes = int(header_length) if header_length and header_length.isdigit() else len(body)
+        await reserve_parsing(request, body, min(json_bytes, len(body)))
 
         def prepare() -> tuple[dataplane.InferPlan, str | None]:
             parsed = parse_request(body, header_length)
             return dataplane.plan_inference(model, parsed, service, settings), parsed.id
 
         started = time.perf_counter_ns()
-        json_bytes = int(header_length) if header_length and header_length.isdigit() else len(body)
         on_loop = json_bytes < PARSE_ON_LOOP_JSON_BYTES and len(body) < PARSE_ON_LOOP_BINARY_BYTES
         plan, request_id = prepare() if on_loop else await request.app.state.offload.run(prepare)
         timer.rows, timer.compute_input = plan.rows, time.perf_counter_ns() - started

@@ -99,10 +99,12 @@ def running(
         assert code == 0, f"server exit code {code}:\n{server.log()[-3000:]}"
 
 
-def raw_request(port: int, head: str, body: bytes = b"") -> socket.socket:
+def raw_request(port: int, head: str, body: bytes = b"", source: str | None = None) -> socket.socket:
     """Open a connection and send a request head (CRLF line ends added) and the start of a body, for tests that
-    need to control the timing of the bytes; the caller reads and closes."""
-    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    need to control the timing of the bytes; the caller reads and closes. `source`: another loopback address to
+    connect from (e.g. 127.0.0.2, a second client)."""
+    address = (source, 0) if source else None
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30, source_address=address)
     sock.sendall(head.replace("\n", "\r\n").encode() + b"\r\n" + body)
     return sock
 

@@ -578,28 +578,28 @@ def test_client_disconnect_mid_upload_releases_everything(server: LiveServer, ht
     assert_serves(server.base)
 
 
-def test_in_flight_cap_answers_503_with_retry_after_and_health_stays_up(server: LiveServer) -> None:
-    """Fill every slot with requests whose bodies are still arriving; one more is refused at once."""
+def test_bodies_still_arriving_hold_no_in_flight_slot(server: LiveServer) -> None:
+    """More requests than the in-flight cap are still sending their bodies: a complete request is served at once
+    (they used to hold every slot until their body timeout), and they are served too once their bodies arrive."""
     head = "POST /v1/encode HTTP/1.1\nHost: t\nContent-Type: application/json\nContent-Length: {}\n"
-    held = [raw_request(server.port, head.format(len(VALID)), VALID[:10]) for _ in range(MAX_IN_FLIGHT)]
+    held = [raw_request(server.port, head.format(len(VALID)), VALID[:10]) for _ in range(MAX_IN_FLIGHT + 2)]
     try:
         time.sleep(0.3)  # every held request has reached the app
-        started = time.monotonic()
         response = httpx.post(f"{server.base}/v1/encode", content=VALID, headers=JSON_CT, timeout=10)
-        assert time.monotonic() - started < 1.0  # refused at once, not queued
-        assert_error(response, 503, "overloaded")
-        assert response.headers["retry-after"] == "3"
-        v2 = httpx.post(f"{server.base}/v2/models/dense/infer", content=b"{}", headers=JSON_CT, timeout=10)
-        assert_error(v2, 503)
-        assert v2.headers["retry-after"] == "3"
+        assert response.status_code == 200, response.text
         for probe in ("/healthz", "/readyz", "/metrics"):
             assert httpx.get(f"{server.base}{probe}", timeout=5).status_code == 200, probe
-        # The held requests complete normally once their bodies arrive.
         for sock in held:
             sock.sendall(VALID[10:])
+        statuses = []
         for sock in held:
-            status, _, body = read_response(sock)
-            assert status == 200 and len(json.loads(body)["latent"][0]) == 32
+            status, headers, body = read_response(sock)
+            statuses.append(status)
+            if status == 503:  # more complete bodies at once than slots: refused with the cap's answer
+                assert json.loads(body)["error"]["type"] == "overloaded" and headers["retry-after"] == "3"
+            else:
+                assert status == 200 and len(json.loads(body)["latent"][0]) == 32
+        assert statuses.count(200) >= MAX_IN_FLIGHT, statuses
     finally:
         for sock in held:
             sock.close()
@@ -666,7 +666,9 @@ def test_no_cors_headers_by_default(server: LiveServer) -> None:
         f"{server.base}/v1/encode",
         headers={"origin": "https://evil.example", "access-control-request-method": "POST"},
     )
-    assert preflight.status_code == 405 and "access-control-allow-origin" not in preflight.headers
+    # Without CORS configured a preflight is a plain OPTIONS: the allowed methods, no CORS grant.
+    assert preflight.status_code == 204 and "access-control-allow-origin" not in preflight.headers
+    assert preflight.headers["allow"] == "POST, OPTIONS"
 
 
 def test_hostile_request_ids_are_replaced(server: LiveServer) -> None:
