@@ -510,19 +510,24 @@ class InferenceEngine:
         """Rows per ONNX Runtime call for a request: all of them, unless its working memory would exceed a quarter
         of the inference memory budget and its rows are independent (one shared batch axis); then as many as fit
         in that quarter (at least one), so that a big request runs as several calls instead of being refused."""
-        if self.memory is None or rows <= 1 or not shares_batch_axis(graph.card):
+        if self.memory is None or rows <= 1:
             return rows
         quarter = self.memory.limit // 4
-        if values * graph.work_bytes_per_value <= quarter:
+        if values * graph.work_bytes_per_value <= quarter or not shares_batch_axis(graph.card):
             return rows
         return max(1, int(quarter // (values / rows * graph.work_bytes_per_value)))
 
     async def _submit(self, queue: _GraphQueue, feeds: Mapping[str, np.ndarray], endpoint: str, values: int) -> Outputs:
+        memory = self.memory
         need = int(values * queue.graph.work_bytes_per_value)
-        if self.memory is None or need <= 0:
+        if memory is None or need <= 0:
             return await queue.submit(feeds, endpoint)
-        async with self.memory.hold(need, f"{queue.graph.label} on {values} input values"):
+        if not memory.try_acquire(need):  # the common case takes no await
+            await memory.acquire(need, f"{queue.graph.label} on {values} input values")
+        try:
             return await queue.submit(feeds, endpoint)
+        finally:
+            memory.release(need)
 
     def run_blocking(
         self, graph: GraphSession, feeds: Mapping[str, np.ndarray], endpoint: str, shrink_arena: bool = False

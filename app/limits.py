@@ -216,7 +216,9 @@ class _BodyClock:
         self._loop = asyncio.get_running_loop()
         self._start = self._loop.time()
         self._handle: asyncio.TimerHandle | None = None
-        first = min(t for t in (total, grace) if t > 0) if (total > 0 or (grace > 0 and min_rate > 0)) else 0
+        first = grace if grace > 0 and min_rate > 0 else total
+        if 0 < total < first:
+            first = total
         if first > 0:
             self._handle = self._loop.call_at(self._start + first, self._check)
 
@@ -277,13 +279,6 @@ def client_address(scope: Scope) -> str:
     return str(client[0]) if client else "unknown"
 
 
-def _has_body(scope: Scope) -> bool:
-    declared = _header(scope, b"content-length")
-    if declared is not None:
-        return declared.strip() not in ("", "0")
-    return _header(scope, b"transfer-encoding") is not None
-
-
 def request_reservation(scope: Scope) -> Reservation | None:
     """The request-memory reservation the admission middleware holds for this request (None outside it)."""
     state = scope.get("state")
@@ -314,8 +309,15 @@ class AdmissionMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        encoding = (_header(scope, b"content-encoding") or "").strip().lower()
-        declared = (_header(scope, b"content-length") or "").strip()
+        encoding = declared = ""
+        chunked = False
+        for key, value in scope.get("headers", ()):  # one pass for the three headers this needs
+            if key == b"content-length":
+                declared = bytes(value).decode("latin-1").strip()
+            elif key == b"content-encoding":
+                encoding = bytes(value).decode("latin-1").strip().lower()
+            elif key == b"transfer-encoding":
+                chunked = True
         inflater: Inflater | None = None
         if encoding not in ("", "identity"):
             if encoding not in (*_GZIP_NAMES, "deflate"):
@@ -341,7 +343,9 @@ class AdmissionMiddleware:
             await self._refuse(scope, receive, send, self._too_large(f"request body of {int(declared)} bytes"))
             return
 
-        await self._admit(scope, receive, send, inflater)
+        has_body = chunked or declared not in ("", "0")
+        length = int(declared) if declared.isdigit() and inflater is None else None
+        await self._admit(scope, receive, send, inflater, has_body, length)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, rejection: BodyRejected) -> None:
         await send_error(
@@ -355,10 +359,20 @@ class AdmissionMiddleware:
             rejection.headers,
         )
 
-    async def _admit(self, scope: Scope, receive: Receive, send: Send, inflater: Inflater | None) -> None:
+    async def _admit(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        inflater: Inflater | None,
+        has_body: bool,
+        length: int | None,
+    ) -> None:
+        """Count the request (a body read, then in flight), reserve its body, pace and bound the body's arrival.
+        `length`: the declared body length when it is the length the route will see (not for compressed bodies,
+        which are reserved as they inflate)."""
         admission = self.admission
         counted = route_path(scope) not in HEALTH_PATHS
-        has_body = _has_body(scope)
         client = client_address(scope)
         reading = entered = False  # what this request holds of `admission`
         if counted:
@@ -453,10 +467,9 @@ class AdmissionMiddleware:
         try:
             if reservation is not None:
                 _state(scope)["memory"] = reservation
-                declared = _header(scope, b"content-length")
-                if declared is not None and declared.strip().isdigit():
+                if length is not None and not reservation.try_grow(length):
                     try:
-                        await reservation.grow(int(declared), "the request body")
+                        await reservation.grow(length, "the request body")
                     except ServiceError as exc:
                         await self._refuse(scope, receive, send, BodyRejected.from_error(exc))
                         return

@@ -151,10 +151,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.demo:
         install_demo(app)
     # Starlette runs the last added middleware first: request context, CORS, API key, admission (body limits, body
-    # reads, in-flight cap), disconnect watch, methods, hot path.
+    # reads, in-flight cap), disconnect watch, hot path, methods.
     hot_routes = [*inference.HOT_ROUTES, *V2_HOT_ROUTES, *(bench.HOT_ROUTES if settings.bench_endpoints else [])]
-    app.add_middleware(HotPathMiddleware, routes=hot_routes)  # the inference routes without FastAPI's machinery
     app.add_middleware(MethodsMiddleware)  # HEAD wherever GET, OPTIONS with Allow, WebSocket refused in JSON
+    app.add_middleware(HotPathMiddleware, routes=hot_routes)  # the inference routes without FastAPI's machinery
     app.add_middleware(DisconnectMiddleware)  # a client gone during inference stops its request
     install_limits(app, settings, admission, request_memory)
     install_security(app, settings)

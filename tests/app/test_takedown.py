@@ -222,6 +222,34 @@ def test_concurrent_huge_json_bodies_wait_for_memory_instead_of_growing_the_proc
     assert httpx.post(f"{default_server.base}/v1/encode", content=DIGIT, headers=JSON_CT).status_code == 200
 
 
+@pytest.mark.slow
+def test_big_images_at_once_stay_under_the_manifest_limit(default_server: LiveServer) -> None:
+    """Four 1024x1024 denoise requests at once (each ~0.6 GiB of ONNX Runtime working memory): they take turns in
+    the inference memory budget, all succeed, and the peak RSS stays under the 2 GiB manifest limit (1.8 GiB
+    before the budgets)."""
+    image = np.random.default_rng(2).random((1, 1024, 1024), dtype=np.float32)
+    npy = io.BytesIO()
+    np.save(npy, image)
+    headers = {"content-type": "application/x-npy", "accept": "application/x-npy"}
+    pid = default_server.process.pid
+    reset_peak(pid)
+    with ThreadPoolExecutor(4) as pool:
+        responses = list(
+            pool.map(
+                lambda _: httpx.post(
+                    f"{default_server.base}/v1/models/denoise/denoise",
+                    content=npy.getvalue(),
+                    headers=headers,
+                    timeout=180,
+                ),
+                range(4),
+            )
+        )
+    peak = status_bytes(pid, "VmHWM")
+    assert [r.status_code for r in responses] == [200] * 4
+    assert peak < 2 * 1024 * MIB, peak / MIB
+
+
 # -- 3 and 4. shutdown -----------------------------------------------------------------------------------------
 def one_model(models_dir: Path, tmp_path: Path, *names: str) -> Path:
     root = tmp_path / "models"
