@@ -239,47 +239,21 @@ def name_is_valid(name: str) -> bool:
     return re.fullmatch(MODEL_NAME_PATTERN, name) is not None
 
 
-# What each task needs from a card: the graph it runs and the outputs it reads from that graph.
-# These names are the exporter's contract with the service (see the training issue); a card that
-# declares a task without them fails to load with a reason, instead of failing on the first request.
-TASK_GRAPH: dict[str, GraphRole] = {
-    "encode": "encoder",
-    "decode": "decoder",
-    "reconstruct": "full",
-    "score": "full",
-    "denoise": "full",
-    "predict": "full",
-}
-TASK_OUTPUTS: dict[str, tuple[str, ...]] = {
-    "encode": (),
-    "decode": (),
-    "reconstruct": ("reconstruction", "score"),
-    "score": ("score",),
-    "denoise": ("denoised",),
-    "predict": ("forecast",),
-}
-TASKS = tuple(TASK_GRAPH)
-
-
-def check_card(card: ModelCard) -> None:
-    """Cross-field checks: every declared task has its graph and outputs; the input section fits the graphs."""
-    for task in card.tasks:
-        if task not in TASK_GRAPH:
-            raise CardError(f"task {task!r} is not one this service knows ({', '.join(TASKS)})")
-        role = TASK_GRAPH[task]
-        graph = card.graphs.get(role)
-        if graph is None:
-            raise CardError(f"task {task!r} needs the {role!r} graph, which the card does not list")
-        if len(graph.inputs) != 1:
-            raise CardError(f"task {task!r}: the {role!r} graph must take exactly one input")
-        for output in TASK_OUTPUTS[task]:
-            if graph.output(output) is None:
-                raise CardError(f"task {task!r} needs output {output!r} of the {role!r} graph")
-    if "score" in card.tasks and card.anomaly is None:
-        raise CardError("task 'score' needs the card's anomaly section (threshold)")
-    if "predict" in card.tasks and card.forecast is None:
-        raise CardError("task 'predict' needs the card's forecast section")
+def check_input(card: ModelCard) -> None:
+    """The input section fits the layout it declares (the tasks' own checks are `app.tasks.check_card`)."""
     if card.input.layout == "sequence" and card.input.sequence is None:
         raise CardError("input layout 'sequence' needs input.sequence (channels, window, stride)")
     if card.input.layout in ("vector", "image") and card.input.image is None:
         raise CardError(f"input layout {card.input.layout!r} needs input.image (height, width, channels)")
+
+
+def window_starts(steps: int, window: int, stride: int) -> list[int]:
+    """Start of every sliding window over a series of `steps` (the last one ends at the series' end); one window
+    for a short series. Serving scores series in these windows and training computes its thresholds over them:
+    one definition for both, or the anomaly scores would silently change."""
+    if steps <= window:
+        return [0]
+    starts = list(range(0, steps - window + 1, stride))
+    if starts[-1] != steps - window:
+        starts.append(steps - window)
+    return starts

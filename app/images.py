@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import io
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -40,10 +40,10 @@ class DecodedImage:
     frames: int = 1
     exif_transposed: bool = False
     filename: str | None = None
-    steps: dict[str, Any] = field(default_factory=dict)
 
-    def report(self) -> dict[str, Any]:
-        return {
+    def report(self, steps: dict[str, Any]) -> ImageReport:
+        """What was done to this upload: decoding (here) and the preprocessing `steps` (app.preprocess)."""
+        details = {
             "filename": self.filename,
             "format": self.format,
             "mode": self.mode,
@@ -51,8 +51,34 @@ class DecodedImage:
             "frames": self.frames,
             "frame_used": 0,
             "exif_transposed": self.exif_transposed,
-            **self.steps,
+            **steps,
         }
+        resized = steps.get("resized")
+        model_w, model_h = steps.get("model_size", (self.width, self.height))
+        return ImageReport(
+            size=(self.width, self.height),
+            model_size=(int(model_w), int(model_h)),
+            preprocess=str(steps.get("preprocess", "none")),
+            inverted=bool(steps.get("inverted")),
+            resized_from=(int(resized["from"][0]), int(resized["from"][1])) if resized else None,
+            details=details,
+        )
+
+
+@dataclass(frozen=True)
+class ImageReport:
+    """How one upload was decoded and preprocessed: typed for the code that acts on it, and `details`, the same
+    facts as the answer's `inputs[i]` (`ImageInputReport` in the schema) shows them."""
+
+    size: tuple[int, int]
+    """(width, height) after EXIF orientation."""
+    model_size: tuple[int, int]
+    """(width, height) the model saw."""
+    preprocess: str
+    inverted: bool
+    resized_from: tuple[int, int] | None
+    """(width, height) before a resize to the model's size; None when the image was not resized."""
+    details: dict[str, Any]
 
 
 def _luma(rgb: np.ndarray) -> np.ndarray:

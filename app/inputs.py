@@ -23,8 +23,9 @@ from app.images import DECODE_BYTES_PER_PIXEL, decode_image, header_size
 from app.limits import request_reservation
 from app.preprocess import Preprocess, prepare_image
 from app.registry import ModelEntry
-from app.service import InferenceService, InputBatch, model_image_target
+from app.service import InferenceService, model_image_target
 from app.settings import Settings
+from app.tasks import TASKS, InputBatch
 
 ACCEPTED_TYPES = (JSON, NPY, MULTIPART, "image/*")
 PARSE_ON_LOOP_JSON_BYTES = 64 * 1024
@@ -129,7 +130,7 @@ async def reserve_decoding(
 def takes_images(entry: ModelEntry, task: str) -> bool:
     card = entry.card
     assert card is not None
-    return task != "decode" and card.input.layout in ("vector", "image") and card.input.image is not None
+    return TASKS[task].takes_images and card.input.layout in ("vector", "image") and card.input.image is not None
 
 
 async def _multipart_files(request: Request, body: bytes, settings: Settings) -> list[tuple[str | None, bytes]]:
@@ -193,7 +194,7 @@ async def read_inputs(
             f"Content-Type {ctype} is not accepted; send one of {offered}", {"accepted": offered}
         )
     if is_image_body and not images_ok:
-        what = "latent codes" if task == "decode" else f"{card.input.layout}s"
+        what = TASKS[task].input_kind or f"{card.input.layout}s"
         raise UnsupportedMediaType(
             f"{task} on model {card.name!r} takes {what}, not images; send {JSON} or {NPY}", {"accepted": offered}
         )
@@ -237,8 +238,6 @@ def _image_batch(
     min_side = card.input.image.min_side or 1
     samples: list[np.ndarray] = []
     reports = []
-    inverted = []
-    sizes = []
     for i, (filename, data) in enumerate(uploads):
         field_name = "file" if len(uploads) == 1 else f"file[{i}]"
         decoded = decode_image(
@@ -249,10 +248,7 @@ def _image_batch(
             field_name=field_name,
         )
         pixels, steps = prepare_image(decoded.pixels, options.preprocess, target, min_side, options.invert)
-        decoded.steps = steps
-        reports.append(decoded.report())
-        inverted.append(bool(steps.get("inverted")))
-        sizes.append((decoded.height, decoded.width))
+        reports.append(decoded.report(steps))
         # [C, H, W] image tensors get their channel axis; vector models take the image flattened row-major.
         sample_shape = [d if isinstance(d, int) else -1 for d in spec.sample_shape]
         samples.append(pixels[None, :, :] if len(sample_shape) == 3 else pixels.reshape(sample_shape))
@@ -262,4 +258,4 @@ def _image_batch(
         parts = [service.fit_array(card, spec, stacked, "file")]
     else:
         parts = [service.fit_array(card, spec, s[None], f"file[{i}]") for i, s in enumerate(samples)]
-    return InputBatch(parts, "image", images=reports, inverted=inverted, source_sizes=sizes)
+    return InputBatch(parts, "image", images=reports)

@@ -14,26 +14,18 @@ from starlette.responses import Response
 from app.codecs import JSON, NPY, NPZ, PNG, negotiate, to_json, to_npy, to_npz, to_png
 from app.errors import NotAcceptable
 from app.registry import ModelEntry
-from app.service import InputBatch, TaskResult, image_shape
-
-IMAGE_TASKS = ("decode", "reconstruct", "denoise")
-PRIMARY = {
-    "encode": "latent",
-    "decode": "reconstruction",
-    "reconstruct": "reconstruction",
-    "score": "scores",
-    "denoise": "denoised",
-    "predict": "forecast",
-}
+from app.service import image_shape
+from app.tasks import TASKS, InputBatch, TaskResult
 
 
 def _png_problem(entry: ModelEntry, task: str, batch: InputBatch) -> str | None:
     card = entry.card
     assert card is not None
-    if task not in IMAGE_TASKS:
-        return f"{task} answers with {PRIMARY[task]}, not an image; ask for {JSON} or {NPY}"
+    definition = TASKS[task]
+    if not definition.gives_images:
+        return f"{task} answers with {definition.main_output}, not an image; ask for {JSON} or {NPY}"
     spec = entry.graph_for(task).outputs[0]
-    if task != "denoise" and image_shape(card, spec) is None:
+    if not definition.returns_uploads and image_shape(card, spec) is None:
         return f"model {card.name!r} does not produce images; ask for {JSON} or {NPY}"
     if batch.rows != 1:
         return (
@@ -49,10 +41,11 @@ def choose_format(entry: ModelEntry, task: str, batch: InputBatch, accept: str |
     offered = [JSON, NPY, NPZ]
     if png_problem is None:
         offered.append(PNG)
-    if task == "denoise" and len(batch.parts) > 1:
+    if len(batch.parts) > 1:
         offered.remove(NPY)  # images of different sizes make no single array
         offered.remove(NPZ)
-    default = PNG if task == "denoise" and batch.source == "image" and png_problem is None else JSON
+    uploads_back = TASKS[task].returns_uploads and batch.source == "image"
+    default = PNG if uploads_back and png_problem is None else JSON
     try:
         return negotiate(accept, offered, default)
     except NotAcceptable as exc:
@@ -76,14 +69,13 @@ def _image_headers(result: TaskResult) -> dict[str, str]:
     if batch.images is None or len(batch.images) != 1:
         return {}
     report = batch.images[0]
-    model_w, model_h = report.get("model_size", report["size"])
-    width, height = report["size"]
-    resized = report.get("resized")
-    if report.get("preprocess") == "mnist":
+    model_w, model_h = report.model_size
+    width, height = report.size
+    if report.preprocess == "mnist":
         resize_text = f"mnist recipe {width}x{height} -> {model_w}x{model_h}"
-    elif resized:
+    elif report.resized_from is not None:
         resize_text = f"bilinear {width}x{height} -> {model_w}x{model_h}"
-        if result.task == "denoise":
+        if TASKS[result.task].returns_uploads:
             resize_text += f" -> {width}x{height}"
     else:
         resize_text = "none (native size)"
@@ -91,13 +83,13 @@ def _image_headers(result: TaskResult) -> dict[str, str]:
         "X-Image-Size": f"{width}x{height}",
         "X-Model-Input-Size": f"{model_w}x{model_h}",
         "X-Resize": resize_text,
-        "X-Preprocess": str(report.get("preprocess", "none")),
-        "X-Inverted": "true" if report.get("inverted") else "false",
+        "X-Preprocess": report.preprocess,
+        "X-Inverted": "true" if report.inverted else "false",
     }
 
 
 def _primary_array(result: TaskResult) -> np.ndarray:
-    value = result.outputs[PRIMARY[result.task]]
+    value = result.outputs[TASKS[result.task].main_output]
     if isinstance(value, list):
         parts: list[np.ndarray] = value
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
@@ -119,38 +111,9 @@ def json_payload(result: TaskResult) -> dict[str, Any]:
     card = result.card
     task = result.task
     payload: dict[str, Any] = {"model": card.name, "model_version": card.version, "task": task}
-    outputs = result.outputs
-    if task == "denoise":
-        parts = outputs["denoised"]
-        shapes = [list(img.shape) for part in parts for img in part]
-        payload["denoised"] = [img for part in parts for img in part] if len(parts) > 1 else parts[0]
-        payload["shape"] = [result.batch.rows, *shapes[0]] if len(parts) == 1 else None
-        payload["shapes"] = shapes
-    elif task == "score":
-        payload["scores"] = outputs["scores"]
-        payload["anomalous"] = outputs["anomalous"]
-        assert card.anomaly is not None
-        payload["threshold"] = result.extra["threshold"]
-        payload["threshold_rule"] = card.anomaly.threshold_rule
-        payload["score_description"] = card.anomaly.score
-        for key in ("window", "windows", "worst_window"):
-            payload[key] = result.extra.get(key)
-    else:
-        key = PRIMARY[task]
-        payload[key] = outputs[key]
-        payload["shape"] = list(outputs[key].shape)
-        if task == "reconstruct":
-            payload["scores"] = outputs["scores"]
-        if task == "predict":
-            sequence = card.input.sequence
-            assert card.forecast is not None
-            payload["channel_names"] = sequence.channel_names if sequence else []
-            payload["horizon"] = card.forecast.horizon
-            payload["step_seconds"] = card.forecast.step_seconds
-            payload["steps_used"] = result.extra["steps_used"]
-            payload["notes"] = result.extra["notes"]
+    TASKS[task].payload(result, payload)
     if result.batch.images is not None:
-        payload["inputs"] = result.batch.images
+        payload["inputs"] = [report.details for report in result.batch.images]
     return payload
 
 
@@ -159,7 +122,7 @@ def render(result: TaskResult, fmt: str) -> Response:
     headers = _model_headers(result)
     if fmt == PNG:
         headers.update(_image_headers(result))
-        if result.task == "reconstruct":
+        if "scores" in result.outputs:  # reconstruct: the image's error beside it
             headers["X-Score"] = f"{float(result.outputs['scores'][0]):.9g}"
         return Response(to_png(_as_image(result)), media_type=PNG, headers=headers)
     if fmt == NPY:

@@ -23,12 +23,10 @@ import onnxruntime as ort
 from app.cards import (
     CARD_FILE,
     ORT_TYPES,
-    TASK_GRAPH,
     CardError,
     GraphCard,
     ModelCard,
     TensorSpec,
-    check_card,
     display_name,
     name_is_valid,
     read_card,
@@ -40,6 +38,7 @@ from app.memory import measure_growth
 from app.metrics import Metrics
 from app.providers import ProviderPlan, ProviderReport, plan_providers, report_providers
 from app.settings import Settings
+from app.tasks import TASKS, check_card
 
 log = logging.getLogger("app.registry")
 
@@ -87,7 +86,7 @@ class ModelEntry:
                 f"model {self.name!r} does not support {task!r}; its tasks are {self.card.tasks}",
                 {"model": self.name, "task": task, "tasks": self.card.tasks},
             )
-        return self.graphs[TASK_GRAPH[task]]
+        return self.graphs[TASKS[task].graph]
 
 
 @dataclass(frozen=True)

@@ -84,7 +84,9 @@ class ImageInputReport(BaseModel):
     background: float | None = None
 
 
-class _TaskResponse(BaseModel):
+class TaskResponse(BaseModel):
+    """What every task's answer holds; each task's schema adds its outputs (`app.tasks.Task.response`)."""
+
     model: str = Field(description="model name")
     model_version: str
     task: str
@@ -93,7 +95,7 @@ class _TaskResponse(BaseModel):
     )
 
 
-class EncodeResponse(_TaskResponse):
+class EncodeResponse(TaskResponse):
     model_config = _example(
         {"model": "dense", "model_version": "1", "task": "encode", "latent": [[0.0] * 32], "shape": [1, 32]},
     )
@@ -101,7 +103,7 @@ class EncodeResponse(_TaskResponse):
     shape: list[int]
 
 
-class DecodeResponse(_TaskResponse):
+class DecodeResponse(TaskResponse):
     model_config = _example(
         {"model": "dense", "model_version": "1", "task": "decode", "reconstruction": [[0.0] * 784], "shape": [1, 784]},
     )
@@ -109,7 +111,7 @@ class DecodeResponse(_TaskResponse):
     shape: list[int]
 
 
-class ReconstructResponse(_TaskResponse):
+class ReconstructResponse(TaskResponse):
     model_config = _example(
         {
             "model": "dense",
@@ -136,7 +138,7 @@ class WindowSpec(BaseModel):
     stride: int
 
 
-class ScoreResponse(_TaskResponse):
+class ScoreResponse(TaskResponse):
     model_config = _example(
         {
             "model": "lstm-anomaly",
@@ -162,7 +164,7 @@ class ScoreResponse(_TaskResponse):
     worst_window: list[Window] | None = None
 
 
-class DenoiseResponse(_TaskResponse):
+class DenoiseResponse(TaskResponse):
     model_config = _example(
         {
             "model": "denoise",
@@ -178,7 +180,7 @@ class DenoiseResponse(_TaskResponse):
     shapes: list[list[int]] = Field(description="[1, H, W] of each image")
 
 
-class PredictResponse(_TaskResponse):
+class PredictResponse(TaskResponse):
     model_config = _example(
         {
             "model": "lstm-forecast",
@@ -200,16 +202,6 @@ class PredictResponse(_TaskResponse):
     step_seconds: float | None
     steps_used: int = Field(description="how many of the last steps the model read")
     notes: list[str]
-
-
-TASK_RESPONSES: dict[str, type[_TaskResponse]] = {
-    "encode": EncodeResponse,
-    "decode": DecodeResponse,
-    "reconstruct": ReconstructResponse,
-    "score": ScoreResponse,
-    "denoise": DenoiseResponse,
-    "predict": PredictResponse,
-}
 
 
 # -- models -------------------------------------------------------------------------------------------------

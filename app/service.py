@@ -1,60 +1,22 @@
-"""The data plane: what each task does with a model, independent of HTTP and of the wire format.
+"""The data plane, independent of HTTP and of the wire format: inputs fitted to a graph, and graphs run.
 
-Inputs arrive as float arrays (already parsed by `app.inputs`); this module fits them to the graph's input
-shape, checks them against the card, runs the graph through the `InferenceEngine` and returns the outputs
-named by their role in the task. Any protocol (our `/v1` routes, the Open Inference Protocol) can sit on it.
+Inputs arrive as float arrays (already parsed by `app.inputs`); `InferenceService.fit_array` fits them to the
+graph's input shape and checks them against the card, `run_graph` runs a graph through the `InferenceEngine`.
+What each task does with them is `app.tasks`. Any protocol (our `/v1` routes, the Open Inference Protocol) can
+sit on it.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
 from app.cards import ModelCard, TensorSpec
 from app.codecs import check_values
 from app.errors import InvalidInput, PayloadTooLarge
-from app.images import resize
 from app.inference import GraphSession, InferenceEngine
-from app.registry import ModelEntry
 from app.settings import Settings
-
-
-@dataclass
-class InputBatch:
-    """A request's samples as float32 arrays in the graph's input shape.
-
-    Usually one array; several when images of different sizes go to a fully convolutional model (each runs
-    on its own). `images` holds what decoding and preprocessing did to each uploaded image.
-    """
-
-    parts: list[np.ndarray]
-    source: str
-    images: list[dict[str, Any]] | None = None
-    inverted: list[bool] = field(default_factory=list)
-    source_sizes: list[tuple[int, int]] = field(default_factory=list)  # (height, width) of each upload
-
-    @property
-    def rows(self) -> int:
-        return sum(len(p) for p in self.parts)
-
-
-@dataclass
-class TaskResult:
-    """Outputs by role (`latent`, `reconstruction`, `scores`, `denoised`, `forecast`...) plus metadata."""
-
-    entry: ModelEntry
-    task: str
-    outputs: dict[str, Any]
-    batch: InputBatch
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def card(self) -> ModelCard:
-        assert self.entry.card is not None
-        return self.entry.card
 
 
 def image_shape(card: ModelCard, spec: TensorSpec) -> tuple[int, int] | None:
@@ -192,128 +154,7 @@ class InferenceService:
                     {"field": field_name, "limit": self._settings.max_image_pixels},
                 )
 
-    # -- tasks ----------------------------------------------------------------------------------------------
-    async def _run(self, graph: GraphSession, array: np.ndarray, task: str) -> dict[str, np.ndarray]:
+    # -- running graphs ---------------------------------------------------------------------------------------
+    async def run_graph(self, graph: GraphSession, array: np.ndarray, task: str) -> dict[str, np.ndarray]:
+        """Every output of `graph` on `array` (its one input), through the engine's queue and batcher."""
         return await self._engine.run(graph, {graph.inputs[0].name: array}, task)
-
-    async def _run_parts(self, graph: GraphSession, batch: InputBatch, task: str) -> list[dict[str, np.ndarray]]:
-        return [await self._run(graph, part, task) for part in batch.parts]
-
-    @staticmethod
-    def _single(batch: InputBatch) -> np.ndarray:
-        return batch.parts[0] if len(batch.parts) == 1 else np.concatenate(batch.parts)
-
-    async def encode(self, entry: ModelEntry, batch: InputBatch) -> TaskResult:
-        graph = entry.graph_for("encode")
-        out = await self._run(graph, self._single(batch), "encode")
-        return TaskResult(entry, "encode", {"latent": out[graph.outputs[0].name]}, batch)
-
-    async def decode(self, entry: ModelEntry, batch: InputBatch) -> TaskResult:
-        graph = entry.graph_for("decode")
-        out = await self._run(graph, self._single(batch), "decode")
-        return TaskResult(entry, "decode", {"reconstruction": out[graph.outputs[0].name]}, batch)
-
-    async def reconstruct(self, entry: ModelEntry, batch: InputBatch) -> TaskResult:
-        graph = entry.graph_for("reconstruct")
-        out = await self._run(graph, self._single(batch), "reconstruct")
-        return TaskResult(
-            entry, "reconstruct", {"reconstruction": out["reconstruction"], "scores": out["score"]}, batch
-        )
-
-    async def score(self, entry: ModelEntry, batch: InputBatch) -> TaskResult:
-        """Per-sample anomaly scores; series longer than the card's window are scored in sliding windows."""
-        graph = entry.graph_for("score")
-        card = entry.card
-        assert card is not None and card.anomaly is not None
-        array = self._single(batch)
-        sequence = card.input.sequence
-        threshold = float(card.anomaly.threshold)
-        extra: dict[str, Any] = {"threshold": threshold}
-        if card.input.layout == "sequence" and sequence is not None:
-            steps = array.shape[1]
-            starts = window_starts(steps, sequence.window, sequence.stride)
-            length = min(steps, sequence.window)
-            windows = np.stack([array[:, s : s + length] for s in starts], axis=1)  # [N, W, length, C]
-            flat = np.ascontiguousarray(windows.reshape(-1, length, array.shape[2]))
-            per_window = (await self._run(graph, flat, "score"))["score"].reshape(len(array), len(starts))
-            worst = per_window.argmax(axis=1)
-            scores = per_window[np.arange(len(array)), worst]
-            extra["windows"] = [
-                [{"start": s, "end": s + length, "score": float(v)} for s, v in zip(starts, row, strict=True)]
-                for row in per_window
-            ]
-            extra["worst_window"] = [
-                {"start": starts[i], "end": starts[i] + length, "score": float(row[i])}
-                for i, row in zip(worst, per_window, strict=True)
-            ]
-            extra["window"] = {"length": sequence.window, "stride": sequence.stride}
-        else:
-            scores = (await self._run(graph, array, "score"))["score"]
-        outputs = {"scores": scores, "anomalous": scores > threshold}
-        return TaskResult(entry, "score", outputs, batch, extra)
-
-    async def denoise(self, entry: ModelEntry, batch: InputBatch) -> TaskResult:
-        graph = entry.graph_for("denoise")
-        results = await self._run_parts(graph, batch, "denoise")
-        parts = [r["denoised"] for r in results]
-        if batch.images is not None:
-            parts = self._back_to_uploads(parts, batch)
-        return TaskResult(entry, "denoise", {"denoised": parts}, batch)
-
-    @staticmethod
-    def _back_to_uploads(parts: list[np.ndarray], batch: InputBatch) -> list[np.ndarray]:
-        """Undo what preprocessing did to each upload (inversion, resizing) so the answer matches it."""
-        assert batch.images is not None
-        images = [img for part in parts for img in part]  # each [1, H, W]
-        restored = []
-        for image, report in zip(images, batch.images, strict=True):
-            pixels = image[0]
-            if report.get("inverted"):
-                pixels = 1.0 - pixels
-            resized = report.get("resized")
-            if resized:
-                width, height = resized["from"]
-                pixels = resize(pixels, height, width)
-            restored.append(np.ascontiguousarray(pixels[None], dtype=np.float32))
-        if len({r.shape for r in restored}) == 1:
-            return [np.stack(restored)]
-        return [r[None] for r in restored]
-
-    async def predict(self, entry: ModelEntry, batch: InputBatch) -> TaskResult:
-        """Forecast from the last `forecast.window` steps of each series (all of them when shorter)."""
-        graph = entry.graph_for("predict")
-        card = entry.card
-        assert card is not None and card.forecast is not None
-        array = self._single(batch)
-        window = card.forecast.window
-        used = min(array.shape[1], window)
-        notes = []
-        if array.shape[1] > window:
-            notes.append(f"series have {array.shape[1]} steps; the model reads the last {window} (its window)")
-            array = np.ascontiguousarray(array[:, -window:])
-        elif array.shape[1] < window:
-            notes.append(f"series have {array.shape[1]} steps; the model was trained on windows of {window}")
-        out = await self._run(graph, array, "predict")
-        extra = {"steps_used": used, "notes": notes}
-        return TaskResult(entry, "predict", {"forecast": out["forecast"]}, batch, extra)
-
-    async def run(self, entry: ModelEntry, task: str, batch: InputBatch) -> TaskResult:
-        handler = {
-            "encode": self.encode,
-            "decode": self.decode,
-            "reconstruct": self.reconstruct,
-            "score": self.score,
-            "denoise": self.denoise,
-            "predict": self.predict,
-        }[task]
-        return await handler(entry, batch)
-
-
-def window_starts(steps: int, window: int, stride: int) -> list[int]:
-    """Start of every sliding window (the last one ends at the series' end); one window for short series."""
-    if steps <= window:
-        return [0]
-    starts = list(range(0, steps - window + 1, stride))
-    if starts[-1] != steps - window:
-        starts.append(steps - window)
-    return starts

@@ -11,13 +11,14 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, create_model, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from app.tasks import TASKS
 
 ENV_PREFIX = "AE_"
 
 GraphOptimization = Literal["disable", "basic", "extended", "layout", "all"]
-TASK_NAMES = ("encode", "decode", "reconstruct", "score", "denoise", "predict")
 
 
 def usable_cpus() -> int:
@@ -44,8 +45,23 @@ def _split_list(value: object) -> object:
 CommaList = Annotated[list[str], NoDecode]
 
 
-class Settings(BaseSettings):
-    """Service configuration; each field is documented right under it and set by `AE_<FIELD NAME>`."""
+_TaskDefaults: type[BaseSettings] = create_model(  # type: ignore[call-overload]
+    "_TaskDefaults",
+    __base__=BaseSettings,
+    **{
+        f"default_{name}_model": (
+            str,
+            Field(default=task.default_model, description=f"Model behind `POST /v1/{name}`."),
+        )
+        for name, task in TASKS.items()
+    },
+)
+"""`default_<task>_model` for every task of `app.tasks.TASKS` (`AE_DEFAULT_ENCODE_MODEL`, ...)."""
+
+
+class Settings(_TaskDefaults, BaseSettings):  # type: ignore[misc, valid-type]
+    """Service configuration; each field is documented right under it and set by `AE_<FIELD NAME>` (the
+    `default_<task>_model` fields come from the task table, with their description)."""
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
 
@@ -141,19 +157,6 @@ class Settings(BaseSettings):
     default (scale with replicas); on a standalone 2-CPU host 2 workers served 1.4-2.1x the small requests of 1
     (and no more compute-bound ones): see app/README.md. 0: one per usable CPU (affinity and cgroup quota),
     resolved when the settings are read."""
-
-    default_encode_model: str = "dense"
-    """Model behind `POST /v1/encode`."""
-    default_decode_model: str = "dense"
-    """Model behind `POST /v1/decode`."""
-    default_reconstruct_model: str = "dense"
-    """Model behind `POST /v1/reconstruct`."""
-    default_score_model: str = "dense"
-    """Model behind `POST /v1/score`."""
-    default_denoise_model: str = "denoise"
-    """Model behind `POST /v1/denoise`."""
-    default_predict_model: str = "lstm-forecast"
-    """Model behind `POST /v1/predict`."""
 
     max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
     """Largest request body accepted on any route, in bytes (413 beyond). Decided from `Content-Length` before
@@ -338,7 +341,7 @@ class Settings(BaseSettings):
 
     def default_model(self, task: str) -> str:
         """The model the short alias route of `task` serves."""
-        if task not in TASK_NAMES:
+        if task not in TASKS:
             raise ValueError(f"unknown task {task!r}")
         return str(getattr(self, f"default_{task}_model"))
 

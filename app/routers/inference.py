@@ -11,17 +11,17 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query, Request
 from starlette.responses import Response
 
-from app.cards import TASKS
 from app.codecs import JSON, NPY, NPZ, PNG
 from app.deps import RegistryDep, ServiceDep, SettingsDep
 from app.hotpath import HotRoute
 from app.inputs import InputOptions, read_inputs
-from app.outputs import IMAGE_TASKS, choose_format, render
+from app.outputs import choose_format, render
 from app.preprocess import Preprocess
 from app.registry import ModelRegistry
-from app.schemas import TASK_RESPONSES, ErrorResponse, TensorRequest
+from app.schemas import ErrorResponse, TensorRequest
 from app.service import InferenceService
 from app.settings import Settings
+from app.tasks import TASKS, run_task
 
 router = APIRouter()
 
@@ -42,30 +42,6 @@ InvertQuery = Annotated[
     ),
 ]
 
-SUMMARIES = {
-    "encode": "Encode samples to latent codes",
-    "decode": "Decode latent codes to samples",
-    "reconstruct": "Reconstruct samples, with the per-sample error",
-    "score": "Anomaly scores and flags",
-    "denoise": "Denoise images",
-    "predict": "Forecast the next step of a series",
-}
-DESCRIPTIONS = {
-    "encode": "Vectors, images or series -> latent codes (the encoder graph).",
-    "decode": "Latent codes (as `encode` returns them) -> samples in the model's output shape (the decoder graph). "
-    "Image models answer with a PNG for `Accept: image/png` and one code.",
-    "reconstruct": "Inputs -> reconstructions plus each sample's mean squared reconstruction error (the full "
-    "graph). `Accept: image/png` with one image gives the reconstruction as a PNG, its error in `X-Score`.",
-    "score": "Inputs -> anomaly score (mean squared reconstruction error) and `anomalous = score > threshold` "
-    "(the card's threshold). Series longer than the model's window are scored in sliding windows (window and "
-    "stride from the card, the last window ends at the series' end): every window's score is returned and the "
-    "series' score is its worst window.",
-    "denoise": "An image -> the denoised image, the same size as the upload. Fully convolutional models run at "
-    "the native size; others are resized in and out (stated in the `X-Resize` header). An image upload is "
-    "answered with a PNG unless JSON or .npy is asked for.",
-    "predict": "Series [N][time][channels] in raw sensor units -> every channel one horizon ahead. The model "
-    "reads the last `forecast.window` steps of longer series.",
-}
 FORMATS_NOTE = (
     '\n\n**Request bodies**: `application/json` (`{{"inputs": [...]}}`), `application/x-npy` (float32, C order, '
     "batch first, never unpickled){images}.\n\n**Responses** by `Accept`: `application/json` (default), "
@@ -76,27 +52,17 @@ BINARY = {"schema": {"type": "string", "format": "binary"}}
 
 
 def _request_examples(task: str) -> dict[str, Any]:
-    digit = [[0.0] * 784]
-    series = [[[0.12, -0.05, 9.81, 0.01, 0.0, -0.02]] * 25]
-    table: dict[str, dict[str, Any]] = {
-        "encode": {"dense (vector)": digit, "conv (image)": [[[0.0] * 28] * 28], "lstm (series)": series},
-        "decode": {"dense (latent)": [[0.0] * 32], "lstm (per-step latent)": [[[0.1, -0.3, 0.2]] * 25]},
-        "reconstruct": {"dense (vector)": digit, "lstm (series)": series},
-        "score": {"dense (vector)": digit, "lstm-anomaly (series)": series},
-        "denoise": {"denoise (one 8x8 image)": [[[[0.0] * 8] * 8]]},
-        "predict": {"lstm-forecast (20 steps)": [[[0.12, -0.05, 9.81, 0.01, 0.0, -0.02]] * 20]},
-    }
-    return {name: {"summary": name, "value": {"inputs": value}} for name, value in table[task].items()}
+    return {name: {"summary": name, "value": {"inputs": value}} for name, value in TASKS[task].examples.items()}
 
 
 def openapi_for(task: str) -> dict[str, Any]:
     """The request body and responses of a task route, documented for every accepted format."""
-    takes_images = task != "decode"
+    definition = TASKS[task]
     content: dict[str, Any] = {
         JSON: {"schema": TensorRequest.model_json_schema(), "examples": _request_examples(task)},
         NPY: BINARY,
     }
-    if takes_images:
+    if definition.takes_images:
         content["multipart/form-data"] = {
             "schema": {
                 "type": "object",
@@ -112,7 +78,7 @@ def openapi_for(task: str) -> dict[str, Any]:
         }
         for image_type in ("image/png", "image/jpeg", "image/bmp", "image/gif", "image/webp"):
             content[image_type] = BINARY
-        if task == "denoise":  # an upload is the natural way in: list it first (Swagger UI's default)
+        if definition.returns_uploads:  # an upload is the natural way in: list it first (Swagger UI's default)
             content = {"multipart/form-data": content.pop("multipart/form-data"), **content}
     return {
         "requestBody": {
@@ -125,10 +91,10 @@ def openapi_for(task: str) -> dict[str, Any]:
 
 def responses_for(task: str) -> dict[int | str, dict[str, Any]]:
     ok_content: dict[str, Any] = {NPY: BINARY, NPZ: BINARY}
-    if task in IMAGE_TASKS:
+    if TASKS[task].gives_images:
         ok_content[PNG] = BINARY
     return {
-        200: {"model": TASK_RESPONSES[task], "description": "the task's outputs", "content": ok_content},
+        200: {"model": TASKS[task].response, "description": "the task's outputs", "content": ok_content},
         400: {"model": ErrorResponse, "description": "unreadable body (JSON, .npy, image, multipart)"},
         404: {"model": ErrorResponse, "description": "no such model, or the model does not offer this task"},
         406: {"model": ErrorResponse, "description": "the Accept header asks for a format this answer cannot take"},
@@ -157,7 +123,7 @@ async def serve_task(
     entry.graph_for(task)  # 404 before the body is read when the model has no such task
     batch = await read_inputs(request, entry, task, options, settings, service)
     fmt = choose_format(entry, task, batch, request.headers.get("accept"))
-    result = await service.run(entry, task, batch)
+    result = await run_task(service, entry, task, batch)
     return render(result, fmt)
 
 
@@ -165,7 +131,7 @@ Handler = Callable[..., Awaitable[Response]]
 
 
 def _model_route(task: str) -> Handler:
-    if task == "decode":
+    if not TASKS[task].takes_images:
 
         async def handler(
             name: ModelName, request: Request, registry: RegistryDep, service: ServiceDep, settings: SettingsDep
@@ -187,12 +153,12 @@ def _model_route(task: str) -> Handler:
             return await serve_task(request, name, task, options, registry, service, settings)
 
     handler.__name__ = f"{task}_model"
-    handler.__doc__ = SUMMARIES[task]
+    handler.__doc__ = TASKS[task].summary
     return handler
 
 
 def _alias_route(task: str) -> Handler:
-    if task == "decode":
+    if not TASKS[task].takes_images:
 
         async def handler(
             request: Request, registry: RegistryDep, service: ServiceDep, settings: SettingsDep
@@ -215,13 +181,15 @@ def _alias_route(task: str) -> Handler:
             return await serve_task(request, name, task, options, registry, service, settings)
 
     handler.__name__ = f"{task}_default"
-    handler.__doc__ = SUMMARIES[task]
+    handler.__doc__ = TASKS[task].summary
     return handler
 
 
 def _note(task: str) -> str:
-    images = ", `multipart/form-data` image files (field `file`) or a raw `image/*` body" if task != "decode" else ""
-    png = ", `image/png` (one image)" if task in IMAGE_TASKS else ""
+    images = (
+        ", `multipart/form-data` image files (field `file`) or a raw `image/*` body" if TASKS[task].takes_images else ""
+    )
+    png = ", `image/png` (one image)" if TASKS[task].gives_images else ""
     return FORMATS_NOTE.format(images=images, png=png)
 
 
@@ -230,8 +198,8 @@ for _task in TASKS:
         f"/v1/models/{{name}}/{_task}",
         _model_route(_task),
         methods=["POST"],
-        summary=SUMMARIES[_task],
-        description=DESCRIPTIONS[_task] + _note(_task),
+        summary=TASKS[_task].summary,
+        description=TASKS[_task].description + _note(_task),
         operation_id=f"{_task}_model",
         tags=["inference"],
         openapi_extra=openapi_for(_task),
@@ -243,9 +211,9 @@ for _task in TASKS:
         f"/v1/{_task}",
         _alias_route(_task),
         methods=["POST"],
-        summary=f"{SUMMARIES[_task]} (default model)",
+        summary=f"{TASKS[_task].summary} (default model)",
         description=f"`POST /v1/models/{{default}}/{_task}` on the default model of the task "
-        f"(setting `AE_DEFAULT_{_task.upper()}_MODEL`). " + DESCRIPTIONS[_task] + _note(_task),
+        f"(setting `AE_DEFAULT_{_task.upper()}_MODEL`). " + TASKS[_task].description + _note(_task),
         operation_id=f"{_task}_default",
         openapi_extra=openapi_for(_task),
         responses=responses_for(_task),

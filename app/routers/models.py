@@ -6,10 +6,10 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request
 
-from app.cards import TASKS
 from app.deps import RegistryDep
 from app.registry import ModelEntry
 from app.schemas import ErrorResponse, GraphInfo, ModelDetail, ModelList, ModelSummary, ProvidersInfo
+from app.tasks import TASKS
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 

@@ -21,6 +21,7 @@ from PIL import Image
 
 from app.main import create_app
 from app.settings import Settings
+from app.tasks import TASKS
 
 REPO = Path(__file__).resolve().parents[2]
 MODELS_DIR = Path(os.environ.get("AE_MODELS_DIR", REPO / "models")).resolve()
@@ -35,14 +36,7 @@ EXPECTED_MODELS = {
     "lstm-anomaly",
     "lstm-forecast",
 }
-TASK_GRAPH = {
-    "encode": "encoder",
-    "decode": "decoder",
-    "reconstruct": "full",
-    "score": "full",
-    "denoise": "full",
-    "predict": "full",
-}
+TASK_GRAPH = {name: task.graph for name, task in TASKS.items()}
 
 
 def discover_cards() -> dict[str, dict[str, Any]]:

@@ -135,7 +135,7 @@ def test_animated_gif_uses_the_first_frame() -> None:
     buffer = io.BytesIO()
     frames[0].save(buffer, "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
     decoded = decode_image(buffer.getvalue(), **LIMITS)
-    assert decoded.frames == 2 and decoded.report()["frame_used"] == 0
+    assert decoded.frames == 2 and decoded.report({}).details["frame_used"] == 0
     np.testing.assert_array_equal(decoded.pixels, np.full((6, 6), 200 / 255.0, np.float32))
 
 

@@ -12,7 +12,8 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from app.schemas import TASK_RESPONSES
+from app.cards import window_starts
+from app.tasks import TASKS
 from tests.app.conftest import (
     CARDS,
     EXPECTED_MODELS,
@@ -27,24 +28,7 @@ from tests.app.conftest import (
     task_params,
 )
 
-PRIMARY = {
-    "encode": "latent",
-    "decode": "reconstruction",
-    "reconstruct": "reconstruction",
-    "score": "scores",
-    "denoise": "denoised",
-    "predict": "forecast",
-}
-
-
-def window_starts(steps: int, window: int, stride: int) -> list[int]:
-    """The card's sliding-window rule, written out independently of the service."""
-    if steps <= window:
-        return [0]
-    starts = list(range(0, steps - window + 1, stride))
-    if starts[-1] != steps - window:
-        starts.append(steps - window)
-    return starts
+PRIMARY = {name: task.main_output for name, task in TASKS.items()}
 
 
 def expected(reference: Reference, model: str, task: str, x: np.ndarray) -> dict[str, Any]:
@@ -106,7 +90,7 @@ def test_json_in_json_out(client: TestClient, reference: Reference, model: str, 
     assert response.status_code == 200, response.text
     assert response.headers["content-type"] == "application/json"
     body = response.json()
-    TASK_RESPONSES[task].model_validate(body)  # the documented schema is the real one
+    TASKS[task].response.model_validate(body)  # the documented schema is the real one
     assert (body["model"], body["task"], body["model_version"]) == (model, task, CARDS[model]["version"])
     want = expected(reference, model, task, x)
     for key, value in want.items():
@@ -187,7 +171,7 @@ def test_image_upload_json_out(client: TestClient, reference: Reference, model: 
         response = client.post(url, content=data, headers={**headers, "content-type": "image/png"})
     assert response.status_code == 200, response.text
     body = response.json()
-    TASK_RESPONSES[task].model_validate(body)
+    TASKS[task].response.model_validate(body)
     report = body["inputs"][0]
     assert report["format"] == "PNG" and report["size"] == [width, height]
     assert report["preprocess"] in ("resize", "none") and "resized" not in report
@@ -403,3 +387,11 @@ def test_every_input_format_with_every_output_format(
             got = np.asarray(got, dtype=np.float64)
             assert got.shape == want.shape, where
             np.testing.assert_allclose(got, want, atol=TOLERANCE, err_msg=where)
+
+
+def test_window_starts_covers_the_series_and_ends_at_its_end() -> None:
+    """The one sliding-window rule serving and training share (app.cards.window_starts), on explicit cases."""
+    assert window_starts(30, 50, 10) == [0]  # shorter than a window: one window
+    assert window_starts(50, 50, 10) == [0]
+    assert window_starts(100, 50, 10) == [0, 10, 20, 30, 40, 50]
+    assert window_starts(105, 50, 10) == [0, 10, 20, 30, 40, 50, 55]  # the last one ends at the end

@@ -47,7 +47,7 @@ def table() -> str:
     docs = field_docstrings()
     lines = ["| variable | default | meaning |", "| --- | --- | --- |"]
     for name, info in Settings.model_fields.items():
-        meaning = docs.get(name, "").replace("|", "\\|")
+        meaning = (docs.get(name) or info.description or "").replace("|", "\\|")
         default = show_default(info.default).replace("|", "\\|")
         lines.append(f"| `{ENV_PREFIX}{name.upper()}` | `{default}` | {meaning} |")
     return "\n".join(lines)

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from app.cards import window_starts
 from training.data.mnist import stratified_split
 
 
@@ -38,16 +39,6 @@ class BiLSTMSum(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out, _ = self.lstm(x)
         return out[..., : self.hidden] + out[..., self.hidden :]
-
-
-def window_starts(t: int, length: int, stride: int) -> list[int]:
-    """Start of every sliding window over `t` steps; the last window ends at the series' end."""
-    if t <= length:
-        return [0]
-    starts = list(range(0, t - length + 1, stride))
-    if starts[-1] != t - length:
-        starts.append(t - length)
-    return starts
 
 
 def windows(x: np.ndarray, length: int, stride: int) -> np.ndarray:
