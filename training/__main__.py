@@ -1,4 +1,7 @@
-"""Command line: `python -m training MODEL [MODEL ...] | all [--quick] [--out DIR] [--mnist-dir DIR]`."""
+"""Command line: `python -m training MODEL [MODEL ...] | all [--quick] [--out DIR] [--mnist-dir DIR] [--resume]`.
+
+`all` is the digit and sequence models (minutes); `photo` trains for hours and is named on its own.
+"""
 
 from __future__ import annotations
 
@@ -17,12 +20,22 @@ from training.spec import DataOptions
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m training", description="Train, export and card autoencoders.")
-    p.add_argument("models", nargs="+", metavar="MODEL", help=f"one or more of: {', '.join(registry.MODELS)}, or all")
+    p.add_argument(
+        "models",
+        nargs="+",
+        metavar="MODEL",
+        help=f"one or more of: {', '.join(registry.MODELS)}, or all (= {', '.join(registry.ALL)})",
+    )
     p.add_argument("--out", type=Path, default=Path("models"), help="models directory (default: models/)")
     p.add_argument("--mnist-dir", type=Path, help="directory with the full MNIST IDX files (used whenever given)")
     p.add_argument("--quick", action="store_true", help="tiny subset, one epoch: exercises the pipeline in seconds")
     p.add_argument("--seed", type=int, default=0, help="data split seed")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a config field")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the model's checkpoint if there is one (models with checkpoints: photo)",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="log every epoch")
     return p.parse_args(argv)
 
@@ -31,17 +44,24 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("training").setLevel(logging.DEBUG if args.verbose else logging.INFO)
-    names = list(registry.MODELS) if args.models == ["all"] else args.models
+    names = list(registry.ALL) if args.models == ["all"] else args.models
     try:
         for name in names:
             registry.get(name)
         if args.mnist_dir is not None and not args.mnist_dir.is_dir():
             raise DataError(f"--mnist-dir {args.mnist_dir}: no such directory")
         overrides = dict(item.split("=", 1) for item in args.set)
+        if args.resume:
+            for name in names:
+                if not hasattr(registry.get(name).Config, "resume"):
+                    raise ValueError(f"{name} has no checkpoints to resume from (--resume)")
         data = DataOptions(mnist_dir=args.mnist_dir, seed=args.seed)
         summary = {}
         for name in names:
-            card = run(name, args.out, make_config(name, args.quick, overrides if len(names) == 1 else None), data)
+            cfg = make_config(name, args.quick, overrides if len(names) == 1 else None)
+            if args.resume:
+                cfg.resume = True
+            card = run(name, args.out, cfg, data)
             summary[name] = {
                 "seconds": card["training"]["seconds"],
                 "gates": [(g["name"], g["passed"]) for g in card["metrics"]["gates"]],

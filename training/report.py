@@ -15,6 +15,21 @@ def _fmt(x: float) -> str:
 def headline(card: dict) -> tuple[str, str]:
     """(measure, result beside its baseline) for a card."""
     m = card["metrics"]
+    if card["kind"] == "photo-denoise":
+        s = m["by_sigma"][str(m["headline_sigma"])]
+
+        def kind(k: str) -> str:
+            r = s[k]
+            bm3d = f", BM3D {_fmt(r['bm3d']['psnr_db'])}" if "bm3d" in r else ""
+            return (
+                f"{k} **{_fmt(r['model_blind']['psnr_db'])}** (given σ {_fmt(r['model_given_sigma']['psnr_db'])}) "
+                f"vs NL-means {_fmt(r['nl_means']['psnr_db'])}{bm3d}, noisy {_fmt(r['noisy_input']['psnr_db'])}"
+            )
+
+        return (
+            f"PSNR dB at σ={m['headline_sigma']}/255, blind (held-out photos)",
+            "; ".join(kind(k) for k in ("gray", "colour") if k in s),
+        )
     if card["kind"] == "denoise":
         s = m["psnr_by_sigma"][f"{m['headline_sigma']:g}"]
         by = ", ".join(f"σ={k}: {_fmt(v['model_psnr_db'])}" for k, v in m["psnr_by_sigma"].items())
@@ -72,6 +87,12 @@ def write_models_readme(models_dir: Path) -> Path:
     ]
     if any(c["name"] == "denoise" for c in cards):
         lines += ["`denoise/samples.png`: noisy / denoised / clean test digits at σ = 0.5.", ""]
+    if any(c["name"] == "photo" for c in cards):
+        lines += [
+            "`photo/samples.png`: noisy / denoised (blind) / clean crops of the held-out photos at σ = 25/255. "
+            "`photo` is trained on its own (`make train-photo`), not by `make train`.",
+            "",
+        ]
     path = models_dir / "README.md"
     path.write_text("\n".join(lines))
     return path

@@ -1,0 +1,243 @@
+"""The photo denoiser: data split, sigma estimator, quick pipeline (train -> export -> ONNX -> card), resume."""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from app.noise import estimate_sigma
+from training import registry
+from training.__main__ import main
+from training.data.photos import (
+    HELD_OUT,
+    TRAIN_PHOTOS,
+    PatchSampler,
+    add_noise,
+    load_held_out,
+    load_train_photos,
+    to_gray,
+)
+from training.models import photo
+from training.pipeline import CARD_FILE, make_config, run
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+
+def test_held_out_photos_are_never_in_the_training_list():
+    assert set(HELD_OUT) == {"camera", "coins", "coffee", "flower"}
+    assert not set(TRAIN_PHOTOS) & set(HELD_OUT)
+    # Not by another name either: no training image has the pixels of a held-out one.
+    train, held = load_train_photos(), load_held_out()
+    assert len(train) >= 10
+    for t in train:
+        for h in held:
+            assert t.image.shape != h.image.shape or not np.array_equal(t.image, h.image), (t.name, h.name)
+    # Nor in the sampler's pools (gray versions included): no patch source has a held-out photo's pixels.
+    sampler = PatchSampler(train, 64, 0.5, seed=0)
+    held_chw = [a.transpose(2, 0, 1) for h in held for a in {h.image.shape[2]: h.image, 1: to_gray(h.image)}.values()]
+    for img in sampler.gray + sampler.colour:
+        assert not any(img.shape == h.shape and np.array_equal(img, h) for h in held_chw)
+
+
+def test_patches_gray_have_identical_channels_and_colour_do_not():
+    sampler = PatchSampler(load_train_photos()[:4], 32, 0.5, seed=1)
+    clean, is_gray = sampler.sample(64)
+    assert clean.shape == (64, 3, 32, 32) and clean.dtype == np.float32
+    assert 0 < is_gray.sum() < 64 and clean.min() >= 0.0 and clean.max() <= 1.0
+    assert all(np.array_equal(c[0], c[1]) and np.array_equal(c[0], c[2]) for c in clean[is_gray])
+    assert any(not np.array_equal(c[0], c[1]) for c in clean[~is_gray])
+    cfg = photo.Config()
+    noisy, sigma_in = photo.noisy_batch(torch.from_numpy(clean), torch.from_numpy(is_gray), cfg, torch.Generator())
+    n = noisy.numpy()
+    assert np.allclose(n * 255, np.round(n * 255), atol=1e-4) and n.min() >= 0 and n.max() <= 1  # 8-bit, clipped
+    assert all(np.array_equal(c[0], c[2]) for c in n[is_gray])  # same noise in the 3 gray channels
+    assert float(sigma_in.max()) <= (cfg.sigma_max + 6 * cfg.jitter_abs) / 255 * 1.5 and float(sigma_in.min()) >= 0
+
+
+# ------------------------------------------------------------------------------------------------ sigma estimator
+
+
+def test_noise_module_imports_only_numpy():
+    tree = ast.parse((ROOT / "app" / "noise.py").read_text())
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            imported.add(node.module.split(".")[0])
+    assert imported <= {"numpy", "__future__"}, imported
+
+
+@pytest.mark.parametrize("sigma", [5, 15, 25, 50])
+def test_sigma_estimator_tracks_known_sigma(sigma):
+    """Within max(1.5, 8 %) of the truth (in 1/255) on a bundled photo, gray and colour, and on a smooth ramp."""
+    tolerance = max(1.5, 0.08 * sigma)
+    astronaut = next(p for p in load_train_photos() if p.name == "astronaut").image
+    yy, xx = np.mgrid[0:256, 0:256] / 255.0
+    ramp = (0.2 + 0.3 * xx + 0.2 * yy).astype(np.float32)[:, :, None]
+    rng = np.random.default_rng(sigma)
+    for name, clean in (("astronaut colour", astronaut), ("astronaut gray", astronaut.mean(2, keepdims=True)),
+                        ("ramp", ramp)):  # fmt: skip
+        noisy = add_noise(clean, sigma / 255, rng)
+        est = estimate_sigma(noisy if noisy.shape[2] == 3 else noisy[:, :, 0]) * 255
+        assert abs(est - sigma) <= tolerance, (name, est)
+
+
+def test_sigma_estimator_edge_cases():
+    rng = np.random.default_rng(0)
+    # Clipping: half the image near black at sigma 50 (a fifth of all pixels clip at 0) is not underestimated:
+    # the estimate comes from where the local mean is away from 0 and 1 (a wholly dark image would be, see
+    # app/noise.py: with no such region every response is used).
+    half_dark = np.full((200, 200, 1), 0.5, dtype=np.float32)
+    half_dark[:, :100] = 0.05
+    noisy = add_noise(half_dark, 50 / 255, rng)
+    assert (noisy == 0).mean() > 0.18
+    assert abs(estimate_sigma(noisy[:, :, 0]) * 255 - 50) <= 4
+    # A gray image fed as 3 identical channels: the same estimate as the single channel, either channel axis.
+    gray = add_noise(np.full((64, 64, 1), 0.5, np.float32), 20 / 255, rng)[:, :, 0]
+    hwc = np.stack([gray] * 3, axis=2)
+    assert estimate_sigma(hwc) == estimate_sigma(gray) == estimate_sigma(hwc.transpose(2, 0, 1), channel_axis=0)
+    # A clean flat image: 0; tiny images: 0 rather than an error.
+    assert estimate_sigma(np.full((32, 32), 0.4, np.float32)) == 0.0
+    assert estimate_sigma(np.zeros((3, 3))) == 0.0
+    with pytest.raises(ValueError):
+        estimate_sigma(np.zeros((2, 2, 2, 2)))
+
+
+# ------------------------------------------------------------------------------------------------ quick pipeline
+
+
+@pytest.fixture(scope="module")
+def quick_card(tmp_path_factory):
+    out = tmp_path_factory.mktemp("models")
+    card = run("photo", out, make_config("photo", quick=True))
+    return out / "photo", card
+
+
+def test_quick_pipeline_writes_card_and_graph(quick_card):
+    folder, card = quick_card
+    assert json.loads((folder / CARD_FILE).read_text()) == card
+    assert card["kind"] == "photo-denoise" and card["tasks"] == ["denoise"] and card["training"]["quick"]
+    assert sorted(p.name for p in folder.iterdir()) == ["card.json", "full.onnx", "samples.png"]
+    graph = card["graphs"]["full"]
+    assert [t["name"] for t in graph["inputs"]] == ["x", "sigma"]
+    assert graph["inputs"][0]["shape"] == ["batch", 3, "height", "width"]
+    assert graph["inputs"][1]["shape"] == ["batch"]
+    assert graph["outputs"][0]["name"] == "denoised" and graph["parity"]["max_abs"] <= 1e-4
+    assert card["input"]["image"] == {"height": None, "width": None, "channels": 3, "min_side": 2}
+    image = card["image"]
+    assert image["sigma_input"]["scale"].startswith("standard deviation on the 0..1 pixel scale")
+    assert "3 identical channels" in image["gray"]
+    # The sigma estimator's tracking at 0, 5, 15, 25, 50 and the gates, blind and given sigma, per kind.
+    tracking = card["metrics"]["sigma_estimator"]["tracking_255"]
+    assert list(tracking) == ["0", "5", "15", "25", "50"]
+    for s in ("15", "25", "50"):
+        for kind in ("gray", "colour"):
+            row = card["metrics"]["by_sigma"][s][kind]
+            assert {"model_blind", "model_given_sigma", "noisy_input", "median3x3", "nl_means", "wavelet", "tv"} <= set(
+                row
+            )
+    names = [g["name"] for g in card["metrics"]["gates"]]
+    assert sum("NL-means" in n for n in names) == 6
+    assert any("clean photo" in n for n in names) and sum("MNIST" in n for n in names) == 3
+    assert set(card["metrics"]["mnist"]) >= {"15", "25", "50"}
+
+
+def test_exported_graph_runs_gray_and_colour_at_dynamic_sizes(quick_card):
+    folder, _ = quick_card
+    model = onnx.load(folder / "full.onnx")
+    dims = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in model.graph.input}
+    assert dims == {"x": ["batch", 3, "height", "width"], "sigma": ["batch"]}
+    out_dims = [d.dim_param or d.dim_value for d in model.graph.output[0].type.tensor_type.shape.dim]
+    assert out_dims == ["batch", 3, "height", "width"]
+    sess = ort.InferenceSession(str(folder / "full.onnx"), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    for n, h, w in ((1, 64, 64), (2, 40, 96), (3, 18, 22), (1, 31, 45), (2, 2, 2)):
+        colour = rng.random((n, 3, h, w), dtype=np.float32)
+        gray = np.repeat(rng.random((n, 1, h, w), dtype=np.float32), 3, axis=1)
+        sigma = rng.random(n, dtype=np.float32) * 0.2
+        for x in (colour, gray):
+            y = sess.run(None, {"x": x, "sigma": sigma})[0]
+            assert y.shape == x.shape and y.dtype == np.float32
+            assert np.isfinite(y).all() and y.min() >= 0.0 and y.max() <= 1.0
+
+
+def test_fused_batchnorm_matches_and_untrained_net_is_identity():
+    torch.manual_seed(0)
+    net = photo.PhotoDenoiser(16, 5, True)
+    x, s = torch.rand(2, 3, 20, 26), torch.tensor([0.1, 0.0])
+    assert torch.equal(net.eval()(x, s), x)  # the last convolution starts at zero: predicted noise 0
+    with torch.no_grad():  # give BatchNorm non-trivial statistics and the output layer weights
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.1, 0.1)
+        net.body[-1].weight.normal_(0, 0.05)
+    fused = net.fused()
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    with torch.no_grad():
+        assert torch.allclose(net.eval()(x, s), fused(x, s), atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------ checkpoints
+
+
+def _quick_cfg(tmp_path: Path, name: str, **kw) -> photo.Config:
+    cfg = make_config("photo", quick=True, overrides={"checkpoint": str(tmp_path / name), "val_every": "2"})
+    for k, v in kw.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+def test_resume_continues_exactly_from_the_saved_step(tmp_path):
+    photos = load_train_photos()[:3]
+    straight = photo.train_loop(_quick_cfg(tmp_path, "a.pt"), photos)
+    assert straight.finished and straight.step == 6
+    first = photo.train_loop(_quick_cfg(tmp_path, "b.pt"), photos, run_steps=3)  # then "killed"
+    assert not first.finished
+    saved = torch.load(tmp_path / "b.pt", weights_only=False)
+    assert saved["step"] == 3 and not saved["finished"] and saved["config"]["quick_steps"] == 6
+    with pytest.raises(ValueError, match="--resume"):  # an existing checkpoint is never overwritten silently
+        photo.train_loop(_quick_cfg(tmp_path, "b.pt"), photos)
+    resumed = photo.train_loop(_quick_cfg(tmp_path, "b.pt", resume=True), photos)
+    assert resumed.finished and resumed.step == 6
+    a = torch.load(tmp_path / "a.pt", weights_only=False)
+    b = torch.load(tmp_path / "b.pt", weights_only=False)
+    assert b["step"] == 6 and b["finished"]
+    # Same weights, optimizer moments and history as the run that was never interrupted.
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    assert [h["val_psnr_db"] for h in a["history"]] == [h["val_psnr_db"] for h in b["history"]]
+    exp_a = a["optimizer"]["state"][0]["exp_avg_sq"]
+    assert torch.equal(exp_a, b["optimizer"]["state"][0]["exp_avg_sq"])
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_cli_resume(tmp_path, capsys):
+    ckpt = tmp_path / "ck.pt"
+    out = tmp_path / "models"
+    args = ["photo", "--quick", "--out", str(out), "--set", f"checkpoint={ckpt}", "--set", "bm3d=false"]
+    assert main([*args, "--resume"]) == 0  # no checkpoint yet: starts, trains, exports
+    assert torch.load(ckpt, weights_only=False)["step"] == 6
+    assert main(args) == 2  # without --resume an existing checkpoint is an error, not overwritten
+    assert "--resume" in capsys.readouterr().err
+    assert (out / "photo" / CARD_FILE).exists()
+    assert main(["dense", "--quick", "--resume", "--out", str(out)]) == 2
+    assert "no checkpoints" in capsys.readouterr().err
+
+
+def test_all_does_not_train_photo():
+    assert "photo" in registry.MODELS and "photo" not in registry.ALL
+    assert set(registry.ALL) == set(registry.MODELS) - {"photo"}

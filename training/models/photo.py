@@ -1,0 +1,676 @@
+"""photo: a residual convolutional denoiser for natural photographs, gray and colour, blind for sigma 0..55.
+
+FFDNet-style (Zhang, Zuo, Zhang 2018), with DnCNN's residual output:
+
+- input `x` [N, 3, H, W] in [0, 1] (a gray image goes in as 3 identical channels) and the noise level `sigma`
+  [N] on the 0..1 scale (sigma / 255), which the graph broadcasts into a noise-level map;
+- odd H or W is reflect-padded by one pixel in the graph and cropped back, so any H, W >= 2 works;
+- 2x2 pixel-unshuffle (12 channels) + the noise map -> `depth` 3x3 convolutions of `channels` channels with
+  BatchNorm and ReLU (BatchNorm is folded into the convolutions for export) -> 12 channels -> pixel-shuffle:
+  the predicted noise, subtracted from the input; the result is clipped to [0, 1] in the graph.
+
+Training: random patches of the bundled training photographs (`training/data/photos.py`; the held-out camera,
+coins, coffee and flower are never seen), 8 flips/rotations, gray patches (also from colour photographs) with
+the same noise in the 3 channels and colour patches with independent noise per channel, sigma uniform in
+[0, sigma_max] / 255 per patch (a fraction at exactly 0), noise rounded to 8 bits and clipped to [0, 1]. The
+sigma given to the network is jittered around the true one for part of each batch so it tolerates the blind
+estimator's errors (`app/noise.py`). MSE loss, Adam, warm-up then cosine decay over the planned run, where the
+run's progress is the larger of steps / `steps` and training time / `minutes`.
+
+Long runs checkpoint to `checkpoint` every `checkpoint_minutes` (model, optimizer, step, training time, RNG
+states, best weights, config; written atomically) and `python -m training photo --resume` continues from it.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import io
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from torch.nn import functional as F
+
+from app.noise import estimate_sigma
+from training import photo_eval
+from training.baselines import psnr as mean_psnr
+from training.common import FitResult, TrainConfig, seed_everything
+from training.data.photos import (
+    HELD_OUT,
+    HELD_OUT_COLOUR,
+    HELD_OUT_GRAY,
+    TRAIN_PHOTOS,
+    PatchSampler,
+    Photo,
+    load_held_out,
+    load_train_photos,
+    provenance,
+)
+from training.export import GraphSpec, TensorSpec
+from training.spec import DataOptions, Gate, Trained
+
+NAME = "photo"
+KIND = "photo-denoise"
+MIN_SIDE = 2
+CHECKPOINT_FORMAT = 1
+DEFAULT_CHECKPOINT = "runs/photo/checkpoint.pt"
+# Fields a resumed run takes from the command line; every other field comes from the checkpoint.
+RESUME_OVERRIDES = ("steps", "minutes", "checkpoint", "checkpoint_minutes", "threads", "resume", "bm3d", "quick")
+NLMEANS_MARGIN_DB = 0.5
+CLEAN_TARGET_DB = 40.0
+
+log = logging.getLogger("training")
+
+
+@dataclass
+class Config(TrainConfig):
+    channels: int = 96  # pilot: 96 x 12 beat 64 x 15 at equal wall time (see the card's notes)
+    depth: int = 12  # 3x3 convolutions at half resolution (FFDNet's colour model: 12 x 96)
+    batchnorm: bool = True
+    patch: int = 64  # training patch side (full resolution, even)
+    batch_size: int = 32
+    lr: float = 1e-3
+    lr_min: float = 1e-5
+    warmup_steps: int = 200
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    steps: int = 12000  # planned optimizer steps (the LR schedule's length unless `minutes` ends first)
+    minutes: float = 140.0  # training time budget over all resumed runs; 0: steps only
+    sigma_max: float = 55.0  # on the 0..255 scale
+    zero_sigma_fraction: float = 0.05
+    gray_fraction: float = 0.5
+    jitter_fraction: float = 0.5  # share of patches whose sigma input is perturbed
+    jitter_rel: float = 0.1  # log-normal relative jitter (std)
+    jitter_abs: float = 1.5  # plus Gaussian jitter of this std, on the 0..255 scale
+    val_patches: int = 48
+    val_patch: int = 96
+    val_every: int = 250  # steps
+    checkpoint: str = DEFAULT_CHECKPOINT
+    checkpoint_minutes: float = 5.0
+    resume: bool = False
+    bm3d: bool = True  # include BM3D in the eval when the (non-commercial) bm3d package is installed
+    # Quick mode: a few steps on small patches, eval on central crops of the held-out photographs.
+    quick_steps: int = 6
+    quick_patch: int = 32
+    quick_crop: int = 64
+    quick_photos: int = 3
+
+
+class PhotoDenoiser(nn.Module):
+    def __init__(self, channels: int, depth: int, batchnorm: bool):
+        super().__init__()
+        c = channels
+        layers: list[nn.Module] = [nn.Conv2d(13, c, 3, padding=1), nn.ReLU()]
+        for _ in range(depth - 2):
+            layers.append(nn.Conv2d(c, c, 3, padding=1, bias=not batchnorm))
+            if batchnorm:
+                layers.append(nn.BatchNorm2d(c))
+            layers.append(nn.ReLU())
+        last = nn.Conv2d(c, 12, 3, padding=1)
+        layers.append(last)
+        self.body = nn.Sequential(*layers)
+        # He initialisation: PyTorch's default conv init shrinks the activations ~6x per ReLU layer, so 15 layers
+        # without it start with vanishing signal and gradients below Adam's epsilon (measured: no learning at all
+        # in 120 steps without BatchNorm, and much slower learning with it).
+        for m in self.body:
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        nn.init.zeros_(last.weight)  # the last layer starts at zero: the untrained network is the identity
+
+    def noise(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """The predicted noise of x [N, 3, H, W] (H, W even) at noise level sigma [N]."""
+        down = F.pixel_unshuffle(x, 2)
+        level = sigma.reshape(-1, 1, 1, 1) * torch.ones_like(down[:, :1])
+        return F.pixel_shuffle(self.body(torch.cat([down, level], dim=1)), 2)
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2], x.shape[-1]
+        padded = F.pad(x, (0, w % 2, 0, h % 2), mode="reflect")
+        return (padded - self.noise(padded, sigma)).clamp(0.0, 1.0)[:, :, :h, :w]
+
+    def fused(self) -> PhotoDenoiser:
+        """A copy with every BatchNorm folded into the convolution before it (eval-mode statistics)."""
+        out = copy.deepcopy(self).eval()
+        layers: list[nn.Module] = []
+        for layer in out.body:
+            if isinstance(layer, nn.BatchNorm2d):
+                conv = layers[-1]
+                assert isinstance(conv, nn.Conv2d)
+                scale = layer.weight / torch.sqrt(layer.running_var + layer.eps)
+                fused = nn.Conv2d(conv.in_channels, conv.out_channels, 3, padding=1, bias=True)
+                with torch.no_grad():
+                    fused.weight.copy_(conv.weight * scale[:, None, None, None])
+                    bias = conv.bias if conv.bias is not None else torch.zeros_like(layer.running_mean)
+                    fused.bias.copy_((bias - layer.running_mean) * scale + layer.bias)
+                layers[-1] = fused
+            else:
+                layers.append(layer)
+        out.body = nn.Sequential(*layers)
+        return out.eval()
+
+
+# ---------------------------------------------------------------------------------------------------- training
+
+
+def noisy_batch(
+    clean: torch.Tensor, is_gray: torch.Tensor, cfg: Config, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(noisy batch, sigma input [N]) for clean patches [N, 3, P, P]; see the module docstring."""
+    n = clean.shape[0]
+    sigma = torch.rand(n, generator=gen) * (cfg.sigma_max / 255.0)
+    sigma = torch.where(torch.rand(n, generator=gen) < cfg.zero_sigma_fraction, torch.zeros_like(sigma), sigma)
+    noise = torch.randn(clean.shape, generator=gen)
+    noise = torch.where(is_gray[:, None, None, None], noise[:, :1].expand_as(noise), noise)
+    noisy = (torch.round((clean + sigma[:, None, None, None] * noise) * 255.0) / 255.0).clamp_(0.0, 1.0)
+    rel = torch.exp(cfg.jitter_rel * torch.randn(n, generator=gen))
+    add = (cfg.jitter_abs / 255.0) * torch.randn(n, generator=gen)
+    jittered = (sigma * rel + add).clamp_(min=0.0)
+    use = torch.rand(n, generator=gen) < cfg.jitter_fraction
+    return noisy, torch.where(use, jittered, sigma)
+
+
+def make_val_set(photos: list[Photo], cfg: Config, patch: int, count: int) -> tuple[torch.Tensor, ...]:
+    """Fixed validation patches from the training photographs at sigma 15, 25, 50 (true sigma given)."""
+    sampler = PatchSampler(photos, patch, cfg.gray_fraction, seed=cfg.seed + 7919)
+    clean, is_gray = sampler.sample(count)
+    gen = torch.Generator().manual_seed(cfg.seed + 104729)
+    sigma = torch.tensor([(15.0, 25.0, 50.0)[i % 3] / 255.0 for i in range(count)])
+    noise = torch.randn(clean.shape, generator=gen)
+    g = torch.from_numpy(is_gray)
+    noise = torch.where(g[:, None, None, None], noise[:, :1].expand_as(noise), noise)
+    c = torch.from_numpy(clean)
+    noisy = (torch.round((c + sigma[:, None, None, None] * noise) * 255.0) / 255.0).clamp_(0.0, 1.0)
+    return c, noisy, sigma
+
+
+@torch.no_grad()
+def val_psnr(net: PhotoDenoiser, val: tuple[torch.Tensor, ...]) -> float:
+    clean, noisy, sigma = val
+    net.eval()
+    out = torch.cat([net(noisy[i : i + 16], sigma[i : i + 16]) for i in range(0, len(noisy), 16)])
+    net.train()
+    return mean_psnr(clean.numpy(), out.numpy())
+
+
+def learning_rate(cfg: Config, step: int, progress: float) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    return cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def progress_of(cfg: Config, step: int, seconds: float) -> float:
+    by_steps = step / max(cfg.steps, 1)
+    by_time = seconds / (cfg.minutes * 60.0) if cfg.minutes > 0 else 0.0
+    return max(by_steps, by_time)
+
+
+@dataclass
+class LoopState:
+    net: PhotoDenoiser
+    step: int
+    train_seconds: float
+    best_val_psnr: float
+    best_step: int
+    history: list[dict]
+    finished: bool
+
+
+def _save_checkpoint(path: Path, payload: dict) -> None:
+    """Write atomically: a kill during the write leaves the previous checkpoint intact."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def checkpoint_path(cfg: Config) -> Path | None:
+    """Quick runs do not checkpoint unless given a path of their own (they must not touch a real run's)."""
+    if cfg.quick and cfg.checkpoint == DEFAULT_CHECKPOINT:
+        return None
+    return Path(cfg.checkpoint) if cfg.checkpoint else None
+
+
+def train_loop(cfg: Config, photos: list[Photo], run_steps: int | None = None) -> LoopState:
+    """Train (or continue training) until the planned progress is reached; `run_steps` stops this call after that
+    many steps with a checkpoint written (what a kill after the checkpoint would leave)."""
+    ckpt = checkpoint_path(cfg)
+    saved = None
+    if ckpt is not None and ckpt.exists():
+        if not cfg.resume:
+            raise ValueError(
+                f"{ckpt} exists: pass --resume to continue that run, or delete it (or --set checkpoint=...) "
+                "to start a new one"
+            )
+        saved = torch.load(ckpt, map_location="cpu", weights_only=False)
+        if saved.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"{ckpt}: checkpoint format {saved.get('format')} is not {CHECKPOINT_FORMAT}")
+        for key, value in saved["config"].items():
+            if key not in RESUME_OVERRIDES and hasattr(cfg, key):
+                setattr(cfg, key, value)
+    quick = cfg.quick
+    patch = cfg.quick_patch if quick else cfg.patch
+    seed_everything(cfg.seed, cfg.threads)
+    net = PhotoDenoiser(cfg.channels, cfg.depth, cfg.batchnorm)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sampler = PatchSampler(photos, patch, cfg.gray_fraction, seed=cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    val = make_val_set(photos, cfg, cfg.quick_patch if quick else cfg.val_patch, 6 if quick else cfg.val_patches)
+    step, seconds, history = 0, 0.0, []
+    best_val, best_step, best_state = -math.inf, 0, copy.deepcopy(net.state_dict())
+    if saved is not None:
+        net.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        sampler.rng.bit_generator.state = saved["rng"]["sampler"]
+        gen.set_state(saved["rng"]["noise"])
+        torch.set_rng_state(saved["rng"]["torch"])
+        step, seconds, history = saved["step"], saved["train_seconds"], saved["history"]
+        best_val, best_step, best_state = saved["best"]["val_psnr"], saved["best"]["step"], saved["best"]["model"]
+        log.info("photo: resumed from %s at step %d (%.1f min of training)", ckpt, step, seconds / 60)
+    total_steps = cfg.quick_steps if quick else cfg.steps
+    plan = dataclasses.replace(cfg, steps=total_steps, minutes=0.0 if quick else cfg.minutes)
+
+    def payload(finished: bool) -> dict:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "model": net.state_dict(),
+            "optimizer": opt.state_dict(),
+            "scheduler": {
+                "kind": "linear warm-up, then cosine from lr to lr_min over progress",
+                "progress": progress_of(plan, step, seconds),
+                "lr": opt.param_groups[0]["lr"],
+            },
+            "step": step,
+            "train_seconds": seconds,
+            "rng": {
+                "sampler": sampler.rng.bit_generator.state,
+                "noise": gen.get_state(),
+                "torch": torch.get_rng_state(),
+            },
+            "best": {"val_psnr": best_val, "step": best_step, "model": best_state},
+            "history": history,
+            "config": dataclasses.asdict(cfg),
+            "finished": finished,
+        }
+
+    net.train()
+    steps_this_run, loss_sum, loss_count = 0, 0.0, 0
+    last_ckpt = last_log = time.monotonic()
+    while progress_of(plan, step, seconds) < 1.0:
+        if run_steps is not None and steps_this_run >= run_steps:
+            if ckpt is not None:
+                _save_checkpoint(ckpt, payload(False))
+            return LoopState(net, step, seconds, best_val, best_step, history, False)
+        t0 = time.monotonic()
+        lr = learning_rate(cfg, step, progress_of(plan, step, seconds))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        clean, is_gray = sampler.sample(cfg.batch_size)
+        clean_t = torch.from_numpy(clean)
+        noisy, sigma_in = noisy_batch(clean_t, torch.from_numpy(is_gray), cfg, gen)
+        opt.zero_grad(set_to_none=True)
+        loss = F.mse_loss(noisy - net.noise(noisy, sigma_in), clean_t)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+        opt.step()
+        step += 1
+        steps_this_run += 1
+        loss_sum += loss.item()
+        loss_count += 1
+        done = progress_of(plan, step, seconds + time.monotonic() - t0) >= 1.0
+        if step % cfg.val_every == 0 or done:
+            v = val_psnr(net, val)
+            history.append({"step": step, "train_loss": loss_sum / loss_count, "val_psnr_db": v, "lr": lr})
+            if v > best_val:
+                best_val, best_step, best_state = v, step, copy.deepcopy(net.state_dict())
+        seconds += time.monotonic() - t0
+        now = time.monotonic()
+        if now - last_log >= 60 or done:
+            log.info(
+                "photo: step %d  loss %.3e  lr %.2e  %.2f s/step  %.1f/%.0f min  val %s (best %.2f dB at %d)",
+                step,
+                loss_sum / max(loss_count, 1),
+                lr,
+                (now - last_log) / max(loss_count, 1),
+                seconds / 60,
+                plan.minutes,
+                f"{history[-1]['val_psnr_db']:.2f} dB" if history else "-",
+                best_val,
+                best_step,
+            )
+            loss_sum, loss_count, last_log = 0.0, 0, now
+        if ckpt is not None and (now - last_ckpt >= cfg.checkpoint_minutes * 60 or done):
+            _save_checkpoint(ckpt, payload(done))
+            last_ckpt = now
+    if ckpt is not None and (saved is None or not saved.get("finished") or steps_this_run):
+        _save_checkpoint(ckpt, payload(True))
+    net.load_state_dict(best_state)
+    net.eval()
+    return LoopState(net, step, seconds, best_val, best_step, history, True)
+
+
+# ---------------------------------------------------------------------------------------------------- evaluation
+
+
+def torch_denoiser(net: nn.Module) -> photo_eval.Denoiser:
+    def fn(x: np.ndarray, sigma: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return net(torch.from_numpy(x), torch.from_numpy(sigma)).numpy()
+
+    return fn
+
+
+def _center_crop(photo: Photo, side: int) -> Photo:
+    h, w = photo.image.shape[:2]
+    y, x = max(0, (h - side) // 2), max(0, (w - side) // 2)
+    return Photo(photo.name, photo.image[y : y + side, x : x + side])
+
+
+def clean_photos_check(fn: photo_eval.Denoiser, photos: list[Photo]) -> dict:
+    """A clean (noise-free) photograph through the model: blind (sigma estimated) and with sigma 0."""
+    out = {}
+    for p in photos:
+        est = estimate_sigma(p.image if p.is_colour else p.image[:, :, 0])
+        out[p.name] = {
+            "estimated_sigma_255": est * 255.0,
+            "blind_psnr_db": photo_eval.psnr(p.image, photo_eval.run_denoiser(fn, p.image, est)),
+            "sigma0_psnr_db": photo_eval.psnr(p.image, photo_eval.run_denoiser(fn, p.image, 0.0)),
+        }
+    return out
+
+
+def mnist_check(fn: photo_eval.Denoiser, data: DataOptions, quick: bool) -> dict:
+    """Test digits with 8-bit Gaussian noise: the model (blind and given sigma) vs the noisy input."""
+    from training.data.mnist import load_mnist
+
+    x = load_mnist(data.mnist_dir, data.seed).test.x
+    x = x[:64] if quick else x
+    out = {}
+    for s in photo_eval.GATE_SIGMAS:
+        rng = np.random.default_rng([77, s])
+        noisy = np.clip(np.round((x + rng.normal(0, s / 255.0, x.shape)) * 255) / 255, 0, 1).astype(np.float32)
+        est = np.array([estimate_sigma(n) for n in noisy], dtype=np.float32)
+        batch = np.repeat(noisy[:, None], 3, axis=1)
+        blind = np.concatenate([fn(batch[i : i + 250], est[i : i + 250]) for i in range(0, len(x), 250)]).mean(1)
+        given_s = np.full(len(x), s / 255.0, dtype=np.float32)
+        given = np.concatenate([fn(batch[i : i + 250], given_s[i : i + 250]) for i in range(0, len(x), 250)]).mean(1)
+        out[str(s)] = {
+            "model_blind_psnr_db": mean_psnr(x, blind),
+            "model_given_sigma_psnr_db": mean_psnr(x, given),
+            "noisy_input_psnr_db": mean_psnr(x, noisy),
+            "mean_estimated_sigma_255": float(est.mean() * 255),
+        }
+    out["digits"] = len(x)
+    out["note"] = "MNIST test digits (28 x 28, white on black), 3 identical channels; mean per-image PSNR"
+    return out
+
+
+def onnx_seconds_1024(net: PhotoDenoiser, threads: int = 2) -> float:
+    """Median ONNX Runtime time of one 1024 x 1024 colour image on `threads` intra-op threads."""
+    import onnxruntime as ort
+
+    from training.export import _export_bytes
+
+    spec = export_spec(net, [(np.zeros((1, 3, 64, 64), np.float32), np.zeros(1, np.float32))])
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(_export_bytes(spec), opts, providers=["CPUExecutionProvider"])
+    feed = {
+        "x": np.random.default_rng(0).random((1, 3, 1024, 1024), dtype=np.float32),
+        "sigma": np.full(1, 0.1, np.float32),
+    }
+    times = []
+    for _ in range(3):
+        t = time.perf_counter()
+        sess.run(None, feed)
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+def samples_png(fn: photo_eval.Denoiser, photos: list[Photo], sigma255: int = 25, side: int = 160) -> bytes:
+    """Rows of noisy / denoised (blind) / clean central crops of the held-out photographs."""
+    rows = []
+    for index, p in enumerate(photos):
+        crop = _center_crop(p, side)
+        noisy = photo_eval.noisy_version(crop, sigma255, index=index)
+        est = estimate_sigma(noisy if crop.is_colour else noisy[:, :, 0])
+        den = photo_eval.run_denoiser(fn, noisy, est)
+        row = [np.repeat(a, 3, axis=2) if a.shape[2] == 1 else a for a in (noisy, den, crop.image)]
+        rows.append(np.concatenate([np.pad(a, ((2, 2), (2, 2), (0, 0)), constant_values=1.0) for a in row], axis=1))
+    width = max(r.shape[1] for r in rows)
+    grid = np.concatenate([np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=1.0) for r in rows])
+    buf = io.BytesIO()
+    Image.fromarray((np.clip(grid, 0, 1) * 255).round().astype(np.uint8), mode="RGB").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------------- export
+
+
+X_SPEC = TensorSpec(
+    "x",
+    ("batch", 3, "height", "width"),
+    value_range=(0.0, 1.0),
+    layout=f"NCHW, 3 channels (RGB; gray as 3 identical channels), any height and width >= {MIN_SIDE}",
+    description="noisy pixels in [0, 1] (pixel / 255)",
+)
+SIGMA_SPEC = TensorSpec(
+    "sigma",
+    ("batch",),
+    value_range=(0.0, 1.0),
+    layout="[N], one noise level per image",
+    description="noise standard deviation on the pixel scale (sigma / 255 for 8-bit images); trained for 0..55/255",
+)
+Y_SPEC = TensorSpec(
+    "denoised",
+    ("batch", 3, "height", "width"),
+    value_range=(0.0, 1.0),
+    layout="NCHW, same size as x (gray in: average or take any channel)",
+    description="denoised pixels in [0, 1]",
+)
+
+
+def export_spec(net: PhotoDenoiser, parity: list[tuple[np.ndarray, ...]]) -> GraphSpec:
+    return GraphSpec(
+        "full",
+        net.fused(),
+        [X_SPEC, SIGMA_SPEC],
+        [Y_SPEC],
+        parity,
+        description="noisy image + noise level -> denoised image (residual: x minus predicted noise, clipped)",
+    )
+
+
+def parity_inputs(photos: list[Photo]) -> list[tuple[np.ndarray, ...]]:
+    rng = np.random.default_rng(3)
+    coffee = next((p for p in photos if p.is_colour), photos[0])
+    crop = _center_crop(coffee, 64).image
+    crop = np.repeat(crop, 3, axis=2) if crop.shape[2] == 1 else crop
+    x1 = photo_eval.noisy_version(Photo("c", crop), 25).transpose(2, 0, 1)[None]
+    return [
+        (x1, np.array([25 / 255], np.float32)),
+        (rng.random((3, 3, 30, 46), dtype=np.float32), np.array([0.0, 0.1, 0.2], np.float32)),
+        (rng.random((2, 3, 31, 45), dtype=np.float32), np.array([0.05, 0.15], np.float32)),  # odd sides
+        (rng.random((1, 3, 3, 2), dtype=np.float32), np.array([0.1], np.float32)),  # tiny
+    ]
+
+
+# ---------------------------------------------------------------------------------------------------- train()
+
+
+def train(cfg: Config, data: DataOptions) -> Trained:
+    photos = load_train_photos()
+    leaked = {p.name for p in photos} & set(HELD_OUT)
+    if leaked:
+        raise ValueError(f"held-out photographs in the training set: {sorted(leaked)}")
+    if cfg.quick:
+        photos = photos[: cfg.quick_photos]
+    state = train_loop(cfg, photos)
+    net = state.net
+    fn = torch_denoiser(net.fused())
+
+    held_out = load_held_out()
+    eval_photos = [_center_crop(p, cfg.quick_crop) for p in held_out] if cfg.quick else held_out
+    methods = ("median3x3", "nl_means", "wavelet", "tv")
+    use_bm3d = cfg.bm3d and not cfg.quick and photo_eval.bm3d_available()
+    if use_bm3d:
+        methods = (*methods, "bm3d")
+    tv_photos = [_center_crop(p, 64 if cfg.quick else 256) for p in photos[:2]]
+    tv_weights = photo_eval.tune_tv_weights(tv_photos, photo_eval.GATE_SIGMAS, crop=64 if cfg.quick else 256)
+    log.info("photo: evaluating on %s (%s)", [p.name for p in eval_photos], ", ".join(methods))
+    quality = photo_eval.evaluate(fn, eval_photos, methods=methods, tv_weights=tv_weights, log=log.info)
+    tracking = photo_eval.sigma_tracking(eval_photos)
+    clean = clean_photos_check(fn, eval_photos)
+    mnist = mnist_check(fn, data, cfg.quick)
+    onnx_1024 = None if cfg.quick else onnx_seconds_1024(net)
+
+    gates = []
+    for s in photo_eval.GATE_SIGMAS:
+        for kind in ("gray", "colour"):
+            row = quality["by_sigma"][str(s)][kind]
+            gates.append(
+                Gate(
+                    f"{kind} sigma {s}: blind PSNR >= NL-means (true sigma) + {NLMEANS_MARGIN_DB} dB",
+                    row["model_blind"]["psnr_db"],
+                    row["nl_means"]["psnr_db"] + NLMEANS_MARGIN_DB,
+                    True,
+                )
+            )
+            if use_bm3d:
+                gates.append(
+                    Gate(
+                        f"{kind} sigma {s}: blind PSNR >= BM3D (true sigma)",
+                        row["model_blind"]["psnr_db"],
+                        row["bm3d"]["psnr_db"],
+                        True,
+                    )
+                )
+    gates.append(
+        Gate(
+            f"clean photo unchanged (blind): min PSNR vs itself >= {CLEAN_TARGET_DB:g} dB",
+            min(c["blind_psnr_db"] for c in clean.values()),
+            CLEAN_TARGET_DB,
+            True,
+        )
+    )
+    for s in photo_eval.GATE_SIGMAS:
+        m = mnist[str(s)]
+        gates.append(
+            Gate(
+                f"MNIST digits sigma {s}: blind PSNR >= noisy input",
+                m["model_blind_psnr_db"],
+                m["noisy_input_psnr_db"],
+                True,
+            )
+        )
+
+    head = quality["by_sigma"]["25"]
+    metrics = {
+        "headline_sigma": 25,
+        "psnr": "per-photo PSNR (peak 1.0, dB) averaged over the held-out photos of a kind; SSIM likewise "
+        "(scikit-image structural_similarity, data_range 1)",
+        "sigma_scale": "sigma in these metrics is on the 0..255 scale; the graph's sigma input is sigma / 255",
+        "held_out": {"gray": list(HELD_OUT_GRAY), "colour": list(HELD_OUT_COLOUR)},
+        "primary": "model_blind: sigma from app/noise.py's estimator on the noisy image; model_given_sigma beside it",
+        "headline": {kind: {k: v["psnr_db"] for k, v in head[kind].items() if isinstance(v, dict)} for kind in head},
+        "by_sigma": quality["by_sigma"],
+        "per_photo": quality["per_photo"],
+        "method_seconds": quality["seconds"],
+        "baselines": {
+            "noisy_input": "the noisy image itself",
+            "median3x3": "3x3 median per channel, edge replication",
+            "nl_means": "skimage denoise_nl_means, true sigma, h = 0.8 sigma, fast mode, patch 5, distance 6",
+            "wavelet": "skimage denoise_wavelet, true sigma, BayesShrink soft, YCbCr for colour",
+            "tv": f"skimage denoise_tv_chambolle, weight per sigma tuned on training photos: {tv_weights}",
+            "bm3d": "bm3d 4.x (bm3d / bm3d_rgb), true sigma"
+            if use_bm3d
+            else "not run here (non-commercial licence: not a dependency); see bench/photo_quality.py",
+        },
+        "noise": "Gaussian, added, rounded to 8 bits, clipped to [0, 1]; fixed seeds (training/photo_eval.py)",
+        "sigma_estimator": {
+            "module": "app/noise.py (numpy only; the service uses the same function)",
+            "method": "Immerkaer 3x3 mask, MAD scale, clip-aware (local mean), top-20% Sobel edges left out, "
+            "8-bit rounding variance removed",
+            "tracking_255": tracking,
+        },
+        "clean_photos": clean,
+        "mnist": mnist,
+        "onnxruntime_seconds_1024x1024_colour_2_threads": onnx_1024,
+        "quick_eval": "central crops" if cfg.quick else None,
+        "training": {
+            "steps": state.step,
+            "train_minutes_total": state.train_seconds / 60.0,
+            "best_val_psnr_db": state.best_val_psnr,
+            "best_step": state.best_step,
+            "val": "fixed patches of the training photographs at sigma 15/25/50, true sigma",
+            "history": state.history[-200:],
+        },
+        "parameters": sum(p.numel() for p in net.fused().parameters()),
+    }
+    parity = parity_inputs(held_out)
+    fit = FitResult(best_epoch=state.best_step, best_val_loss=-state.best_val_psnr, seconds=state.train_seconds)
+    image_section = {
+        "channels": 3,
+        "gray": "feed a gray image as 3 identical channels; read back the mean (or any) output channel",
+        "colour": "RGB; noise is removed jointly across the channels",
+        "sides": f"any height and width >= {MIN_SIDE}; odd sides are reflect-padded by one pixel inside the graph "
+        "and cropped back (the network works at half resolution after a 2x2 pixel-unshuffle)",
+        "sigma_input": {
+            "name": "sigma",
+            "shape": ["batch"],
+            "scale": "standard deviation on the 0..1 pixel scale: sigma_255 / 255",
+            "trained_range_255": [0.0, cfg.sigma_max],
+            "when_unknown": "estimate it with app.noise.estimate_sigma(image) on the [0, 1] image (HWC or HW)",
+            "jitter": f"trained with the sigma input perturbed (x exp(N(0, {cfg.jitter_rel})) + N(0, "
+            f"{cfg.jitter_abs}/255)) on {cfg.jitter_fraction:.0%} of patches, to tolerate estimation error",
+        },
+        "noise_model": "additive white Gaussian, 8-bit rounded and clipped, same sigma in every channel",
+        "architecture": f"FFDNet-style: pixel-unshuffle 2x2 + noise map (13 ch) -> {cfg.depth} conv3x3 x "
+        f"{cfg.channels} ch (BatchNorm folded, ReLU) -> 12 ch -> pixel-shuffle = noise; output clip(x - noise)",
+    }
+    return Trained(
+        kind=KIND,
+        description="Residual convolutional denoiser for natural photographs (gray and colour, any size), blind "
+        f"for Gaussian noise sigma 0..{cfg.sigma_max:g} of 255 with app/noise.py's estimate, or given sigma",
+        tasks=["denoise"],
+        graphs=[export_spec(net, parity)],
+        metrics=metrics,
+        gates=gates,
+        data={
+            **provenance(photos),
+            "patches": f"{cfg.quick_patch if cfg.quick else cfg.patch} px, 8 flips/rotations, "
+            f"{cfg.gray_fraction:.0%} gray; sigma uniform in [0, {cfg.sigma_max:g}]/255, "
+            f"{cfg.zero_sigma_fraction:.0%} at 0",
+            "train_photo_names": sorted(TRAIN_PHOTOS),
+        },
+        fit=fit,
+        preprocessing={
+            "client": "RGB or gray pixels / 255 as NCHW float32 with 3 channels (gray: 3 identical channels); "
+            "sigma / 255 per image, or app.noise.estimate_sigma(image) when unknown",
+            "in_graph": "reflect-pad odd H or W by one pixel, crop back; clip the output to [0, 1]",
+        },
+        sections={
+            "input": {
+                "layout": "image",
+                "range": [0.0, 1.0],
+                "image": {"height": None, "width": None, "channels": 3, "min_side": MIN_SIDE},
+                "fully_convolutional": True,
+                "extra_inputs": {"sigma": "noise standard deviation / 255, shape [batch]"},
+            },
+            "image": image_section,
+        },
+        artifacts={"samples.png": samples_png(fn, eval_photos, side=64 if cfg.quick else 160)},
+    )
