@@ -18,6 +18,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect, Request
 
 from app.codecs import JSON, MULTIPART, NPY, json_tensor, media_type, npy_tensor
+from app.context import AppContext
 from app.errors import BadRequest, InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from app.images import DECODE_BYTES_PER_PIXEL, decode_image, header_size
 from app.limits import request_reservation
@@ -172,14 +173,10 @@ async def _multipart_files(request: Request, body: bytes, settings: Settings) ->
 
 
 async def read_inputs(
-    request: Request,
-    entry: ModelEntry,
-    task: str,
-    options: InputOptions,
-    settings: Settings,
-    service: InferenceService,
+    request: Request, entry: ModelEntry, task: str, options: InputOptions, ctx: AppContext
 ) -> InputBatch:
     """Parse the request body into the batch the task's graph takes."""
+    settings, service = ctx.settings, ctx.service
     card = entry.card
     assert card is not None
     spec = entry.graph_for(task).inputs[0]
@@ -212,14 +209,14 @@ async def read_inputs(
 
         # Small bodies parse in microseconds on the loop; big ones would stall every other request.
         on_loop = len(body) < (PARSE_ON_LOOP_BINARY_BYTES if source == "npy" else PARSE_ON_LOOP_JSON_BYTES)
-        return parse() if on_loop else await request.app.state.offload.run(parse)
+        return parse() if on_loop else await ctx.offload.run(parse)
     uploads: list[tuple[str | None, bytes]] = (
         await _multipart_files(request, body, settings) if ctype == MULTIPART else [(None, body)]
     )
     if len(uploads) > settings.max_batch_rows:
         raise PayloadTooLarge(f"{len(uploads)} images; at most {settings.max_batch_rows} per request")
     await reserve_decoding(request, entry, task, uploads, settings)
-    return await request.app.state.offload.run(_image_batch, entry, task, uploads, options, settings, service)
+    return await ctx.offload.run(_image_batch, entry, task, uploads, options, settings, service)
 
 
 def _image_batch(

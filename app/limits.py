@@ -495,8 +495,3 @@ class AdmissionMiddleware:
                 admission.leave()
             if reservation is not None:
                 reservation.release()
-
-
-def install_limits(app: Any, settings: Settings, admission: Admission, request_memory: MemoryBudget | None) -> None:
-    """Add the admission middleware (body limits, body reads, in-flight cap)."""
-    app.add_middleware(AdmissionMiddleware, settings=settings, admission=admission, request_memory=request_memory)

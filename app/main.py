@@ -6,21 +6,25 @@ import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 import anyio.to_thread
 from fastapi import FastAPI
 from fastapi.telemetry import TelemetryConfig
+from starlette.middleware import Middleware
 
 from app import __version__
 from app.budget import MemoryBudget
+from app.context import AppContext
 from app.disconnect import DisconnectMiddleware
 from app.docs import install_docs
+from app.endpoints import Endpoint, add_routes, hot_routes
 from app.errors import install_error_handlers
-from app.hotpath import HotPathMiddleware
+from app.hotpath import HotPathMiddleware, HotRoute
 from app.http import close_idle_connections
 from app.inference import InferenceEngine
 from app.lifecycle import Lifecycle
-from app.limits import Admission, install_limits
+from app.limits import Admission, AdmissionMiddleware
 from app.logs import configure_logging
 from app.memory import MallocTrimmer
 from app.methods import MethodsMiddleware
@@ -30,11 +34,12 @@ from app.offload import Offload
 from app.registry import ModelRegistry
 from app.routers import bench, health, inference, models
 from app.routers.demo import install_demo
-from app.security import install_security
+from app.security import security_middleware
 from app.service import InferenceService
 from app.settings import Settings, get_settings
-from app.v2.router import HOT_ROUTES as V2_HOT_ROUTES
+from app.v2 import router as v2_router_module
 from app.v2.router import router as v2_router
+from app.v2.statistics import InferenceStatistics
 
 log = logging.getLogger("app")
 
@@ -60,20 +65,87 @@ Autoencoders exported to ONNX, served with ONNX Runtime.
 """
 
 
+@dataclass(frozen=True)
+class _Parts:
+    """What the middleware needs when the app is built, before the lifespan runs."""
+
+    settings: Settings
+    metrics: Metrics
+    lifecycle: Lifecycle
+    admission: Admission
+    request_memory: MemoryBudget
+    inference_memory: MemoryBudget
+
+    @classmethod
+    def build(cls, settings: Settings) -> _Parts:
+        def budget(name: str, limit: int) -> MemoryBudget:
+            return MemoryBudget(name, limit, settings.memory_wait_seconds, settings.retry_after_seconds)
+
+        return cls(
+            settings=settings,
+            metrics=Metrics(),
+            lifecycle=Lifecycle(
+                settings.drain_seconds, settings.graceful_timeout_seconds, on_drain=[close_idle_connections]
+            ),
+            admission=Admission(
+                settings.max_in_flight_requests,
+                settings.max_body_reads,
+                settings.max_body_reads_per_client,
+                settings.retry_after_seconds,
+            ),
+            request_memory=budget("request memory", settings.request_memory_budget_bytes),
+            inference_memory=budget("inference memory", settings.inference_memory_budget_bytes),
+        )
+
+
+def middleware_stack(parts: _Parts, hot_routes: list[HotRoute]) -> list[Middleware]:
+    """The ASGI middleware, outermost first: the one place their order is decided."""
+    settings = parts.settings
+    return [
+        # request id, the access log line, metrics, the shutdown cut-off, JSON 500s
+        Middleware(
+            RequestContextMiddleware,
+            metrics=parts.metrics,
+            lifecycle=parts.lifecycle,
+            retry_after_seconds=settings.retry_after_seconds,
+        ),
+        *security_middleware(settings),  # CORS, then the API key, when configured
+        # body limits, body reads (in all, per client, paced), the in-flight cap, the request memory budget
+        Middleware(
+            AdmissionMiddleware, settings=settings, admission=parts.admission, request_memory=parts.request_memory
+        ),
+        Middleware(DisconnectMiddleware),  # a client gone during inference stops its request
+        Middleware(HotPathMiddleware, routes=hot_routes),  # the hot endpoints without FastAPI's machinery
+        Middleware(MethodsMiddleware),  # HEAD wherever GET, OPTIONS with Allow, WebSocket refused in JSON
+    ]
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the service; the models load when the app starts (its lifespan), not here."""
     settings = settings or get_settings()
     configure_logging(settings.log_level, settings.log_json)
-    metrics = Metrics()
+    parts = _Parts.build(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = InferenceEngine(metrics, settings, inference_memory)
-        registry = ModelRegistry(settings, engine, metrics)
-        app.state.registry = registry
-        app.state.engine = engine
-        app.state.service = InferenceService(engine, settings)
-        app.state.offload = Offload.from_settings(settings)
+        engine = InferenceEngine(parts.metrics, settings, parts.inference_memory)
+        registry = ModelRegistry(settings, engine, parts.metrics)
+        offload = Offload.from_settings(settings)
+        context = AppContext(
+            settings=settings,
+            metrics=parts.metrics,
+            lifecycle=parts.lifecycle,
+            admission=parts.admission,
+            request_memory=parts.request_memory,
+            inference_memory=parts.inference_memory,
+            engine=engine,
+            registry=registry,
+            service=InferenceService(engine, settings),
+            offload=offload,
+            trimmer=MallocTrimmer(settings.malloc_trim_seconds, offload, parts.metrics),
+            v2_statistics=InferenceStatistics(),
+        )
+        app.state.context = context
         await anyio.to_thread.run_sync(registry.load_all)
         if settings.gc_freeze:
             # Everything alive now (modules, FastAPI's and pydantic's schemas, the sessions' metadata) lives as
@@ -81,9 +153,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # Measured at 1-row encode under load: p99 50 -> 14 ms, +10 % requests/s.
             gc.collect()
             gc.freeze()
-        lifecycle.install()  # SIGTERM: drain, close idle connections, cut off at the deadline (app/lifecycle.py)
-        trimmer = app.state.trimmer = MallocTrimmer(settings.malloc_trim_seconds, app.state.offload, metrics)
-        trimmer.start()  # freed memory back to the OS every AE_MALLOC_TRIM_SECONDS (app/memory.py)
+        parts.lifecycle.install()  # SIGTERM: drain, close idle connections, cut off at the deadline
+        context.trimmer.start()  # freed memory back to the OS every AE_MALLOC_TRIM_SECONDS (app/memory.py)
         readiness = registry.readiness()
         log.info(
             "service started",
@@ -97,15 +168,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
-            lifecycle.uninstall()
-            await trimmer.stop()
+            parts.lifecycle.uninstall()
+            await context.trimmer.stop()
             if settings.gc_freeze:
                 gc.unfreeze()  # what this app leaves behind may be collected again (tests run many apps)
             await engine.aclose()
             registry.close()
-            metrics.close()
+            parts.metrics.close()
             log.info("service stopped")
 
+    endpoints = endpoint_table(settings)
     app = FastAPI(
         title="Autoencoder inference service",
         version=__version__,
@@ -115,50 +187,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
         openapi_url="/openapi.json",
         telemetry=None if settings.opentelemetry else TELEMETRY_OFF,
-    )
-    app.state.settings = settings
-    app.state.metrics = metrics
-    lifecycle = app.state.lifecycle = Lifecycle(
-        settings.drain_seconds, settings.graceful_timeout_seconds, on_drain=[close_idle_connections]
-    )
-    admission = app.state.admission = Admission(
-        settings.max_in_flight_requests,
-        settings.max_body_reads,
-        settings.max_body_reads_per_client,
-        settings.retry_after_seconds,
-    )
-    request_memory = app.state.request_memory = MemoryBudget(
-        "request memory",
-        settings.request_memory_budget_bytes,
-        settings.memory_wait_seconds,
-        settings.retry_after_seconds,
-    )
-    inference_memory = app.state.inference_memory = MemoryBudget(
-        "inference memory",
-        settings.inference_memory_budget_bytes,
-        settings.memory_wait_seconds,
-        settings.retry_after_seconds,
+        middleware=middleware_stack(parts, hot_routes(endpoints)),
     )
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(models.router)
     app.include_router(v2_router)
-    app.include_router(inference.router)
-    if settings.bench_endpoints:
-        app.include_router(bench.router)
+    add_routes(app, endpoints)
     if settings.docs:
         install_docs(app)
     if settings.demo:
         install_demo(app)
-    # Starlette runs the last added middleware first: request context, CORS, API key, admission (body limits, body
-    # reads, in-flight cap), disconnect watch, hot path, methods.
-    hot_routes = [*inference.HOT_ROUTES, *V2_HOT_ROUTES, *(bench.HOT_ROUTES if settings.bench_endpoints else [])]
-    app.add_middleware(MethodsMiddleware)  # HEAD wherever GET, OPTIONS with Allow, WebSocket refused in JSON
-    app.add_middleware(HotPathMiddleware, routes=hot_routes)  # the inference routes without FastAPI's machinery
-    app.add_middleware(DisconnectMiddleware)  # a client gone during inference stops its request
-    install_limits(app, settings, admission, request_memory)
-    install_security(app, settings)
-    app.add_middleware(
-        RequestContextMiddleware, metrics=metrics, lifecycle=lifecycle, retry_after_seconds=settings.retry_after_seconds
-    )
     return app
+
+
+def endpoint_table(settings: Settings) -> list[Endpoint]:
+    """Every operation served through the endpoint table (app/endpoints.py): the inference routes of both
+    protocols, and the benchmark's ceilings when they are on."""
+    return [*v2_router_module.ENDPOINTS, *inference.ENDPOINTS, *(bench.ENDPOINTS if settings.bench_endpoints else [])]

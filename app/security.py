@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from starlette.datastructures import Headers
+from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -110,11 +111,17 @@ def cors_options(origins: Sequence[str]) -> dict[str, Any]:
     }
 
 
-def install_security(app: Any, settings: Settings) -> None:
-    """Add the API-key check and CORS when configured (call after `install_limits`: these run before them)."""
-    if settings.api_key is not None:
-        app.add_middleware(
-            ApiKeyMiddleware, api_key=settings.api_key.get_secret_value(), exempt_paths=settings.api_key_exempt_paths
-        )
+def security_middleware(settings: Settings) -> list[Middleware]:
+    """CORS (outer) and the API-key check, each when configured."""
+    stack = []
     if settings.cors_origins:
-        app.add_middleware(JsonCORSMiddleware, **cors_options(settings.cors_origins))
+        stack.append(Middleware(JsonCORSMiddleware, **cors_options(settings.cors_origins)))
+    if settings.api_key is not None:
+        stack.append(
+            Middleware(
+                ApiKeyMiddleware,
+                api_key=settings.api_key.get_secret_value(),
+                exempt_paths=settings.api_key_exempt_paths,
+            )
+        )
+    return stack

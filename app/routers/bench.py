@@ -13,28 +13,25 @@ cost of the model, the batcher and the response encoding.
 from __future__ import annotations
 
 import numpy as np
-from fastapi import APIRouter, Request
+from fastapi import Request
 from starlette.responses import Response
 
 from app.codecs import JSON, NPY, json_tensor, media_type, npy_tensor
-from app.deps import SettingsDep
+from app.context import AppContext
+from app.endpoints import Endpoint
 from app.errors import UnsupportedMediaType
-from app.hotpath import HotRoute
 from app.inputs import PARSE_ON_LOOP_BINARY_BYTES, PARSE_ON_LOOP_JSON_BYTES, read_body
 
-router = APIRouter(prefix="/bench", tags=["bench"], include_in_schema=False)
 
-
-@router.post("/noop-raw")
-async def noop_raw(request: Request, settings: SettingsDep) -> Response:
+async def noop_raw(request: Request, ctx: AppContext) -> Response:
     """Read the body and echo it unparsed."""
-    body = await read_body(request, settings.max_body_bytes)
+    body = await read_body(request, ctx.settings.max_body_bytes)
     return Response(body, media_type=request.headers.get("content-type") or "application/octet-stream")
 
 
-@router.post("/noop-parse")
-async def noop_parse(request: Request, settings: SettingsDep) -> Response:
+async def noop_parse(request: Request, ctx: AppContext) -> Response:
     """Read and parse the body as `/v1` does (JSON or .npy), then echo it."""
+    settings = ctx.settings
     ctype = media_type(request.headers.get("content-type"))
     if ctype not in (JSON, NPY):
         raise UnsupportedMediaType(f"send {JSON} or {NPY}", {"accepted": f"{JSON}, {NPY}"})
@@ -46,18 +43,25 @@ async def noop_parse(request: Request, settings: SettingsDep) -> Response:
     if len(body) < (PARSE_ON_LOOP_BINARY_BYTES if ctype == NPY else PARSE_ON_LOOP_JSON_BYTES):
         parse()
     else:
-        await request.app.state.offload.run(parse)
+        await ctx.offload.run(parse)
     return Response(body, media_type=ctype)
 
 
-async def _hot_noop_raw(request: Request) -> Response:
-    return await noop_raw(request, request.app.state.settings)
-
-
-async def _hot_noop_parse(request: Request) -> Response:
-    return await noop_parse(request, request.app.state.settings)
-
-
-HOT_ROUTES = [HotRoute("/bench/noop-raw", _hot_noop_raw), HotRoute("/bench/noop-parse", _hot_noop_parse)]
+_HIDDEN = {"include_in_schema": False}
+ENDPOINTS = [
+    Endpoint(
+        "POST", "/bench/noop-raw", "noop_raw", noop_raw, "Echo the body", tags=["bench"], hot=True, openapi=_HIDDEN
+    ),
+    Endpoint(
+        "POST",
+        "/bench/noop-parse",
+        "noop_parse",
+        noop_parse,
+        "Parse and echo",
+        tags=["bench"],
+        hot=True,
+        openapi=_HIDDEN,
+    ),
+]
 """The ceilings take the same hot path as the inference routes (app/hotpath.py): what they measure is then the
 HTTP stack our routes actually run on."""

@@ -1,29 +1,23 @@
 """Inference routes: `POST /v1/models/{name}/{task}` for every task, and `POST /v1/{task}` on the task's
-default model. Each handler is parse -> run -> render; the work lives in `app.inputs`, `app.service` and
-`app.outputs`.
+default model: entries of the endpoint table (app/endpoints.py), one handler for all of them (`serve_task`),
+parse -> run -> render; the work lives in `app.inputs`, `app.tasks` and `app.outputs`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import Path, Query, Request
 from starlette.responses import Response
 
 from app.codecs import JSON, NPY, NPZ, PNG
-from app.deps import RegistryDep, ServiceDep, SettingsDep
-from app.hotpath import HotRoute
+from app.context import AppContext
+from app.endpoints import Endpoint, Param
 from app.inputs import InputOptions, read_inputs
 from app.outputs import choose_format, render
 from app.preprocess import Preprocess
-from app.registry import ModelRegistry
 from app.schemas import ErrorResponse, TensorRequest
-from app.service import InferenceService
-from app.settings import Settings
-from app.tasks import TASKS, run_task
-
-router = APIRouter()
+from app.tasks import TASKS, Task, run_task
 
 ModelName = Annotated[str, Path(description="model name, as listed by `GET /v1/models`", examples=["dense"])]
 PreprocessQuery = Annotated[
@@ -108,136 +102,73 @@ def responses_for(task: str) -> dict[int | str, dict[str, Any]]:
 
 async def serve_task(
     request: Request,
-    name: str,
+    ctx: AppContext,
+    *,
     task: str,
-    options: InputOptions,
-    registry: ModelRegistry,
-    service: InferenceService,
-    settings: Settings,
+    name: str | None = None,
+    preprocess: Preprocess = "auto",
+    invert: bool | None = None,
 ) -> Response:
-    """Parse the request, run the task on the model, answer in the negotiated format."""
+    """Parse the request, run the task on the model (the task's default model without `name`), answer in the
+    negotiated format."""
+    registry = ctx.registry
+    if name is None:
+        name = ctx.settings.default_model(task)
     entry = registry.get(name)
     request.state.model = entry.name
     request.state.task = task
     entry = registry.serving(name)
     entry.graph_for(task)  # 404 before the body is read when the model has no such task
-    batch = await read_inputs(request, entry, task, options, settings, service)
+    options = InputOptions(preprocess=preprocess, invert=invert)
+    batch = await read_inputs(request, entry, task, options, ctx)
     fmt = choose_format(entry, task, batch, request.headers.get("accept"))
-    result = await run_task(service, entry, task, batch)
+    result = await run_task(ctx.service, entry, task, batch)
     return render(result, fmt)
 
 
-Handler = Callable[..., Awaitable[Response]]
-
-
-def _model_route(task: str) -> Handler:
-    if not TASKS[task].takes_images:
-
-        async def handler(
-            name: ModelName, request: Request, registry: RegistryDep, service: ServiceDep, settings: SettingsDep
-        ) -> Response:
-            return await serve_task(request, name, task, InputOptions(), registry, service, settings)
-
-    else:
-
-        async def handler(  # type: ignore[misc]
-            name: ModelName,
-            request: Request,
-            registry: RegistryDep,
-            service: ServiceDep,
-            settings: SettingsDep,
-            preprocess: PreprocessQuery = "auto",
-            invert: InvertQuery = None,
-        ) -> Response:
-            options = InputOptions(preprocess=preprocess, invert=invert)
-            return await serve_task(request, name, task, options, registry, service, settings)
-
-    handler.__name__ = f"{task}_model"
-    handler.__doc__ = TASKS[task].summary
-    return handler
-
-
-def _alias_route(task: str) -> Handler:
-    if not TASKS[task].takes_images:
-
-        async def handler(
-            request: Request, registry: RegistryDep, service: ServiceDep, settings: SettingsDep
-        ) -> Response:
-            name = settings.default_model(task)
-            return await serve_task(request, name, task, InputOptions(), registry, service, settings)
-
-    else:
-
-        async def handler(  # type: ignore[misc]
-            request: Request,
-            registry: RegistryDep,
-            service: ServiceDep,
-            settings: SettingsDep,
-            preprocess: PreprocessQuery = "auto",
-            invert: InvertQuery = None,
-        ) -> Response:
-            name = settings.default_model(task)
-            options = InputOptions(preprocess=preprocess, invert=invert)
-            return await serve_task(request, name, task, options, registry, service, settings)
-
-    handler.__name__ = f"{task}_default"
-    handler.__doc__ = TASKS[task].summary
-    return handler
-
-
 def _note(task: str) -> str:
-    images = (
-        ", `multipart/form-data` image files (field `file`) or a raw `image/*` body" if TASKS[task].takes_images else ""
-    )
+    uploads = ", `multipart/form-data` image files (field `file`) or a raw `image/*` body"
+    images = uploads if TASKS[task].takes_images else ""
     png = ", `image/png` (one image)" if TASKS[task].gives_images else ""
     return FORMATS_NOTE.format(images=images, png=png)
 
 
-for _task in TASKS:
-    router.add_api_route(
-        f"/v1/models/{{name}}/{_task}",
-        _model_route(_task),
-        methods=["POST"],
-        summary=TASKS[_task].summary,
-        description=TASKS[_task].description + _note(_task),
-        operation_id=f"{_task}_model",
-        tags=["inference"],
-        openapi_extra=openapi_for(_task),
-        responses=responses_for(_task),
-        response_model=None,
-    )
-for _task in TASKS:
-    router.add_api_route(
-        f"/v1/{_task}",
-        _alias_route(_task),
-        methods=["POST"],
-        summary=f"{TASKS[_task].summary} (default model)",
-        description=f"`POST /v1/models/{{default}}/{_task}` on the default model of the task "
-        f"(setting `AE_DEFAULT_{_task.upper()}_MODEL`). " + TASKS[_task].description + _note(_task),
-        operation_id=f"{_task}_default",
-        openapi_extra=openapi_for(_task),
-        responses=responses_for(_task),
-        response_model=None,
-        tags=["inference (default models)"],
-    )
+def _endpoints(task: Task) -> list[Endpoint]:
+    name = task.name
+    options = [Param("preprocess", PreprocessQuery, "auto"), Param("invert", InvertQuery, None)]
+    query = options if task.takes_images else []
+    openapi = {"openapi_extra": openapi_for(name), "responses": responses_for(name), "response_model": None}
+    return [
+        Endpoint(
+            "POST",
+            f"/v1/models/{{name}}/{name}",
+            f"{name}_model",
+            serve_task,
+            task.summary,
+            task.description + _note(name),
+            tags=["inference"],
+            params=[Param("name", ModelName), *query],
+            bound={"task": name},
+            hot=True,
+            openapi={**openapi, "operation_id": f"{name}_model"},
+        ),
+        Endpoint(
+            "POST",
+            f"/v1/{name}",
+            f"{name}_default",
+            serve_task,
+            f"{task.summary} (default model)",
+            f"`POST /v1/models/{{default}}/{name}` on the default model of the task (setting "
+            f"`AE_DEFAULT_{name.upper()}_MODEL`). " + task.description + _note(name),
+            tags=["inference (default models)"],
+            params=query,
+            bound={"task": name},
+            hot=True,
+            openapi={**openapi, "operation_id": f"{name}_default"},
+        ),
+    ]
 
 
-def _hot_model_route(task: str) -> HotRoute:
-    async def handler(request: Request, name: str) -> Response:
-        state = request.app.state
-        return await serve_task(request, name, task, InputOptions(), state.registry, state.service, state.settings)
-
-    return HotRoute(f"/v1/models/{{name}}/{task}", handler, takes_query=True)
-
-
-def _hot_alias_route(task: str) -> HotRoute:
-    async def handler(request: Request) -> Response:
-        state = request.app.state
-        name = state.settings.default_model(task)
-        return await serve_task(request, name, task, InputOptions(), state.registry, state.service, state.settings)
-
-    return HotRoute(f"/v1/{task}", handler, takes_query=True)
-
-
-HOT_ROUTES = [_hot_model_route(task) for task in TASKS] + [_hot_alias_route(task) for task in TASKS]
-"""The same routes on the hot path (app/hotpath.py), for requests without query options."""
+ENDPOINTS = [endpoint for task in TASKS.values() for endpoint in _endpoints(task)]
+"""`POST /v1/models/{name}/{task}` and `POST /v1/{task}` for every task (app/endpoints.py builds the FastAPI
+routes and the hot path's from these)."""

@@ -11,18 +11,18 @@ import time
 from collections.abc import Sequence
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import APIRouter, Path, Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from app.codecs import to_json
-from app.deps import EngineDep, LifecycleDep, RegistryDep, ServiceDep, SettingsDep
+from app.context import AppContext
+from app.deps import EngineDep, LifecycleDep, RegistryDep, SettingsDep, StatisticsDep
+from app.endpoints import Endpoint, Param
 from app.errors import ModelUnavailable, UnsupportedMediaType
-from app.hotpath import HotRoute
 from app.inference import InferenceEngine
 from app.inputs import PARSE_ON_LOOP_BINARY_BYTES, PARSE_ON_LOOP_JSON_BYTES, read_body, reserve_parsing
 from app.registry import ModelRegistry
-from app.service import InferenceService
 from app.settings import Settings
 from app.v2 import dataplane
 from app.v2.protocol import BINARY_CONTENT_TYPE, HEADER_LENGTH, JSON_CONTENT_TYPE, encode_response, parse_request
@@ -38,7 +38,7 @@ from app.v2.schemas import (
     ServerReadyResponse,
     V2ErrorResponse,
 )
-from app.v2.statistics import InferenceStatistics, RequestTimer
+from app.v2.statistics import RequestTimer
 
 TAG = "open inference protocol (v2)"
 router = APIRouter(prefix="/v2", tags=[TAG])
@@ -173,16 +173,11 @@ def check_content_type(header: str | None) -> None:
         )
 
 
-async def _infer(
-    request: Request,
-    registry: ModelRegistry,
-    service: InferenceService,
-    engine: InferenceEngine,
-    settings: Settings,
-    statistics: InferenceStatistics,
-    name: str,
-    version: str | None,
-) -> Response:
+async def infer(request: Request, ctx: AppContext, *, name: str, version: str | None = None) -> Response:
+    """Run the model (that version of it, when given) on JSON or binary tensors; binary outputs make an
+    `application/octet-stream` answer."""
+    registry, service, engine, settings = ctx.registry, ctx.service, ctx.engine, ctx.settings
+    statistics = ctx.v2_statistics
     timer = RequestTimer()
     entry, _ = dataplane.locate(registry, name)
     request.state.model = entry.name
@@ -201,7 +196,7 @@ async def _infer(
 
         started = time.perf_counter_ns()
         on_loop = json_bytes < PARSE_ON_LOOP_JSON_BYTES and len(body) < PARSE_ON_LOOP_BINARY_BYTES
-        plan, request_id = prepare() if on_loop else await request.app.state.offload.run(prepare)
+        plan, request_id = prepare() if on_loop else await ctx.offload.run(prepare)
         timer.rows, timer.compute_input = plan.rows, time.perf_counter_ns() - started
         started = time.perf_counter_ns()
         outputs = await dataplane.run_inference(model, plan, engine)
@@ -214,17 +209,6 @@ async def _infer(
         raise
     statistics.record(model.name, timer, ok=True)
     return TensorResponse(buffers, header)
-
-
-async def get_statistics(request: Request) -> InferenceStatistics:
-    """The app's V2 statistics table, created on first use."""
-    statistics = getattr(request.app.state, "v2_statistics", None)
-    if statistics is None:
-        statistics = request.app.state.v2_statistics = InferenceStatistics()
-    return statistics
-
-
-StatisticsDep = Annotated[InferenceStatistics, Depends(get_statistics)]
 
 
 _METADATA: dict[str, Any] = {"response_model": ModelMetadataResponse, "responses": _errors(404, 422, 503)}
@@ -336,43 +320,30 @@ async def get_model_version_config(
     return await _config(registry, settings, engine, name, version)
 
 
-@router.post("/models/{name}/infer", summary="Inference", **_INFER)
-async def infer(
-    name: ModelName,
-    request: Request,
-    registry: RegistryDep,
-    service: ServiceDep,
-    engine: EngineDep,
-    settings: SettingsDep,
-    statistics: StatisticsDep,
-) -> Response:
-    """Run the model on JSON or binary tensors; binary outputs make an `application/octet-stream` answer."""
-    return await _infer(request, registry, service, engine, settings, statistics, name, None)
-
-
-@router.post("/models/{name}/versions/{version}/infer", summary="Inference (a version)", **_INFER)
-async def infer_version(
-    name: ModelName,
-    version: ModelVersion,
-    request: Request,
-    registry: RegistryDep,
-    service: ServiceDep,
-    engine: EngineDep,
-    settings: SettingsDep,
-    statistics: StatisticsDep,
-) -> Response:
-    """Run that version of the model (404 unless it is the card's version)."""
-    return await _infer(request, registry, service, engine, settings, statistics, name, version)
-
-
-async def _hot_infer(request: Request, name: str, version: str | None = None) -> Response:
-    state = request.app.state
-    statistics = await get_statistics(request)
-    return await _infer(request, state.registry, state.service, state.engine, state.settings, statistics, name, version)
-
-
-HOT_ROUTES = [
-    HotRoute("/v2/models/{name}/infer", _hot_infer),
-    HotRoute("/v2/models/{name}/versions/{version}/infer", _hot_infer),
+ENDPOINTS = [
+    Endpoint(
+        "POST",
+        "/v2/models/{name}/infer",
+        "infer",
+        infer,
+        "Inference",
+        "Run the model on JSON or binary tensors; binary outputs make an `application/octet-stream` answer.",
+        tags=[TAG],
+        params=[Param("name", ModelName)],
+        hot=True,
+        openapi=_INFER,
+    ),
+    Endpoint(
+        "POST",
+        "/v2/models/{name}/versions/{version}/infer",
+        "infer_version",
+        infer,
+        "Inference (a version)",
+        "Run that version of the model (404 unless it is the card's version).",
+        tags=[TAG],
+        params=[Param("name", ModelName), Param("version", ModelVersion)],
+        hot=True,
+        openapi=_INFER,
+    ),
 ]
-"""Inference on the hot path (app/hotpath.py); the V2 routes take no query options."""
+"""Inference, through the endpoint table (app/endpoints.py): FastAPI documents it, the hot path serves it."""

@@ -16,7 +16,7 @@ from app.hotpath import HotPathMiddleware, HotRoute
 from app.main import create_app
 from app.routers import inference
 from app.settings import Settings
-from app.v2.router import HOT_ROUTES as V2_HOT_ROUTES
+from app.v2 import router as v2_router
 
 from .conftest import MODELS_DIR, assert_error, make_client, npy_bytes, sample_input
 
@@ -63,7 +63,7 @@ def test_every_inference_route_is_hot_and_registered_with_fastapi() -> None:
     entry (and so its FastAPI fallback), every inference route is hot."""
     app = create_app(Settings(models_dir=MODELS_DIR, bench_endpoints=True, log_level="warning"))
     posts = {path for path, item in app.openapi()["paths"].items() if "post" in item}
-    hot = {route.path for route in [*inference.HOT_ROUTES, *V2_HOT_ROUTES]}
+    hot = {endpoint.path for endpoint in [*inference.ENDPOINTS, *v2_router.ENDPOINTS] if endpoint.hot}
     assert hot <= posts
     assert {p for p in posts if p.startswith("/v1/") or p.endswith("/infer")} == hot
 
@@ -72,7 +72,7 @@ def test_every_inference_route_is_hot_and_registered_with_fastapi() -> None:
 def no_dependencies() -> Any:
     """An app whose FastAPI dependencies fail: only the hot path can answer."""
     with make_client() as client:
-        client.app.dependency_overrides[deps.get_settings] = _dependency_used  # type: ignore[attr-defined]
+        client.app.dependency_overrides[deps.get_context] = _dependency_used  # type: ignore[attr-defined]
         yield client
 
 

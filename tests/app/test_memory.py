@@ -58,6 +58,6 @@ def test_the_service_trims_on_its_interval_and_reports_it() -> None:
                 break
             assert time.monotonic() < deadline, counts
             time.sleep(0.05)
-        trimmer = client.app.state.trimmer
+        trimmer = client.app.state.context.trimmer
         assert trimmer.enabled
     assert trimmer._task is None  # stopped with the app
