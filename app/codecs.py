@@ -14,16 +14,14 @@ import numpy as np
 import orjson
 from PIL import Image
 
-from app.cards import TensorSpec
 from app.errors import (
     InvalidInput,
     InvalidJSON,
     InvalidNpy,
     NonFiniteValue,
     NotAcceptable,
-    PayloadTooLarge,
-    ValueOutOfRange,
 )
+from app.validation import Limits, index_text
 
 JSON = "application/json"
 NPY = "application/x-npy"
@@ -59,10 +57,6 @@ def parse_json(body: bytes) -> Any:
         raise InvalidJSON(f"the body is not valid JSON: {exc}", details) from exc
 
 
-def _index_text(field: str, index: Sequence[int]) -> str:
-    return field + "".join(f"[{i}]" for i in index)
-
-
 def _walk(value: Any, index: tuple[int, ...] = ()) -> Iterator[tuple[tuple[int, ...], Any]]:
     """Every leaf of a nested list with its index (only used to explain a bad body; never on the fast path)."""
     if isinstance(value, list):
@@ -80,7 +74,7 @@ def _reject_bad_leaf(field: str, data: list[Any]) -> None:
                 type(leaf), "not a number"
             )
             raise InvalidInput(
-                f"{_index_text(field, index)} is {kind}; every value must be a number",
+                f"{index_text(field, index)} is {kind}; every value must be a number",
                 {"field": field, "index": list(index)},
             )
 
@@ -102,15 +96,14 @@ def _first_ragged(
     if depth == len(expected):
         if isinstance(value, list):
             return InvalidInput(
-                f"{_index_text(field, index)} is a list where a number belongs (shape {expected} implied by "
-                f"{field}[0])",
+                f"{index_text(field, index)} is a list where a number belongs (shape {expected} implied by {field}[0])",
                 {"field": field, "index": list(index), "expected_shape": expected},
             )
         return None
     if not isinstance(value, list) or len(value) != expected[depth]:
         got = f"length {len(value)}" if isinstance(value, list) else "a number"
         return InvalidInput(
-            f"{_index_text(field, index)} has {got}, expected length {expected[depth]}: the array is ragged "
+            f"{index_text(field, index)} has {got}, expected length {expected[depth]}: the array is ragged "
             f"(shape {expected} implied by the first element)",
             {"field": field, "index": list(index), "expected_shape": expected},
         )
@@ -127,7 +120,7 @@ def _describe_ragged(field: str, data: list[Any]) -> InvalidInput:
     )
 
 
-def json_tensor(body: bytes, max_rows: int, field: str = "inputs") -> np.ndarray:
+def json_tensor(body: bytes, limits: Limits, field: str = "inputs") -> np.ndarray:
     """The `{"inputs": [...]}` body as a float64 array, batch first; 4xx naming the field and index on error."""
     doc = parse_json(body)
     if not isinstance(doc, dict):
@@ -145,10 +138,7 @@ def json_tensor(body: bytes, max_rows: int, field: str = "inputs") -> np.ndarray
         raise InvalidInput(f"{field} must be a list (a batch of samples)", {"field": field})
     if not data:
         raise InvalidInput(f"{field} is an empty batch; send at least one sample", {"field": field})
-    if len(data) > max_rows:
-        raise PayloadTooLarge(
-            f"{field} holds {len(data)} samples; at most {max_rows} per request", {"field": field, "limit": max_rows}
-        )
+    limits.check_rows(len(data), f"{field} holds", {"field": field})
     depth, probe = 0, data[0] if data else None
     while isinstance(probe, list) and depth < _MAX_NESTING:
         depth, probe = depth + 1, probe[0] if probe else None
@@ -217,7 +207,7 @@ def _npy_header_numpy(body: bytes) -> tuple[tuple[int, ...], bool, np.dtype[Any]
     return shape, fortran, dtype, buffer.tell()
 
 
-def npy_tensor(body: bytes, max_rows: int) -> np.ndarray:
+def npy_tensor(body: bytes, limits: Limits) -> np.ndarray:
     """A `.npy` body (float32, C order, never pickled) as an array; the header must match the byte count."""
     fast = npy_header(body)
     shape, fortran, dtype, offset = fast if fast is not None else _npy_header_numpy(body)
@@ -232,10 +222,7 @@ def npy_tensor(body: bytes, max_rows: int) -> np.ndarray:
         raise InvalidInput(f".npy array has shape {list(shape)}; it must be a batch (samples first, rank >= 2)")
     if shape[0] == 0:
         raise InvalidInput(".npy array is an empty batch; send at least one sample", {"field": "body"})
-    if shape[0] > max_rows:
-        raise PayloadTooLarge(
-            f".npy array holds {shape[0]} samples; at most {max_rows} per request", {"limit": max_rows}
-        )
+    limits.check_rows(shape[0], ".npy array holds")
     count = math.prod(shape)
     if len(body) - offset != count * dtype.itemsize:
         raise InvalidNpy(
@@ -245,50 +232,6 @@ def npy_tensor(body: bytes, max_rows: int) -> np.ndarray:
         )
     array = np.frombuffer(body, dtype=dtype, count=count, offset=offset).reshape(shape)
     return array.astype(np.float32, copy=False) if dtype.byteorder in ("=", "<", "|") else array.astype(np.float32)
-
-
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
-
-
-def check_values(array: np.ndarray, spec: TensorSpec, field: str) -> None:
-    """Finite and inside the card's range, else a 422 naming the field, the index and the allowed range."""
-    if array.size:
-        # Fast exit, two reductions: NaN fails every comparison and infinities are beyond float32's range, so only
-        # a finite, in-range array passes; anything else is located below by the (slower) precise checks.
-        low, high = max(spec.low, -_FLOAT32_MAX), min(spec.high, _FLOAT32_MAX)
-        if low <= float(array.min()) and float(array.max()) <= high:
-            return
-    finite = np.isfinite(array)
-    if not finite.all():
-        index = [int(i) for i in np.argwhere(~finite)[0]]
-        value = array[tuple(index)]
-        raise NonFiniteValue(
-            f"{_index_text(field, index)} is {value!s}; values must be finite",
-            {"field": field, "index": index, "value": str(value)},
-        )
-    if array.dtype != np.float32:
-        too_big = np.abs(array) > np.finfo(np.float32).max
-        if too_big.any():
-            index = [int(i) for i in np.argwhere(too_big)[0]]
-            raise ValueOutOfRange(
-                f"{_index_text(field, index)} = {float(array[tuple(index)]):g} does not fit in float32",
-                {"field": field, "index": index, "value": float(array[tuple(index)])},
-            )
-    if not spec.bounded:
-        return
-    low, high = spec.low, spec.high
-    bad = (array < low) | (array > high)
-    if bad.any():
-        index = [int(i) for i in np.argwhere(bad)[0]]
-        value = float(array[tuple(index)])
-        allowed = [None if math.isinf(low) else low, None if math.isinf(high) else high]
-        hint = ""
-        if high == 1.0 and low == 0.0 and float(array.max()) <= 255.0:
-            hint = " (pixels are 0-1 here, not 0-255: divide by 255)"
-        raise ValueOutOfRange(
-            f"{_index_text(field, index)} = {value:g} is outside the allowed range {allowed}{hint}",
-            {"field": field, "index": index, "value": value, "allowed_range": allowed},
-        )
 
 
 # -- response bodies ----------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from app.service import InferenceService
     from app.settings import Settings
     from app.v2.statistics import InferenceStatistics
+    from app.validation import Limits
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ class AppContext:
     offload: Offload
     trimmer: MallocTrimmer
     v2_statistics: InferenceStatistics
+    limits: Limits
 
 
 def context_of(connection: HTTPConnection) -> AppContext:

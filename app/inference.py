@@ -47,11 +47,11 @@ from app.errors import (
     InvalidInput,
     ModelUnavailable,
     Overloaded,
-    PayloadTooLarge,
     ServiceError,
 )
 from app.metrics import Metrics
 from app.settings import Settings, get_settings
+from app.validation import Limits
 
 log = logging.getLogger("app.inference")
 
@@ -455,6 +455,7 @@ class InferenceEngine:
         self._metrics = metrics
         self._settings = settings if settings is not None else get_settings()
         self.memory = memory  # the inference memory budget (app/budget.py); None: unbounded
+        self.limits = Limits.from_settings(self._settings)
         self._queues: dict[str, _GraphQueue] = {}
         self._executor: ThreadPoolExecutor | None = None
         self._slots: asyncio.Semaphore | None = None
@@ -482,17 +483,9 @@ class InferenceEngine:
         """Run `graph` on `feeds` (batched with concurrent callers when allowed); returns every output by name."""
         self._check_inputs(graph, feeds)
         values = sum(int(array.size) for array in feeds.values())
-        if values > self._settings.max_request_values:
-            raise PayloadTooLarge(
-                f"{graph.label}: the request holds {values} input values; at most {self._settings.max_request_values} "
-                "per request (max_request_values)",
-                {
-                    "model": graph.model,
-                    "graph": graph.role,
-                    "values": values,
-                    "limit": self._settings.max_request_values,
-                },
-            )
+        self.limits.check_request_values(
+            values, f"{graph.label}: the request holds", {"model": graph.model, "graph": graph.role}
+        )
         queue = self._queues.get(graph.label)
         if queue is None or queue.graph is not graph:
             queue = self._queues[graph.label] = _GraphQueue(self, graph, self.policy(graph))

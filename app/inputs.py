@@ -24,9 +24,9 @@ from app.images import DECODE_BYTES_PER_PIXEL, decode_image, header_size
 from app.limits import request_reservation
 from app.preprocess import Preprocess, prepare_image
 from app.registry import ModelEntry
-from app.service import InferenceService, model_image_target
 from app.settings import Settings
 from app.tasks import TASKS, InputBatch
+from app.validation import Limits, fit_array, model_image_target
 
 ACCEPTED_TYPES = (JSON, NPY, MULTIPART, "image/*")
 PARSE_ON_LOOP_JSON_BYTES = 64 * 1024
@@ -45,27 +45,20 @@ class InputOptions:
     invert: bool | None = None
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, refusing (413) as soon as it is known to exceed `limit` bytes."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit}", {"limit": limit})
+async def read_body(request: Request) -> bytes:
+    """The whole body. Its size limit is the admission middleware's (app/limits.py), decided from
+    `Content-Length` before reading and counted while streaming; this only collects the chunks."""
     # `request.receive` directly, as `Request.stream()` does minus its async generator (a few microseconds per
     # request on the hot path); a disconnect is Starlette's ClientDisconnect, as there.
     receive = request.receive
     chunks: list[bytes] = []
-    received = 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             raise ClientDisconnect()
         if message["type"] != "http.request":
             continue
-        chunk = message.get("body", b"")
-        received += len(chunk)
-        if received > limit:
-            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes", {"limit": limit})
-        chunks.append(chunk)
+        chunks.append(message.get("body", b""))
         if not message.get("more_body", False):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
@@ -90,7 +83,7 @@ async def reserve_parsing(request: Request, body: bytes, json_bytes: int) -> Non
 
 
 async def reserve_decoding(
-    request: Request, entry: ModelEntry, task: str, uploads: list[tuple[str | None, bytes]], settings: Settings
+    request: Request, entry: ModelEntry, task: str, uploads: list[tuple[str | None, bytes]], limits: Limits
 ) -> None:
     """Decide from the image headers alone, before any pixel is decoded: the values the model will get (413
     beyond `max_request_values`) and the memory decoding them holds (reserved from the request memory budget).
@@ -105,23 +98,13 @@ async def reserve_decoding(
         if size is None:
             continue  # the decoder reports what is wrong with it
         pixels = size[0] * size[1]
-        if pixels > settings.max_image_pixels:
+        if pixels > limits.max_image_pixels:
             continue  # refused by the decoder with its size in the message
         largest = max(largest, pixels)
         total += pixels
         values += target[0] * target[1] if target is not None else pixels
-    if total > settings.max_request_pixels:
-        raise PayloadTooLarge(
-            f"the {len(uploads)} images hold {total} pixels in all; at most {settings.max_request_pixels} per request "
-            "(max_request_pixels)",
-            {"pixels": total, "limit": settings.max_request_pixels},
-        )
-    if values > settings.max_request_values:
-        raise PayloadTooLarge(
-            f"the {len(uploads)} images hold {values} pixels for the model; at most {settings.max_request_values} "
-            "per request (max_request_values)",
-            {"values": values, "limit": settings.max_request_values},
-        )
+    limits.check_request_pixels(total, f"the {len(uploads)} images hold")
+    limits.check_request_values(values, f"the {len(uploads)} images make")
     reservation = request_reservation(request.scope)
     if reservation is not None:
         need = reservation.held + largest * DECODE_BYTES_PER_PIXEL + values * 8
@@ -176,7 +159,7 @@ async def read_inputs(
     request: Request, entry: ModelEntry, task: str, options: InputOptions, ctx: AppContext
 ) -> InputBatch:
     """Parse the request body into the batch the task's graph takes."""
-    settings, service = ctx.settings, ctx.service
+    settings, limits = ctx.settings, ctx.limits
     card = entry.card
     assert card is not None
     spec = entry.graph_for(task).inputs[0]
@@ -197,15 +180,15 @@ async def read_inputs(
         )
     if not is_image_body and (options.preprocess not in ("auto", "none") or options.invert is not None):
         raise BadRequest("preprocess and invert apply to image uploads only (multipart/form-data or image/*)")
-    body = await read_body(request, settings.max_body_bytes)
+    body = await read_body(request)
     if not is_image_body:
         await reserve_parsing(request, body, 0 if ctype == NPY else len(body))
         source, field_name = ("npy", "body") if ctype == NPY else ("json", "inputs")
 
         def parse() -> InputBatch:
             reader = npy_tensor if source == "npy" else json_tensor
-            array = reader(body, settings.max_batch_rows)
-            return InputBatch([service.fit_array(card, spec, array, field_name)], source)
+            array = reader(body, limits)
+            return InputBatch([fit_array(card, spec, array, field_name, limits)], source)
 
         # Small bodies parse in microseconds on the loop; big ones would stall every other request.
         on_loop = len(body) < (PARSE_ON_LOOP_BINARY_BYTES if source == "npy" else PARSE_ON_LOOP_JSON_BYTES)
@@ -213,10 +196,9 @@ async def read_inputs(
     uploads: list[tuple[str | None, bytes]] = (
         await _multipart_files(request, body, settings) if ctype == MULTIPART else [(None, body)]
     )
-    if len(uploads) > settings.max_batch_rows:
-        raise PayloadTooLarge(f"{len(uploads)} images; at most {settings.max_batch_rows} per request")
-    await reserve_decoding(request, entry, task, uploads, settings)
-    return await ctx.offload.run(_image_batch, entry, task, uploads, options, settings, service)
+    limits.check_rows(len(uploads), "the upload holds")
+    await reserve_decoding(request, entry, task, uploads, limits)
+    return await ctx.offload.run(_image_batch, entry, task, uploads, options, limits)
 
 
 def _image_batch(
@@ -224,8 +206,7 @@ def _image_batch(
     task: str,
     uploads: list[tuple[str | None, bytes]],
     options: InputOptions,
-    settings: Settings,
-    service: InferenceService,
+    limits: Limits,
 ) -> InputBatch:
     """Decode and preprocess every upload (in a worker thread: Pillow work is CPU-bound)."""
     card = entry.card
@@ -239,8 +220,8 @@ def _image_batch(
         field_name = "file" if len(uploads) == 1 else f"file[{i}]"
         decoded = decode_image(
             data,
-            max_pixels=settings.max_image_pixels,
-            max_side=settings.max_image_side,
+            max_pixels=limits.max_image_pixels,
+            max_side=limits.max_image_side,
             filename=filename,
             field_name=field_name,
         )
@@ -252,7 +233,7 @@ def _image_batch(
     shapes = {s.shape for s in samples}
     if len(shapes) == 1:
         stacked = np.stack(samples)
-        parts = [service.fit_array(card, spec, stacked, "file")]
+        parts = [fit_array(card, spec, stacked, "file", limits)]
     else:
-        parts = [service.fit_array(card, spec, s[None], f"file[{i}]") for i, s in enumerate(samples)]
+        parts = [fit_array(card, spec, s[None], f"file[{i}]", limits) for i, s in enumerate(samples)]
     return InputBatch(parts, "image", images=reports)

@@ -144,6 +144,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             offload=offload,
             trimmer=MallocTrimmer(settings.malloc_trim_seconds, offload, parts.metrics),
             v2_statistics=InferenceStatistics(),
+            limits=engine.limits,
         )
         app.state.context = context
         await anyio.to_thread.run_sync(registry.load_all)

@@ -14,8 +14,8 @@ from starlette.responses import Response
 from app.codecs import JSON, NPY, NPZ, PNG, negotiate, to_json, to_npy, to_npz, to_png
 from app.errors import NotAcceptable
 from app.registry import ModelEntry
-from app.service import image_shape
 from app.tasks import TASKS, InputBatch, TaskResult
+from app.validation import image_shape
 
 
 def _png_problem(entry: ModelEntry, task: str, batch: InputBatch) -> str | None:

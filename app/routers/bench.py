@@ -25,20 +25,19 @@ from app.inputs import PARSE_ON_LOOP_BINARY_BYTES, PARSE_ON_LOOP_JSON_BYTES, rea
 
 async def noop_raw(request: Request, ctx: AppContext) -> Response:
     """Read the body and echo it unparsed."""
-    body = await read_body(request, ctx.settings.max_body_bytes)
+    body = await read_body(request)
     return Response(body, media_type=request.headers.get("content-type") or "application/octet-stream")
 
 
 async def noop_parse(request: Request, ctx: AppContext) -> Response:
     """Read and parse the body as `/v1` does (JSON or .npy), then echo it."""
-    settings = ctx.settings
     ctype = media_type(request.headers.get("content-type"))
     if ctype not in (JSON, NPY):
         raise UnsupportedMediaType(f"send {JSON} or {NPY}", {"accepted": f"{JSON}, {NPY}"})
-    body = await read_body(request, settings.max_body_bytes)
+    body = await read_body(request)
 
     def parse() -> np.ndarray:
-        return npy_tensor(body, settings.max_batch_rows) if ctype == NPY else json_tensor(body, settings.max_batch_rows)
+        return npy_tensor(body, ctx.limits) if ctype == NPY else json_tensor(body, ctx.limits)
 
     if len(body) < (PARSE_ON_LOOP_BINARY_BYTES if ctype == NPY else PARSE_ON_LOOP_JSON_BYTES):
         parse()

@@ -15,10 +15,9 @@ import numpy as np
 
 from app import __version__
 from app.cards import ModelCard, TensorSpec, display_name
-from app.errors import BadRequest, InvalidInput, ModelNotFound, ModelUnavailable, PayloadTooLarge
+from app.errors import BadRequest, InvalidInput, ModelNotFound, ModelUnavailable
 from app.inference import GraphSession, InferenceEngine, check_shape
 from app.registry import ModelEntry, ModelRegistry
-from app.service import InferenceService
 from app.settings import Settings
 from app.v2.protocol import InferRequest, OutputTensor, RequestedOutput, datatype_of
 from app.v2.schemas import (
@@ -30,6 +29,7 @@ from app.v2.schemas import (
     ModelMetadataResponse,
     ServerMetadataResponse,
 )
+from app.validation import Limits, fit_array
 
 SERVER_NAME = "ae-serve"
 EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics"]
@@ -199,7 +199,7 @@ def model_config(model: V2Model, settings: Settings, engine: InferenceEngine) ->
 
 
 # -- inference ----------------------------------------------------------------------------------------------
-def plan_inference(model: V2Model, request: InferRequest, service: InferenceService, settings: Settings) -> InferPlan:
+def plan_inference(model: V2Model, request: InferRequest, limits: Limits) -> InferPlan:
     """Match the request to the graph: input names, datatypes, shapes, sizes and values (the same checks as
     `/v1`), and the outputs asked for. Raises 4xx errors naming the tensor."""
     graph = model.graph
@@ -235,12 +235,8 @@ def plan_inference(model: V2Model, request: InferRequest, service: InferenceServ
             rows = array.shape[0]
             if rows == 0:
                 raise InvalidInput(f"input {spec.name!r}: empty batch (shape {list(array.shape)})")
-            if rows > settings.max_batch_rows:
-                raise PayloadTooLarge(
-                    f"input {spec.name!r} holds {rows} samples; at most {settings.max_batch_rows} per request",
-                    {"limit": settings.max_batch_rows},
-                )
-        feeds[spec.name] = service.fit_array(model.card, spec, array, spec.name)
+            limits.check_rows(rows, f"input {spec.name!r} holds")
+        feeds[spec.name] = fit_array(model.card, spec, array, spec.name, limits)
     first = graph.inputs[0]
     rows = int(feeds[first.name].shape[0]) if first.shape and first.shape[0] == BATCH_AXIS else 1
     return InferPlan(feeds=feeds, outputs=_select_outputs(model, request), rows=rows)

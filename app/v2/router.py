@@ -176,7 +176,7 @@ def check_content_type(header: str | None) -> None:
 async def infer(request: Request, ctx: AppContext, *, name: str, version: str | None = None) -> Response:
     """Run the model (that version of it, when given) on JSON or binary tensors; binary outputs make an
     `application/octet-stream` answer."""
-    registry, service, engine, settings = ctx.registry, ctx.service, ctx.engine, ctx.settings
+    registry, engine = ctx.registry, ctx.engine
     statistics = ctx.v2_statistics
     timer = RequestTimer()
     entry, _ = dataplane.locate(registry, name)
@@ -185,14 +185,14 @@ async def infer(request: Request, ctx: AppContext, *, name: str, version: str | 
     model = dataplane.resolve(registry, name, version)
     check_content_type(request.headers.get("content-type"))
     try:
-        body = await read_body(request, settings.max_body_bytes)
+        body = await read_body(request)
         header_length = request.headers.get(HEADER_LENGTH)
         json_bytes = int(header_length) if header_length and header_length.isdigit() else len(body)
         await reserve_parsing(request, body, min(json_bytes, len(body)))
 
         def prepare() -> tuple[dataplane.InferPlan, str | None]:
             parsed = parse_request(body, header_length)
-            return dataplane.plan_inference(model, parsed, service, settings), parsed.id
+            return dataplane.plan_inference(model, parsed, ctx.limits), parsed.id
 
         started = time.perf_counter_ns()
         on_loop = json_bytes < PARSE_ON_LOOP_JSON_BYTES and len(body) < PARSE_ON_LOOP_BINARY_BYTES

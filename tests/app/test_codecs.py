@@ -13,6 +13,8 @@ from PIL import Image
 
 from app.codecs import JSON, NPY, NPZ, PNG, _npy_header_numpy, negotiate, npy_header, npy_tensor
 from app.errors import InvalidInput, InvalidNpy, NotAcceptable
+from app.settings import Settings
+from app.validation import Limits
 from tests.app.conftest import Reference, make_client, png_bytes
 
 OFFERED = [JSON, NPY, NPZ, PNG]
@@ -45,6 +47,10 @@ def test_negotiate_refuses(accept: str) -> None:
         negotiate(accept, OFFERED, JSON)
 
 
+def limits(rows: int) -> Limits:
+    return Limits.from_settings(Settings(max_batch_rows=rows))
+
+
 def save(array: np.ndarray, **kwargs: object) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, array, **kwargs)  # type: ignore[arg-type]
@@ -53,8 +59,8 @@ def save(array: np.ndarray, **kwargs: object) -> bytes:
 
 def test_npy_round_trip_and_big_endian() -> None:
     x = np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32)
-    np.testing.assert_array_equal(npy_tensor(save(x), 10), x)
-    big = npy_tensor(save(x.astype(">f4")), 10)
+    np.testing.assert_array_equal(npy_tensor(save(x), limits(10)), x)
+    big = npy_tensor(save(x.astype(">f4")), limits(10))
     assert big.dtype == np.float32 and np.array_equal(big, x)
 
 
@@ -73,7 +79,7 @@ def test_npy_round_trip_and_big_endian() -> None:
 )
 def test_npy_refusals(data: bytes, error: type[Exception], fragment: str) -> None:
     with pytest.raises(error) as caught:
-        npy_tensor(data, 10)
+        npy_tensor(data, limits(10))
     assert fragment in str(caught.value)
 
 
@@ -81,7 +87,7 @@ def test_npy_header_that_lies_about_a_huge_shape_allocates_nothing() -> None:
     header = save(np.zeros((1, 1), np.float32))
     lying = header.replace(b"(1, 1)", b"(9, 9)")
     with pytest.raises(InvalidNpy):
-        npy_tensor(lying, 100)
+        npy_tensor(lying, limits(100))
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,92 @@
+"""The contract between app/http.py and uvicorn: the protocol subclass overrides four of HttpToolsProtocol's
+methods and reads its connection and cycle state. A uvicorn that renamed any of these would not fail at import:
+it would silently stop enforcing the head limits or the drain. This test names every piece the subclass relies
+on, checks it on a real connection, and checks that the installed uvicorn is inside the range pyproject.toml
+pins (the range this contract was checked against)."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import re
+import socket
+import tomllib
+from typing import Any
+
+import uvicorn
+from uvicorn.config import Config
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from uvicorn.server import ServerState
+
+from app.http import BoundedHttpToolsProtocol
+from tests.app.conftest import REPO
+
+OVERRIDDEN = {
+    "connection_made": ["transport"],
+    "connection_lost": ["exc"],
+    "data_received": ["data"],
+    "on_message_begin": [],
+    "on_message_complete": [],
+    "on_headers_complete": [],
+    "send_400_response": ["msg"],
+}
+"""Methods of HttpToolsProtocol that BoundedHttpToolsProtocol overrides, with their parameters."""
+PROTOCOL_STATE = ("cycle", "pipeline", "server_state", "transport", "loop", "app_state")
+CYCLE_STATE = ("response_started", "response_complete", "keep_alive", "scope")
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", text)[:3])
+
+
+def test_the_installed_uvicorn_is_the_pinned_one() -> None:
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    spec = next(d for d in pyproject["project"]["optional-dependencies"]["serve"] if d.startswith("uvicorn"))
+    low = re.search(r">=\s*([\d.]+)", spec)
+    high = re.search(r"<\s*([\d.]+)", spec)
+    assert low and high, f"pyproject.toml must pin uvicorn to a range: {spec}"
+    assert _version(low.group(1)) <= _version(uvicorn.__version__) < _version(high.group(1)), (spec, uvicorn.__version__)
+
+
+def test_every_overridden_method_exists_with_the_same_parameters() -> None:
+    for name, params in OVERRIDDEN.items():
+        base = getattr(HttpToolsProtocol, name, None)
+        assert callable(base), f"uvicorn's HttpToolsProtocol has no {name}() any more"
+        assert list(inspect.signature(base).parameters)[1:] == params, (name, inspect.signature(base))
+        assert name in vars(BoundedHttpToolsProtocol), f"{name} is no longer overridden: update OVERRIDDEN"
+
+
+def test_the_state_the_subclass_reads_exists_on_a_real_connection() -> None:
+    """A real connection (a socket pair) through the protocol: the attributes are there, a request makes a cycle
+    with the state the subclass reads, and the server state lists the connection."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def scenario() -> None:
+        config = Config(app=app, http=BoundedHttpToolsProtocol, lifespan="off", log_level="error")
+        config.load()
+        state = ServerState()
+        loop = asyncio.get_running_loop()
+        ours, theirs = socket.socketpair()
+        protocol = BoundedHttpToolsProtocol(config=config, server_state=state, app_state={})
+        await loop.connect_accepted_socket(lambda: protocol, ours)
+        for name in PROTOCOL_STATE:
+            assert hasattr(protocol, name), f"HttpToolsProtocol has no attribute {name!r} any more"
+        assert protocol in state.connections
+        theirs.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        for _ in range(100):
+            if protocol.cycle is not None and protocol.cycle.response_complete:
+                break
+            await asyncio.sleep(0.01)
+        cycle = protocol.cycle
+        assert isinstance(cycle, RequestResponseCycle)
+        for name in CYCLE_STATE:
+            assert hasattr(cycle, name), f"RequestResponseCycle has no attribute {name!r} any more"
+        assert cycle.response_complete and theirs.recv(100).startswith(b"HTTP/1.1 204")
+        assert protocol.close_if_idle()  # between requests: closed
+        theirs.close()
+        await asyncio.sleep(0.01)
+
+    asyncio.run(scenario())
