@@ -23,16 +23,34 @@ from __future__ import annotations
 
 import asyncio
 import weakref
+from dataclasses import dataclass
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from app.errors import error_body
-from app.settings import get_settings
+from app.settings import Settings, get_settings
 
 PROTOCOL = "app.http:BoundedHttpToolsProtocol"
 _REASONS = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
+
+
+HEAD_LIMITS_STATE = "ae_head_limits"
+"""The key of the `HeadLimits` in the lifespan state: the app's lifespan publishes them (built from the settings
+`create_app` was given) and uvicorn hands that state to every connection's protocol."""
+
+
+@dataclass(frozen=True)
+class HeadLimits:
+    """The request head's deadline and size limit."""
+
+    timeout_seconds: float
+    max_bytes: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> HeadLimits:
+        return cls(settings.head_timeout_seconds, settings.max_head_bytes)
 
 
 _SERVERS: weakref.WeakSet[ServerState] = weakref.WeakSet()
@@ -56,9 +74,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        settings = get_settings()
-        self._head_timeout = settings.head_timeout_seconds
-        self._max_head = settings.max_head_bytes
+        limits = self.app_state.get(HEAD_LIMITS_STATE)
+        if not isinstance(limits, HeadLimits):  # no lifespan ran (uvicorn --lifespan off): the environment's
+            limits = HeadLimits.from_settings(get_settings())
+        self._head_timeout = limits.timeout_seconds
+        self._max_head = limits.max_bytes
         self._head_timer: asyncio.TimerHandle | None = None
         self._head_bytes = 0
         self._in_head = False

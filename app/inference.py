@@ -50,7 +50,7 @@ from app.errors import (
     ServiceError,
 )
 from app.metrics import Metrics
-from app.settings import Settings, get_settings
+from app.settings import Settings
 from app.validation import Limits
 
 log = logging.getLogger("app.inference")
@@ -446,14 +446,9 @@ def _settle(batch: _Batch, error: ServiceError) -> None:
 class InferenceEngine:
     """Runs graphs: queued and batched per model graph, off the event loop, outputs checked, metrics recorded."""
 
-    def __init__(
-        self,
-        metrics: Metrics | None = None,
-        settings: Settings | None = None,
-        memory: MemoryBudget | None = None,
-    ) -> None:
+    def __init__(self, metrics: Metrics | None, settings: Settings, memory: MemoryBudget | None = None) -> None:
         self._metrics = metrics
-        self._settings = settings if settings is not None else get_settings()
+        self._settings = settings
         self.memory = memory  # the inference memory budget (app/budget.py); None: unbounded
         self.limits = Limits.from_settings(self._settings)
         self._queues: dict[str, _GraphQueue] = {}

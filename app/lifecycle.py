@@ -40,7 +40,7 @@ class Lifecycle:
     """Whether this process is draining, the SIGTERM handler that starts the drain, and the requests running."""
 
     def __init__(
-        self, drain_seconds: float, graceful_timeout_seconds: float, on_drain: Iterable[Callable[[], None]] = ()
+        self, drain_seconds: float, graceful_timeout_seconds: float, on_drain: Iterable[Callable[[], object]] = ()
     ) -> None:
         self.drain_seconds = drain_seconds
         self.graceful_timeout_seconds = graceful_timeout_seconds

@@ -7,6 +7,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import anyio.to_thread
 from fastapi import FastAPI
@@ -21,7 +22,7 @@ from app.docs import install_docs
 from app.endpoints import Endpoint, add_routes, hot_routes
 from app.errors import install_error_handlers
 from app.hotpath import HotPathMiddleware, HotRoute
-from app.http import close_idle_connections
+from app.http import HEAD_LIMITS_STATE, HeadLimits, close_idle_connections
 from app.inference import InferenceEngine
 from app.lifecycle import Lifecycle
 from app.limits import Admission, AdmissionMiddleware
@@ -127,7 +128,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     parts = _Parts.build(settings)
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         engine = InferenceEngine(parts.metrics, settings, parts.inference_memory)
         registry = ModelRegistry(settings, engine, parts.metrics)
         offload = Offload.from_settings(settings)
@@ -167,7 +168,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             },
         )
         try:
-            yield
+            # Lifespan state: uvicorn hands it to every connection's protocol (app/http.py reads its limits here).
+            yield {HEAD_LIMITS_STATE: HeadLimits.from_settings(settings)}
         finally:
             parts.lifecycle.uninstall()
             await context.trimmer.stop()

@@ -327,14 +327,14 @@ class ModelRegistry:
                 entry.providers = report
         for note in entry.providers.notes if entry.providers else ():
             log.warning("providers: %s", note, extra={"model": entry.name})
-        for role, graph in list(entry.graphs.items()):
+        for graph_name, graph in list(entry.graphs.items()):
             feeds = warmup_feeds(card, graph.card)
             try:
                 self._engine.run_blocking(graph, feeds, "warmup")
                 work = measure_working_memory(self._engine, graph, feeds)
             except Exception as exc:
                 raise LoadError(f"graph {graph.role}: warm-up failed: {exc}") from exc
-            entry.graphs[role] = dataclasses.replace(graph, work_bytes_per_value=work)
+            entry.graphs[graph_name] = dataclasses.replace(graph, work_bytes_per_value=work)
         entry.status = ModelStatus.READY
 
     # -- lookup --------------------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ def graphs(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> dict[s
     for name in ENGINE_MODELS:
         (root / name).symlink_to(models_dir / name, target_is_directory=True)
     settings = Settings(models_dir=root, log_level="warning")
-    registry = ModelRegistry(settings, InferenceEngine(settings=settings))
+    registry = ModelRegistry(settings, InferenceEngine(None, settings))
     registry.load_all()
     assert registry.readiness().ready, registry.readiness().not_ready
     return {graph.label: graph for entry in registry.entries() for graph in entry.graphs.values()}

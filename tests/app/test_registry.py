@@ -27,7 +27,8 @@ def edit_card(folder: Path, change: Callable[[dict], None]) -> None:
 
 
 def load(root: Path, **settings: object) -> ModelRegistry:
-    registry = ModelRegistry(Settings(models_dir=root, **settings), InferenceEngine())  # type: ignore[arg-type]
+    config = Settings(models_dir=root, **settings)  # type: ignore[arg-type]
+    registry = ModelRegistry(config, InferenceEngine(None, config))
     registry.load_all()
     return registry
 
@@ -239,7 +240,7 @@ def rss_mib():
     return int(Path("/proc/self/status").read_text().split("VmRSS:")[1].split()[0]) / 1024
 
 settings = Settings(models_dir=Path(sys.argv[1]), cpu_mem_arena=sys.argv[2] == "on", log_level="error")
-registry = ModelRegistry(settings, InferenceEngine(settings=settings))
+registry = ModelRegistry(settings, InferenceEngine(None, settings))
 registry.load_all()
 graph = registry.get("denoise").graphs["full"]
 x = np.random.default_rng(0).uniform(0, 1, (9, 1, 256, 256)).astype(np.float32)

@@ -10,7 +10,6 @@ import asyncio
 import inspect
 import re
 import socket
-import tomllib
 from typing import Any
 
 import uvicorn
@@ -40,12 +39,10 @@ def _version(text: str) -> tuple[int, ...]:
 
 
 def test_the_installed_uvicorn_is_the_pinned_one() -> None:
-    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
-    spec = next(d for d in pyproject["project"]["optional-dependencies"]["serve"] if d.startswith("uvicorn"))
-    low = re.search(r">=\s*([\d.]+)", spec)
-    high = re.search(r"<\s*([\d.]+)", spec)
-    assert low and high, f"pyproject.toml must pin uvicorn to a range: {spec}"
-    assert _version(low.group(1)) <= _version(uvicorn.__version__) < _version(high.group(1)), (spec, uvicorn.__version__)
+    found = re.search(r'"uvicorn\[standard\]>=([\d.]+),<([\d.]+)"', (REPO / "pyproject.toml").read_text())
+    assert found, "pyproject.toml must pin uvicorn[standard] to a range >=X,<Y"
+    low, high = _version(found.group(1)), _version(found.group(2))
+    assert low <= _version(uvicorn.__version__) < high, (found.group(0), uvicorn.__version__)
 
 
 def test_every_overridden_method_exists_with_the_same_parameters() -> None:
@@ -90,3 +87,27 @@ def test_the_state_the_subclass_reads_exists_on_a_real_connection() -> None:
         await asyncio.sleep(0.01)
 
     asyncio.run(scenario())
+
+
+def test_the_head_limits_come_from_the_apps_lifespan_state() -> None:
+    """`create_app(settings)`'s lifespan publishes the head limits; the protocol takes them from there, not from
+    the environment."""
+    from fastapi.testclient import TestClient
+
+    from app.http import HEAD_LIMITS_STATE, HeadLimits
+    from app.main import create_app
+    from app.settings import Settings
+    from tests.app.conftest import MODELS_DIR
+
+    settings = Settings(models_dir=MODELS_DIR, head_timeout_seconds=3.5, max_head_bytes=4096, log_level="warning")
+    with TestClient(create_app(settings)) as client:
+        state = client.app_state  # what uvicorn would hand each connection
+    assert state[HEAD_LIMITS_STATE] == HeadLimits(3.5, 4096)
+
+    async def protocol_limits() -> tuple[float, int]:
+        config = Config(app=lambda *a: None, http=BoundedHttpToolsProtocol, lifespan="off", log_level="error")
+        config.load()
+        protocol = BoundedHttpToolsProtocol(config=config, server_state=ServerState(), app_state=dict(state))
+        return protocol._head_timeout, protocol._max_head
+
+    assert asyncio.run(protocol_limits()) == (3.5, 4096)
