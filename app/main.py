@@ -15,32 +15,32 @@ from fastapi.telemetry import TelemetryConfig
 from starlette.middleware import Middleware
 
 from app import __version__
-from app.budget import MemoryBudget
-from app.context import AppContext
-from app.disconnect import DisconnectMiddleware
-from app.docs import install_docs
-from app.endpoints import Endpoint, add_routes, hot_routes
-from app.errors import install_error_handlers
-from app.hotpath import HotPathMiddleware, HotRoute
-from app.http import HEAD_LIMITS_STATE, HeadLimits, close_idle_connections
-from app.inference import InferenceEngine
-from app.lifecycle import Lifecycle
-from app.limits import Admission, AdmissionMiddleware
-from app.logs import configure_logging
-from app.memory import MallocTrimmer
-from app.methods import MethodsMiddleware
-from app.metrics import Metrics
-from app.middleware import RequestContextMiddleware
-from app.offload import Offload
-from app.registry import ModelRegistry
-from app.routers import bench, health, inference, models
-from app.routers.demo import install_demo
-from app.security import security_middleware
-from app.service import InferenceService
+from app.api.context import AppContext
+from app.api.docs import install_docs
+from app.api.endpoints import Endpoint, add_routes
+from app.api.errors import install_error_handlers
+from app.api.v1 import bench, health, inference, models
+from app.api.v1.demo import install_demo
+from app.api.v2 import router as v2_router_module
+from app.api.v2.router import router as v2_router
+from app.api.v2.statistics import InferenceStatistics
+from app.asgi.admission import Admission, AdmissionMiddleware
+from app.asgi.disconnect import DisconnectMiddleware
+from app.asgi.hotpath import HotPathMiddleware, HotRoute, hot_routes
+from app.asgi.methods import MethodsMiddleware
+from app.asgi.request_context import RequestContextMiddleware
+from app.asgi.security import security_middleware
+from app.core.budget import MemoryBudget
+from app.core.engine import InferenceEngine
+from app.core.registry import ModelRegistry
+from app.core.service import InferenceService
+from app.runtime.lifecycle import Lifecycle
+from app.runtime.logs import configure_logging
+from app.runtime.memory import MallocTrimmer
+from app.runtime.metrics import Metrics
+from app.runtime.offload import Offload
+from app.server.protocol import HEAD_LIMITS_STATE, HeadLimits, close_idle_connections
 from app.settings import Settings, get_settings
-from app.v2 import router as v2_router_module
-from app.v2.router import router as v2_router
-from app.v2.statistics import InferenceStatistics
 
 log = logging.getLogger("app")
 
@@ -136,7 +136,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings=settings,
             metrics=parts.metrics,
             lifecycle=parts.lifecycle,
-            admission=parts.admission,
             request_memory=parts.request_memory,
             inference_memory=parts.inference_memory,
             engine=engine,
@@ -156,7 +155,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             gc.collect()
             gc.freeze()
         parts.lifecycle.install()  # SIGTERM: drain, close idle connections, cut off at the deadline
-        context.trimmer.start()  # freed memory back to the OS every AE_MALLOC_TRIM_SECONDS (app/memory.py)
+        context.trimmer.start()  # freed memory back to the OS every AE_MALLOC_TRIM_SECONDS (app/runtime/memory.py)
         readiness = registry.readiness()
         log.info(
             "service started",
@@ -168,7 +167,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             },
         )
         try:
-            # Lifespan state: uvicorn hands it to every connection's protocol (app/http.py reads its limits here).
+            # Lifespan state: uvicorn hands it to every connection's protocol (app/server/protocol.py reads the
+            # head limits here).
             yield {HEAD_LIMITS_STATE: HeadLimits.from_settings(settings)}
         finally:
             parts.lifecycle.uninstall()
@@ -205,6 +205,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 def endpoint_table(settings: Settings) -> list[Endpoint]:
-    """Every operation served through the endpoint table (app/endpoints.py): the inference routes of both
+    """Every operation served through the endpoint table (app/api/endpoints.py): the inference routes of both
     protocols, and the benchmark's ceilings when they are on."""
     return [*v2_router_module.ENDPOINTS, *inference.ENDPOINTS, *(bench.ENDPOINTS if settings.bench_endpoints else [])]

@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, create_model, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from app.tasks import TASKS
+from app.core.tasks import TASKS
 
 ENV_PREFIX = "AE_"
 
@@ -56,7 +56,7 @@ _TaskDefaults: type[BaseSettings] = create_model(  # type: ignore[call-overload]
         for name, task in TASKS.items()
     },
 )
-"""`default_<task>_model` for every task of `app.tasks.TASKS` (`AE_DEFAULT_ENCODE_MODEL`, ...)."""
+"""`default_<task>_model` for every task of `app.core.tasks.TASKS` (`AE_DEFAULT_ENCODE_MODEL`, ...)."""
 
 
 class Settings(_TaskDefaults, BaseSettings):  # type: ignore[misc, valid-type]
@@ -172,11 +172,11 @@ class Settings(_TaskDefaults, BaseSettings):  # type: ignore[misc, valid-type]
     """The request line and headers must arrive within this many seconds of the connection opening (or of the
     first byte of a later request on a kept-alive connection): 408 and the connection closed beyond, so that a
     client stalling inside its head does not keep a connection for ever. Applies under `python -m app`
-    (app/http.py). 0: no deadline."""
+    (app/server/protocol.py). 0: no deadline."""
 
     max_head_bytes: int = Field(default=64 * 1024, ge=1024)
     """Largest request head (request line plus headers), in bytes: 431 and the connection closed beyond
-    (httptools itself has no limit). Applies under `python -m app` (app/http.py)."""
+    (httptools itself has no limit). Applies under `python -m app` (app/server/protocol.py)."""
 
     body_min_rate_bytes: int = Field(default=4096, ge=0)
     """Slowest accepted average upload rate, in bytes per second, once `body_rate_grace_seconds` have passed: a
@@ -273,7 +273,7 @@ class Settings(_TaskDefaults, BaseSettings):  # type: ignore[misc, valid-type]
     malloc_trim_seconds: float = Field(default=10.0, ge=0)
     """Every this many seconds, hand the memory the process has freed back to the OS (glibc `malloc_trim`, in the
     offload pool; 0 = never): glibc keeps freed memory in its per-thread arenas for reuse. Measured: ~8 MiB lower
-    RSS under steady small requests, 10-20 MiB after 256x256 images; see app/memory.py."""
+    RSS under steady small requests, 10-20 MiB after 256x256 images; see app/runtime/memory.py."""
 
     opentelemetry: bool = False
     """FastAPI's native OpenTelemetry instrumentation (a span, metrics and error logs per request, sent to the

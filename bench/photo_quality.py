@@ -4,7 +4,7 @@
 
 Runs `models/photo/full.onnx` on camera, coins (gray), coffee and flower (colour) with Gaussian noise at each
 sigma (fixed seed, 8-bit rounded and clipped, the same noisy images as the training eval), blind (sigma from
-`app.noise.estimate_sigma`) and with the true sigma, beside the noisy input, a 3x3 median, scikit-image's
+`app.core.noise.estimate_sigma`) and with the true sigma, beside the noisy input, a 3x3 median, scikit-image's
 NL-means (true sigma), wavelet and TV denoisers, and BM3D (CBM3D for colour) when installed. Prints a markdown
 table of PSNR and SSIM, gray and colour separately, and writes it to FILE with --out.
 
@@ -80,13 +80,13 @@ def main(argv: list[str] | None = None) -> int:
         f"# photo denoiser quality: {args.model} (ONNX Runtime {ort.__version__}, {args.threads} threads)",
         "",
         "Held-out photographs: camera, coins (gray); coffee, flower (colour). Gaussian noise, 8-bit rounded and "
-        "clipped, fixed seed. `model_blind`: sigma from `app.noise.estimate_sigma`; `model_given_sigma` and every "
+        "clipped, fixed seed. `model_blind`: sigma from `app.core.noise.estimate_sigma`; `model_given_sigma` and every "
         "classical method: the true sigma. PSNR/SSIM averaged over the photos of a kind.",
         "",
         f"TV weights (tuned on training photos): {tv_weights}. " + " ".join(notes),
         "",
         photo_eval.markdown_table(result),
-        "### Sigma estimator (app/noise.py), estimates in 1/255",
+        "### Sigma estimator (app/core/noise.py), estimates in 1/255",
         "",
         "| true σ | " + " | ".join(next(iter(tracking.values()))["estimates"]) + " | mean abs error |",
         "|---|" + "---|" * (len(next(iter(tracking.values()))["estimates"]) + 1),

@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from app.noise import estimate_sigma
+from app.core.noise import estimate_sigma
 from training.baselines import median3x3
 from training.data.photos import Photo, add_noise
 
@@ -123,7 +123,7 @@ def evaluate(
     log: Callable[[str], None] | None = None,
 ) -> dict:
     """PSNR/SSIM per sigma, per photo and averaged per kind (gray, colour), for the model (blind: sigma from
-    `app.noise.estimate_sigma`; given: the true sigma), the noisy input and each classical method (true sigma)."""
+    `app.core.noise.estimate_sigma`; given: the true sigma), the noisy input and each classical method (true sigma)."""
     per_photo: dict[str, dict] = {}
     seconds: dict[str, float] = {}
     for s in sigmas:
@@ -169,7 +169,7 @@ def evaluate(
 
 
 def sigma_tracking(photos: list[Photo], sigmas: tuple[int, ...] = TRACK_SIGMAS) -> dict:
-    """`app.noise.estimate_sigma` on the noisy photographs (the same noisy images as `evaluate`), in 1/255."""
+    """`app.core.noise.estimate_sigma` on the noisy photographs (the same noisy images as `evaluate`), in 1/255."""
     out: dict[str, dict] = {}
     for s in sigmas:
         row = {}

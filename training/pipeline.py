@@ -14,15 +14,26 @@ from pathlib import Path
 import onnx
 import onnxruntime
 import torch
+from pydantic import ValidationError
 
+from app.core.cards import CARD_FILE, CardError, ModelCard
+from app.core.tasks import check_card
 from training import registry
 from training.export import export_graph
 from training.spec import DataOptions
 
 log = logging.getLogger("training")
 
-CARD_FILE = "card.json"
 CARD_SCHEMA_VERSION = 1
+
+
+def check_written_card(card: dict) -> None:
+    """The card as the service will read it: its schema (`app.core.cards.ModelCard`) and the tasks' needs
+    (`app.core.tasks.check_card`), checked before anything is written (ValueError with the reason)."""
+    try:
+        check_card(ModelCard.model_validate(card))
+    except (ValidationError, CardError) as exc:
+        raise ValueError(f"{card.get('name')}: the card would not load in the service: {exc}") from exc
 
 
 def make_config(name: str, quick: bool = False, overrides: dict | None = None):
@@ -92,6 +103,7 @@ def run(name: str, out_root: Path, cfg=None, data: DataOptions | None = None) ->
             "python": platform.python_version(),
         },
     }
+    check_written_card(card)
     (staging / CARD_FILE).write_text(json.dumps(card, indent=2, allow_nan=False) + "\n")
     shutil.rmtree(out_dir, ignore_errors=True)
     staging.rename(out_dir)

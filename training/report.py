@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from training.pipeline import CARD_FILE
+from app.core.cards import CARD_FILE
 
 
 def _fmt(x: float) -> str:

@@ -19,9 +19,9 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from app.core.tasks import TASKS
 from app.main import create_app
 from app.settings import Settings
-from app.tasks import TASKS
 
 REPO = Path(__file__).resolve().parents[2]
 MODELS_DIR = Path(os.environ.get("AE_MODELS_DIR", REPO / "models")).resolve()

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from app.budget import MemoryBudget, Reservation
-from app.errors import Overloaded, PayloadTooLarge
-from app.limits import Admission, AdmissionMiddleware, _BodyClock, request_reservation
+from app.asgi.admission import Admission, AdmissionMiddleware, _BodyClock
+from app.core.budget import MemoryBudget, Reservation, request_reservation
+from app.core.errors import Overloaded, PayloadTooLarge
 from app.settings import Settings
 
 Message = dict[str, Any]

@@ -1,4 +1,4 @@
-"""Dynamic batching, the bounded queue, deadlines and cancellation (`app/inference.py`), and metrics across workers.
+"""Dynamic batching, the bounded queue, deadlines and cancellation (`app/core/engine.py`), and metrics across workers.
 
 The engine tests drive `InferenceEngine.run` in process on the real models with real ONNX Runtime; what depends on
 the server (overload answers, deadlines over HTTP, health under load, several workers) runs against real uvicorn
@@ -21,11 +21,11 @@ import httpx
 import numpy as np
 import pytest
 
-from app.cards import ServingSection
-from app.errors import InferenceTimeout, Overloaded, PayloadTooLarge
-from app.inference import BatchPolicy, GraphSession, InferenceEngine
-from app.metrics import Metrics
-from app.registry import ModelRegistry
+from app.core.cards import ServingSection
+from app.core.engine import BatchPolicy, GraphSession, InferenceEngine
+from app.core.errors import InferenceTimeout, Overloaded, PayloadTooLarge
+from app.core.registry import ModelRegistry
+from app.runtime.metrics import Metrics
 from app.settings import Settings, usable_cpus
 from tests.app.conftest import TOLERANCE, Reference, assert_error, load_npy, npy_bytes
 from tests.app.live import running
@@ -269,7 +269,7 @@ def test_requests_and_batches_are_freed_without_the_cycle_collector(graphs: dict
     64-row .npy load."""
     import gc
 
-    from app.inference import _Batch, _Request
+    from app.core.engine import _Batch, _Request
 
     graph = graphs["dense.encoder"]
     engine, _ = make_engine(inference_concurrency=1, batch_max_delay_ms=50)

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.codecs import JSON, NPY, NPZ, PNG, _npy_header_numpy, negotiate, npy_header, npy_tensor
-from app.errors import InvalidInput, InvalidNpy, NotAcceptable
+from app.api.formats import JSON, NPY, NPZ, PNG, _npy_header_numpy, negotiate, npy_header, npy_tensor
+from app.core.errors import InvalidInput, InvalidNpy, NotAcceptable
+from app.core.validation import Limits
 from app.settings import Settings
-from app.validation import Limits
 from tests.app.conftest import Reference, make_client, png_bytes
 
 OFFERED = [JSON, NPY, NPZ, PNG]

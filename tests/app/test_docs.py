@@ -8,7 +8,7 @@ import re
 import pytest
 from fastapi.testclient import TestClient
 
-from app.tasks import TASKS
+from app.core.tasks import TASKS
 
 IMAGE_TASKS = {name for name, task in TASKS.items() if task.gives_images}
 

@@ -315,7 +315,7 @@ def test_no_request_leaves_a_reference_cycle_behind() -> None:
     in the offload pool, a recursive closure, a frame holding the exception it raised did)."""
     import gc
 
-    from app.errors import ServiceError
+    from app.core.errors import ServiceError
 
     with make_client() as client:
         for path, ctype, body, status in CYCLE_CASES:  # warm every path first

@@ -11,11 +11,11 @@ import pytest
 from fastapi.testclient import TestClient
 from onnx import TensorProto, helper
 
-from app.errors import InferenceError
-from app.inference import InferenceEngine
+from app.core.engine import InferenceEngine
+from app.core.errors import InferenceError
+from app.core.registry import ModelRegistry
 from app.main import create_app
-from app.metrics import Metrics
-from app.registry import ModelRegistry
+from app.runtime.metrics import Metrics
 from app.settings import Settings
 from tests.app.conftest import assert_error, make_client
 from tests.app.tiny_models import write_encoder_model

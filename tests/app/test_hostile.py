@@ -493,7 +493,7 @@ def test_trickling_body_is_408(server: LiveServer) -> None:
 
 
 def test_stalled_request_head_is_408(server: LiveServer) -> None:
-    """uvicorn parses the head before any middleware: app/http.py bounds the time it may take."""
+    """uvicorn parses the head before any middleware: app/server/protocol.py bounds the time it may take."""
     sock = raw_request(server.port, "GET /healthz HTTP/1.1\nHost: t\nX-Slow: still-typ")  # no blank line
     started = time.monotonic()
     with sock:

@@ -1,4 +1,4 @@
-"""The hot path (app/hotpath.py): the inference routes answered without FastAPI's per-request machinery must
+"""The hot path (app/asgi/hotpath.py): the inference routes answered without FastAPI's per-request machinery must
 behave exactly as through FastAPI: same answers, same errors, same metrics labels, and FastAPI still takes
 whatever the hot path does not (query options, other methods, paths that are not hot routes)."""
 
@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from app import deps
-from app.hotpath import HotPathMiddleware, HotRoute
+from app.api import deps
+from app.api.v1 import inference
+from app.api.v2 import router as v2_router
+from app.asgi.hotpath import HotPathMiddleware, HotRoute
 from app.main import create_app
-from app.routers import inference
 from app.settings import Settings
-from app.v2 import router as v2_router
 
 from .conftest import MODELS_DIR, assert_error, make_client, npy_bytes, sample_input
 

@@ -1,4 +1,4 @@
-"""Fuzzing the image-decoding path (`app.images.decode_image`) with hypothesis: random bytes, and valid images of
+"""Fuzzing the image-decoding path (`app.core.images.decode_image`) with hypothesis: random bytes, and valid images of
 every accepted format mutated (bytes flipped, cut short, spliced, headers rewritten). Whatever the input, the
 decoder either returns finite grayscale pixels in [0, 1] of the size it reports, or raises one of the service's
 4xx errors: never another exception (which would be a 500), never a hang or an unbounded allocation.
@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from app.errors import ServiceError
-from app.images import decode_image
+from app.core.errors import ServiceError
+from app.core.images import decode_image
 
 EXAMPLES = int(os.environ.get("IMAGE_FUZZ_EXAMPLES", "300"))
 MAX_PIXELS, MAX_SIDE = 512 * 512, 1024

@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from app.images import decode_image
+from app.core.images import decode_image
 from tests.app.conftest import TOLERANCE, Reference, png_bytes
 
 LIMITS = {"max_pixels": 10_000_000, "max_side": 10_000}

@@ -1,4 +1,4 @@
-"""Freed memory handed back to the OS (app/memory.py): the mechanism, its switch and its wiring into the app."""
+"""Freed memory handed back to the OS (app/runtime/memory.py): the mechanism, its switch and its wiring into the app."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from app.memory import MallocTrimmer, load_malloc_trim, resident_bytes
-from app.metrics import Metrics
-from app.offload import Offload
+from app.runtime.memory import MallocTrimmer, load_malloc_trim, resident_bytes
+from app.runtime.metrics import Metrics
+from app.runtime.offload import Offload
 
 from .conftest import make_client
 

@@ -1,4 +1,4 @@
-"""The bounded pool for request work off the event loop (app/offload.py)."""
+"""The bounded pool for request work off the event loop (app/runtime/offload.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 
-from app.offload import Offload
+from app.runtime.offload import Offload
 from app.settings import Settings, usable_cpus
 
 from .conftest import make_client, png_bytes

@@ -8,8 +8,8 @@ import orjson
 import pytest
 from fastapi.testclient import TestClient
 
-from app.logs import JsonFormatter
-from app.schemas import ModelDetail, ModelList, Readiness
+from app.api.schemas import ModelDetail, ModelList, Readiness
+from app.runtime.logs import JsonFormatter
 from tests.app.conftest import CARDS, assert_error
 
 

@@ -10,8 +10,8 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from app.images import decode_image
-from app.preprocess import is_dark_on_light, mnist_recipe
+from app.core.images import decode_image
+from app.core.preprocess import is_dark_on_light, mnist_recipe
 from tests.app.conftest import TOLERANCE, Reference, assert_error
 
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import onnxruntime as ort
 import pytest
 
-from app.inference import InferenceEngine
-from app.providers import CPU, CUDA, plan_providers, report_providers
-from app.registry import ModelRegistry, ModelStatus, session_options
+from app.core.engine import InferenceEngine
+from app.core.providers import CPU, CUDA, plan_providers, report_providers
+from app.core.registry import ModelRegistry, ModelStatus, session_options
 from app.settings import Settings
 from tests.app.conftest import REPO, assert_error, make_client
 
@@ -232,8 +232,8 @@ def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 MEMORY_PROBE = """
 import sys, numpy as np
 from pathlib import Path
-from app.registry import ModelRegistry
-from app.inference import InferenceEngine
+from app.core.registry import ModelRegistry
+from app.core.engine import InferenceEngine
 from app.settings import Settings
 
 def rss_mib():

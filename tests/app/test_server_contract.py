@@ -1,4 +1,4 @@
-"""The contract between app/http.py and uvicorn: the protocol subclass overrides four of HttpToolsProtocol's
+"""The contract between app/server/protocol.py and uvicorn: the protocol subclass overrides four of HttpToolsProtocol's
 methods and reads its connection and cycle state. A uvicorn that renamed any of these would not fail at import:
 it would silently stop enforcing the head limits or the drain. This test names every piece the subclass relies
 on, checks it on a real connection, and checks that the installed uvicorn is inside the range pyproject.toml
@@ -17,7 +17,7 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import ServerState
 
-from app.http import BoundedHttpToolsProtocol
+from app.server.protocol import BoundedHttpToolsProtocol
 from tests.app.conftest import REPO
 
 OVERRIDDEN = {
@@ -94,8 +94,8 @@ def test_the_head_limits_come_from_the_apps_lifespan_state() -> None:
     the environment."""
     from fastapi.testclient import TestClient
 
-    from app.http import HEAD_LIMITS_STATE, HeadLimits
     from app.main import create_app
+    from app.server.protocol import HEAD_LIMITS_STATE, HeadLimits
     from app.settings import Settings
     from tests.app.conftest import MODELS_DIR
 

@@ -12,8 +12,8 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from app.cards import window_starts
-from app.tasks import TASKS
+from app.core.cards import window_starts
+from app.core.tasks import TASKS
 from tests.app.conftest import (
     CARDS,
     EXPECTED_MODELS,
@@ -390,7 +390,7 @@ def test_every_input_format_with_every_output_format(
 
 
 def test_window_starts_covers_the_series_and_ends_at_its_end() -> None:
-    """The one sliding-window rule serving and training share (app.cards.window_starts), on explicit cases."""
+    """The one sliding-window rule serving and training share (app.core.cards.window_starts), on explicit cases."""
     assert window_starts(30, 50, 10) == [0]  # shorter than a window: one window
     assert window_starts(50, 50, 10) == [0]
     assert window_starts(100, 50, 10) == [0, 10, 20, 30, 40, 50]

@@ -1,4 +1,4 @@
-"""`app.v2.protocol` on its own: every datatype both ways, JSON and binary, and the no-copy promises (binary
+"""`app.api.v2.protocol` on its own: every datatype both ways, JSON and binary, and the no-copy promises (binary
 inputs are views on the request body, binary outputs are views on the result arrays). The models only take FP32,
 so the other datatypes are exercised here rather than over the wire."""
 
@@ -8,8 +8,8 @@ import numpy as np
 import orjson
 import pytest
 
-from app.errors import BadRequest
-from app.v2.protocol import DATATYPES, OutputTensor, datatype_of, encode_response, parse_request
+from app.api.v2.protocol import DATATYPES, OutputTensor, datatype_of, encode_response, parse_request
+from app.core.errors import BadRequest
 
 SAMPLES = {
     "BOOL": np.array([[True, False, True]]),

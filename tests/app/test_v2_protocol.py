@@ -18,7 +18,7 @@ import numpy as np
 import orjson
 import pytest
 
-from app.v2.schemas import InferenceResponse, ModelConfigResponse, ModelMetadataResponse
+from app.api.v2.schemas import InferenceResponse, ModelConfigResponse, ModelMetadataResponse
 from tests.app.conftest import CARDS, TOLERANCE, Reference, assert_error, sample_input
 from tests.app.live import LiveServer, running, start
 

@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from app.noise import estimate_sigma
+from app.core.noise import estimate_sigma
 from training import registry
 from training.__main__ import main
 from training.data.photos import (
@@ -68,7 +68,7 @@ def test_patches_gray_have_identical_channels_and_colour_do_not():
 
 
 def test_noise_module_imports_only_numpy():
-    tree = ast.parse((ROOT / "app" / "noise.py").read_text())
+    tree = ast.parse((ROOT / "app" / "core" / "noise.py").read_text())
     imported = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -97,7 +97,7 @@ def test_sigma_estimator_edge_cases():
     rng = np.random.default_rng(0)
     # Clipping: half the image near black at sigma 50 (a fifth of all pixels clip at 0) is not underestimated:
     # the estimate comes from where the local mean is away from 0 and 1 (a wholly dark image would be, see
-    # app/noise.py: with no such region every response is used).
+    # app/core/noise.py: with no such region every response is used).
     half_dark = np.full((200, 200, 1), 0.5, dtype=np.float32)
     half_dark[:, :100] = 0.05
     noisy = add_noise(half_dark, 50 / 255, rng)

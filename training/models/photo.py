@@ -14,8 +14,8 @@ coins, coffee and flower are never seen), 8 flips/rotations, gray patches (also 
 the same noise in the 3 channels and colour patches with independent noise per channel, sigma uniform in
 [0, sigma_max] / 255 per patch (a fraction at exactly 0), noise rounded to 8 bits and clipped to [0, 1]. The
 sigma given to the network is jittered around the true one for part of each batch so it tolerates the blind
-estimator's errors (`app/noise.py`). MSE loss, Adam, warm-up then cosine decay over the planned run, where the
-run's progress is the larger of steps / `steps` and training time / `minutes`.
+estimator's errors (`app/core/noise.py`). MSE loss, Adam, warm-up then cosine decay over the planned run, where
+the run's progress is the larger of steps / `steps` and training time / `minutes`.
 
 Long runs checkpoint to `checkpoint` every `checkpoint_minutes` (model, optimizer, step, training time, RNG
 states, best weights, config; written atomically) and `python -m training photo --resume` continues from it.
@@ -39,7 +39,7 @@ from PIL import Image
 from torch import nn
 from torch.nn import functional as F
 
-from app.noise import estimate_sigma
+from app.core.noise import estimate_sigma
 from training import photo_eval
 from training.baselines import psnr as mean_psnr
 from training.common import FitResult, TrainConfig, seed_everything
@@ -584,7 +584,8 @@ def train(cfg: Config, data: DataOptions) -> Trained:
         "(scikit-image structural_similarity, data_range 1)",
         "sigma_scale": "sigma in these metrics is on the 0..255 scale; the graph's sigma input is sigma / 255",
         "held_out": {"gray": list(HELD_OUT_GRAY), "colour": list(HELD_OUT_COLOUR)},
-        "primary": "model_blind: sigma from app/noise.py's estimator on the noisy image; model_given_sigma beside it",
+        "primary": "model_blind: sigma from app/core/noise.py's estimator on the noisy image; "
+        "model_given_sigma beside it",
         "headline": {kind: {k: v["psnr_db"] for k, v in head[kind].items() if isinstance(v, dict)} for kind in head},
         "by_sigma": quality["by_sigma"],
         "per_photo": quality["per_photo"],
@@ -601,7 +602,7 @@ def train(cfg: Config, data: DataOptions) -> Trained:
         },
         "noise": "Gaussian, added, rounded to 8 bits, clipped to [0, 1]; fixed seeds (training/photo_eval.py)",
         "sigma_estimator": {
-            "module": "app/noise.py (numpy only; the service uses the same function)",
+            "module": "app/core/noise.py (numpy only; the service uses the same function)",
             "method": "Immerkaer 3x3 mask, MAD scale, clip-aware (local mean), top-20% Sobel edges left out, "
             "8-bit rounding variance removed",
             "tracking_255": tracking,
@@ -633,7 +634,7 @@ def train(cfg: Config, data: DataOptions) -> Trained:
             "shape": ["batch"],
             "scale": "standard deviation on the 0..1 pixel scale: sigma_255 / 255",
             "trained_range_255": [0.0, cfg.sigma_max],
-            "when_unknown": "estimate it with app.noise.estimate_sigma(image) on the [0, 1] image (HWC or HW)",
+            "when_unknown": "estimate it with app.core.noise.estimate_sigma(image) on the [0, 1] image (HWC or HW)",
             "jitter": f"trained with the sigma input perturbed (x exp(N(0, {cfg.jitter_rel})) + N(0, "
             f"{cfg.jitter_abs}/255)) on {cfg.jitter_fraction:.0%} of patches, to tolerate estimation error",
         },
@@ -644,7 +645,7 @@ def train(cfg: Config, data: DataOptions) -> Trained:
     return Trained(
         kind=KIND,
         description="Residual convolutional denoiser for natural photographs (gray and colour, any size), blind "
-        f"for Gaussian noise sigma 0..{cfg.sigma_max:g} of 255 with app/noise.py's estimate, or given sigma",
+        f"for Gaussian noise sigma 0..{cfg.sigma_max:g} of 255 with app/core/noise.py's estimate, or given sigma",
         tasks=["denoise"],
         graphs=[export_spec(net, parity)],
         metrics=metrics,
@@ -659,7 +660,7 @@ def train(cfg: Config, data: DataOptions) -> Trained:
         fit=fit,
         preprocessing={
             "client": "RGB or gray pixels / 255 as NCHW float32 with 3 channels (gray: 3 identical channels); "
-            "sigma / 255 per image, or app.noise.estimate_sigma(image) when unknown",
+            "sigma / 255 per image, or app.core.noise.estimate_sigma(image) when unknown",
             "in_graph": "reflect-pad odd H or W by one pixel, crop back; clip the output to [0, 1]",
         },
         sections={

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from app.cards import window_starts
+from app.core.cards import window_starts
 from training.data.mnist import stratified_split
 
 

@@ -1,0 +1,1 @@
+"""The API layer: the application context, the endpoint table, wire formats, and one package per protocol."""

@@ -1,0 +1,239 @@
+"""HTTP request -> `InputBatch`: reads the body (bounded), picks the parser by Content-Type, and for images
+decodes and preprocesses each upload. The formats:
+
+- `application/json`: `{"inputs": [...]}`, a batch of samples (flat vectors or nested arrays);
+- `application/x-npy`: one float32 C-order array, batch first (never unpickled);
+- `multipart/form-data`: one or more image files (any field name; `file` in the docs);
+- `image/*`: one image as the raw body.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+
+import numpy as np
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect, Request
+
+from app.api.context import AppContext
+from app.api.formats import JSON, MULTIPART, NPY, json_tensor, media_type, npy_tensor
+from app.core.budget import request_reservation
+from app.core.errors import BadRequest, InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from app.core.images import DECODE_BYTES_PER_PIXEL, decode_image, header_size
+from app.core.preprocess import Preprocess, prepare_image
+from app.core.registry import ModelEntry
+from app.core.tasks import TASKS, InputBatch
+from app.core.validation import Limits, fit_array, model_image_target
+from app.settings import Settings
+
+ACCEPTED_TYPES = (JSON, NPY, MULTIPART, "image/*")
+PARSE_ON_LOOP_JSON_BYTES = 64 * 1024
+"""JSON bodies up to this size parse on the event loop (tens of microseconds); larger ones go to a worker thread
+so that they do not stall other requests (a 64-row MNIST batch, 340 KB, takes milliseconds)."""
+PARSE_ON_LOOP_BINARY_BYTES = 1024 * 1024
+"""Binary bodies (.npy, V2 binary tensors) up to this size are read on the event loop: no parsing, one pass of
+value checks (~0.1 ms per MB); the thread hop would cost more than it saves."""
+
+
+@dataclass(frozen=True)
+class InputOptions:
+    """Query options of the inference routes."""
+
+    preprocess: Preprocess = "auto"
+    invert: bool | None = None
+
+
+async def read_body(request: Request) -> bytes:
+    """The whole body. Its size limit is the admission middleware's (app/asgi/admission.py), decided from
+    `Content-Length` before reading and counted while streaming; this only collects the chunks."""
+    # `request.receive` directly, as `Request.stream()` does minus its async generator (a few microseconds per
+    # request on the hot path); a disconnect is Starlette's ClientDisconnect, as there.
+    receive = request.receive
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        if message["type"] != "http.request":
+            continue
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+JSON_BYTES_PER_VALUE = 48
+"""Memory a JSON number costs once parsed, at most: a Python float (24 B) and its list slot (8 B), then the
+float64 and float32 arrays made of it. A body's values are at most its commas plus one, so a 32 MiB body of
+`0,0,0,...` (16 Mi values, ~770 MiB parsed) is known before it is parsed."""
+
+
+async def reserve_parsing(request: Request, body: bytes, json_bytes: int) -> None:
+    """Reserve what parsing `body` will cost from the request memory budget (503 or 413 when it does not fit): its
+    first `json_bytes` are JSON (values estimated from their commas), the rest binary tensors (a float32 view, at
+    most one converted copy)."""
+    reservation = request_reservation(request.scope)
+    if reservation is None:
+        return
+    values = body.count(b",", 0, json_bytes) + 1 if json_bytes else 0
+    need = 2 * len(body) + values * JSON_BYTES_PER_VALUE
+    if not reservation.try_grow(need - reservation.held):
+        await reservation.ensure(need, f"parsing a body of {len(body)} bytes")
+
+
+async def reserve_decoding(
+    request: Request, entry: ModelEntry, task: str, uploads: list[tuple[str | None, bytes]], limits: Limits
+) -> None:
+    """Decide from the image headers alone, before any pixel is decoded: the values the model will get (413
+    beyond `max_request_values`) and the memory decoding them holds (reserved from the request memory budget).
+    Each upload is decoded in turn, so the peak is the largest image's decoding plus every result."""
+    card = entry.card
+    assert card is not None
+    spec = entry.graph_for(task).inputs[0]
+    target = model_image_target(card, spec)
+    values = largest = total = 0
+    for _, data in uploads:
+        size = header_size(data)
+        if size is None:
+            continue  # the decoder reports what is wrong with it
+        pixels = size[0] * size[1]
+        if pixels > limits.max_image_pixels:
+            continue  # refused by the decoder with its size in the message
+        largest = max(largest, pixels)
+        total += pixels
+        values += target[0] * target[1] if target is not None else pixels
+    limits.check_request_pixels(total, f"the {len(uploads)} images hold")
+    limits.check_request_values(values, f"the {len(uploads)} images make")
+    reservation = request_reservation(request.scope)
+    if reservation is not None:
+        need = reservation.held + largest * DECODE_BYTES_PER_PIXEL + values * 8
+        await reservation.ensure(need, f"decoding {len(uploads)} image(s)")
+
+
+def takes_images(entry: ModelEntry, task: str) -> bool:
+    card = entry.card
+    assert card is not None
+    return TASKS[task].takes_images and card.input.layout in ("vector", "image") and card.input.image is not None
+
+
+async def _multipart_files(request: Request, body: bytes, settings: Settings) -> list[tuple[str | None, bytes]]:
+    async def stream() -> AsyncGenerator[bytes, None]:
+        yield body
+
+    parser = MultiPartParser(
+        request.headers,
+        stream(),
+        max_files=settings.max_upload_files,
+        max_fields=settings.max_form_fields,
+        max_part_size=settings.max_form_field_bytes,
+    )
+    try:
+        form = await parser.parse()
+    except MultiPartException as exc:
+        if exc.message.startswith("Too many files"):
+            raise PayloadTooLarge(
+                f"too many files in the multipart body: at most {settings.max_upload_files}",
+                {"limit": settings.max_upload_files},
+            ) from exc
+        raise BadRequest(f"malformed multipart body: {exc.message}") from exc
+    files: list[tuple[str | None, bytes]] = []
+    try:
+        for key, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                files.append((value.filename, await value.read()))
+            else:
+                raise InvalidInput(
+                    f"unexpected form field {key!r}: the form holds only image files; options such as "
+                    "preprocess go in the query string",
+                    {"field": key},
+                )
+    finally:
+        await form.close()
+    if not files:
+        raise InvalidInput("the multipart body holds no file; send the image as a file part named 'file'")
+    return files
+
+
+async def read_inputs(
+    request: Request, entry: ModelEntry, task: str, options: InputOptions, ctx: AppContext
+) -> InputBatch:
+    """Parse the request body into the batch the task's graph takes."""
+    settings, limits = ctx.settings, ctx.limits
+    card = entry.card
+    assert card is not None
+    spec = entry.graph_for(task).inputs[0]
+    ctype = media_type(request.headers.get("content-type"))
+    images_ok = takes_images(entry, task)
+    offered = ", ".join(t for t in ACCEPTED_TYPES if images_ok or t in (JSON, NPY))
+    if not ctype:
+        raise UnsupportedMediaType(f"missing Content-Type; send one of {offered}", {"accepted": offered})
+    is_image_body = ctype == MULTIPART or ctype.startswith("image/")
+    if ctype not in (JSON, NPY) and not ctype.endswith("+json") and not is_image_body:
+        raise UnsupportedMediaType(
+            f"Content-Type {ctype} is not accepted; send one of {offered}", {"accepted": offered}
+        )
+    if is_image_body and not images_ok:
+        what = TASKS[task].input_kind or f"{card.input.layout}s"
+        raise UnsupportedMediaType(
+            f"{task} on model {card.name!r} takes {what}, not images; send {JSON} or {NPY}", {"accepted": offered}
+        )
+    if not is_image_body and (options.preprocess not in ("auto", "none") or options.invert is not None):
+        raise BadRequest("preprocess and invert apply to image uploads only (multipart/form-data or image/*)")
+    body = await read_body(request)
+    if not is_image_body:
+        await reserve_parsing(request, body, 0 if ctype == NPY else len(body))
+        source, field_name = ("npy", "body") if ctype == NPY else ("json", "inputs")
+
+        def parse() -> InputBatch:
+            reader = npy_tensor if source == "npy" else json_tensor
+            array = reader(body, limits)
+            return InputBatch([fit_array(card, spec, array, field_name, limits)], source)
+
+        # Small bodies parse in microseconds on the loop; big ones would stall every other request.
+        on_loop = len(body) < (PARSE_ON_LOOP_BINARY_BYTES if source == "npy" else PARSE_ON_LOOP_JSON_BYTES)
+        return parse() if on_loop else await ctx.offload.run(parse)
+    uploads: list[tuple[str | None, bytes]] = (
+        await _multipart_files(request, body, settings) if ctype == MULTIPART else [(None, body)]
+    )
+    limits.check_rows(len(uploads), "the upload holds")
+    await reserve_decoding(request, entry, task, uploads, limits)
+    return await ctx.offload.run(_image_batch, entry, task, uploads, options, limits)
+
+
+def _image_batch(
+    entry: ModelEntry,
+    task: str,
+    uploads: list[tuple[str | None, bytes]],
+    options: InputOptions,
+    limits: Limits,
+) -> InputBatch:
+    """Decode and preprocess every upload (in a worker thread: Pillow work is CPU-bound)."""
+    card = entry.card
+    assert card is not None and card.input.image is not None
+    spec = entry.graph_for(task).inputs[0]
+    target = model_image_target(card, spec)
+    min_side = card.input.image.min_side or 1
+    samples: list[np.ndarray] = []
+    reports = []
+    for i, (filename, data) in enumerate(uploads):
+        field_name = "file" if len(uploads) == 1 else f"file[{i}]"
+        decoded = decode_image(
+            data,
+            max_pixels=limits.max_image_pixels,
+            max_side=limits.max_image_side,
+            filename=filename,
+            field_name=field_name,
+        )
+        pixels, steps = prepare_image(decoded.pixels, options.preprocess, target, min_side, options.invert)
+        reports.append(decoded.report(steps))
+        # [C, H, W] image tensors get their channel axis; vector models take the image flattened row-major.
+        sample_shape = [d if isinstance(d, int) else -1 for d in spec.sample_shape]
+        samples.append(pixels[None, :, :] if len(sample_shape) == 3 else pixels.reshape(sample_shape))
+    shapes = {s.shape for s in samples}
+    if len(shapes) == 1:
+        stacked = np.stack(samples)
+        parts = [fit_array(card, spec, stacked, "file", limits)]
+    else:
+        parts = [fit_array(card, spec, s[None], f"file[{i}]", limits) for i, s in enumerate(samples)]
+    return InputBatch(parts, "image", images=reports)

@@ -1,0 +1,1 @@
+"""The ASGI middleware stack: request context, security, admission, disconnects, the hot path, methods."""

@@ -1,0 +1,396 @@
+"""The model registry: finds the cards, verifies the ONNX files, owns the ONNX Runtime sessions.
+
+Loading (at start-up, from the app's lifespan) goes model by model; a model that fails for any reason (bad
+card, missing file, size or sha256 mismatch, corrupt ONNX, tensors that differ from the card, a failed warm-up)
+is recorded as failed with the reason, and the others still serve. Requests look models up by name in the
+registry's own table only: no filesystem path is ever built from a request.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from app.core.cards import (
+    CARD_FILE,
+    ORT_TYPES,
+    CardError,
+    GraphCard,
+    ModelCard,
+    TensorSpec,
+    display_name,
+    name_is_valid,
+    read_card,
+    read_regular_file,
+)
+from app.core.engine import DEFAULT_WORK_BYTES_PER_VALUE, GraphSession, InferenceEngine, shares_batch_axis
+from app.core.errors import ModelNotFound, ModelUnavailable, TaskNotSupported
+from app.core.providers import ProviderPlan, ProviderReport, plan_providers, report_providers
+from app.core.tasks import TASKS, check_card
+from app.runtime.memory import measure_growth
+from app.runtime.metrics import Metrics
+from app.settings import Settings
+
+log = logging.getLogger("app.registry")
+
+_OPTIMIZATION_LEVELS = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "layout": ort.GraphOptimizationLevel.ORT_ENABLE_LAYOUT,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+class ModelStatus(str, Enum):
+    LOADING = "loading"
+    READY = "ready"
+    FAILED = "failed"
+
+
+class LoadError(Exception):
+    """Why a model could not be served."""
+
+
+@dataclass
+class ModelEntry:
+    """One model folder: its card, its sessions, and whether it serves."""
+
+    name: str
+    folder: Path
+    status: ModelStatus = ModelStatus.LOADING
+    reason: str | None = None
+    card: ModelCard | None = None
+    graphs: dict[str, GraphSession] = field(default_factory=dict)
+    providers: ProviderReport | None = None
+    load_seconds: float | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.status is ModelStatus.READY
+
+    def graph_for(self, task: str) -> GraphSession:
+        """The session serving `task`; raises TaskNotSupported when the model does not offer it."""
+        assert self.card is not None
+        if task not in self.card.tasks:
+            raise TaskNotSupported(
+                f"model {self.name!r} does not support {task!r}; its tasks are {self.card.tasks}",
+                {"model": self.name, "task": task, "tasks": self.card.tasks},
+            )
+        return self.graphs[TASKS[task].graph]
+
+
+@dataclass(frozen=True)
+class Readiness:
+    ready: bool
+    required: list[str]
+    not_ready: dict[str, str]
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def external_data_locations(data: bytes) -> list[str]:
+    """The external-data files an ONNX model's tensors point to (initialisers, constants, subgraphs), if any."""
+    import onnx  # only at load time: the service's import stays light
+
+    model = onnx.ModelProto()
+    try:
+        model.ParseFromString(data)
+    except Exception:
+        return []  # not a protobuf: ONNX Runtime reports it
+    locations: list[str] = []
+
+    def tensors(graph: onnx.GraphProto) -> list[onnx.TensorProto]:
+        found = list(graph.initializer)
+        for node in graph.node:
+            for attr in node.attribute:
+                found.extend([attr.t] if attr.HasField("t") else [])
+                found.extend(attr.tensors)
+                for sub in [attr.g] if attr.HasField("g") else []:
+                    found.extend(tensors(sub))
+                for sub in attr.graphs:
+                    found.extend(tensors(sub))
+        return found
+
+    for tensor in tensors(model.graph):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            entry = {item.key: item.value for item in tensor.external_data}
+            location = entry.get("location", "?")
+            if location not in locations:
+                locations.append(location)
+    return locations
+
+
+def session_options(settings: Settings) -> ort.SessionOptions:
+    """Session options from the settings: thread counts, optimisation level, memory arena, busy-waiting."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = settings.ort_intra_op_threads()
+    opts.inter_op_num_threads = settings.inter_op_threads
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = _OPTIMIZATION_LEVELS[settings.graph_optimization]
+    opts.log_severity_level = 3  # errors only: ORT's warnings go to stderr, not our JSON log
+    opts.enable_cpu_mem_arena = settings.cpu_mem_arena
+    spin = "1" if settings.allow_spinning else "0"
+    opts.add_session_config_entry("session.intra_op.allow_spinning", spin)
+    opts.add_session_config_entry("session.inter_op.allow_spinning", spin)
+    return opts
+
+
+def _compare_tensors(kind: str, declared: list[TensorSpec], actual: list[ort.NodeArg]) -> None:
+    """The session's inputs or outputs are exactly the card's: names, order, dtype, rank, fixed sizes."""
+    names = [a.name for a in actual]
+    if names != [t.name for t in declared]:
+        raise LoadError(f"{kind} names in the ONNX file {names} differ from the card's {[t.name for t in declared]}")
+    for spec, arg in zip(declared, actual, strict=True):
+        if arg.type != ORT_TYPES[spec.dtype]:
+            raise LoadError(f"{kind} {spec.name} is {arg.type} in the ONNX file, the card says {spec.dtype}")
+        if len(arg.shape) != len(spec.shape):
+            raise LoadError(f"{kind} {spec.name} has shape {arg.shape} in the ONNX file, the card says {spec.shape}")
+        for axis, (want, got) in enumerate(zip(spec.shape, arg.shape, strict=True)):
+            if isinstance(want, str) and isinstance(got, int):
+                raise LoadError(
+                    f"{kind} {spec.name} axis {axis} is fixed to {got} in the ONNX file but the card says "
+                    f"dynamic ({want})"
+                )
+            if isinstance(want, int) and isinstance(got, int) and want != got:
+                raise LoadError(f"{kind} {spec.name} axis {axis} is {got} in the ONNX file, the card says {want}")
+
+
+def warmup_feeds(card: ModelCard, graph: GraphCard) -> dict[str, np.ndarray]:
+    """A one-sample input for each graph input, its named axes sized from the card, values inside the range."""
+    image = card.input.image
+    sequence = card.input.sequence
+    sizes: dict[str, int] = {"batch": 1}
+    if image is not None:
+        side = max(image.min_side or 4, 28)
+        sizes["height"] = image.height or side
+        sizes["width"] = image.width or side
+    if sequence is not None:
+        sizes["time"] = max(sequence.window, sequence.min_length)
+    feeds = {}
+    for spec in graph.inputs:
+        shape = [dim if isinstance(dim, int) else sizes.get(dim, 8) for dim in spec.shape]
+        value = min(max(0.0, spec.low), spec.high) if math.isfinite(spec.low) or math.isfinite(spec.high) else 0.0
+        feeds[spec.name] = np.full(shape, value, dtype=spec.numpy_dtype)
+    return feeds
+
+
+PROBE_VALUES = 32 * 1024
+"""Input values of the probe that measures a graph's working memory at load (its warm-up sample, repeated)."""
+MIN_WORK_BYTES_PER_VALUE = 64.0
+WORK_SAFETY = 1.5
+"""Margin on the measured working memory: thread counts, allocator and batch shapes differ between calls."""
+
+
+def measure_working_memory(engine: InferenceEngine, graph: GraphSession, feeds: dict[str, np.ndarray]) -> float:
+    """ONNX Runtime's working memory per input value for `graph`: the peak RSS growth of one call on ~32 Ki
+    input values (the warm-up sample repeated along the batch axis; the arena gives the memory back after it),
+    with a margin. Per value because the models' cost is linear in rows and in pixels; what the inference memory
+    budget charges each request. Falls back to `DEFAULT_WORK_BYTES_PER_VALUE` where it cannot be measured."""
+    values = sum(int(a.size) for a in feeds.values())
+    if shares_batch_axis(graph.card) and values:
+        repeat = max(1, PROBE_VALUES // values)
+        feeds = {name: np.repeat(a, repeat, axis=0) for name, a in feeds.items()}
+        values *= repeat
+    growth = measure_growth(lambda: engine.run_blocking(graph, feeds, "warmup", shrink_arena=True))
+    if growth is None or not values:
+        return DEFAULT_WORK_BYTES_PER_VALUE
+    return round(max(MIN_WORK_BYTES_PER_VALUE, growth / values * WORK_SAFETY), 1)
+
+
+class ModelRegistry:
+    """Every model found in the models directory, by name."""
+
+    def __init__(self, settings: Settings, engine: InferenceEngine, metrics: Metrics | None = None) -> None:
+        self._settings = settings
+        self._engine = engine
+        self._metrics = metrics
+        self._entries: dict[str, ModelEntry] = {}
+        self._scan_problem: str | None = None
+        self.loaded = False
+
+    # -- loading -------------------------------------------------------------------------------------------
+    def load_all(self) -> None:
+        """Find, verify, open and warm every model (blocking; run it once, from the lifespan)."""
+        root = self._settings.models_dir
+        plan = plan_providers(self._settings.providers, ort.get_available_providers())
+        for note in plan.notes:
+            log.warning("providers: %s", note)
+        options = session_options(self._settings)
+        folders = self._model_folders(root)
+        for folder in folders:
+            entry = ModelEntry(name=folder.name, folder=folder)
+            self._entries[entry.name] = entry
+            started = time.perf_counter()
+            try:
+                self._load(entry, plan, options)
+            except (CardError, LoadError) as exc:
+                entry.status, entry.reason = ModelStatus.FAILED, str(exc)
+            except Exception as exc:  # a corrupt ONNX file raises ORT's own types; report, never crash start-up
+                entry.status, entry.reason = (
+                    ModelStatus.FAILED,
+                    f"{type(exc).__name__}: {str(exc).splitlines()[0][:400]}",
+                )
+            entry.load_seconds = round(time.perf_counter() - started, 4)
+            if entry.ready:
+                log.info(
+                    "model loaded",
+                    extra={"model": entry.name, "seconds": entry.load_seconds, "providers": entry.providers.as_dict()}
+                    if entry.providers
+                    else {"model": entry.name},
+                )
+            else:
+                entry.graphs.clear()
+                log.error("model failed to load", extra={"model": entry.name, "reason": entry.reason})
+            if self._metrics is not None:
+                self._metrics.model_ready.labels(entry.name).set(1 if entry.ready else 0)
+                self._metrics.model_load_seconds.labels(entry.name).set(entry.load_seconds)
+        self.loaded = True
+
+    def _model_folders(self, root: Path) -> list[Path]:
+        if not root.is_dir():
+            self._scan_problem = "the models directory (AE_MODELS_DIR) does not exist"
+            log.error("no models", extra={"reason": self._scan_problem, "models_dir": str(root)})
+            return []
+        folders = []
+        for path in sorted(root.iterdir()):
+            if not path.is_dir() or path.name.startswith("."):
+                continue  # staging folders of the exporter are hidden
+            if not (path / CARD_FILE).is_file():
+                log.warning("skipping folder without a card", extra={"folder": path.name})
+                continue
+            if not name_is_valid(path.name):
+                log.warning("skipping folder whose name is not a model name", extra={"folder": display_name(path.name)})
+                continue
+            folders.append(path)
+        if not folders:
+            self._scan_problem = "no model cards found in the models directory (AE_MODELS_DIR)"
+            log.error("no models", extra={"reason": self._scan_problem, "models_dir": str(root)})
+        return folders
+
+    def _load(self, entry: ModelEntry, plan: ProviderPlan, options: ort.SessionOptions) -> None:
+        card = read_card(entry.folder)
+        check_card(card)
+        entry.card = card
+        folder = entry.folder.resolve()
+        for role, graph_card in card.graphs.items():
+            path = (entry.folder / graph_card.file).resolve()
+            if path.parent != folder:
+                raise LoadError(f"graph {role}: {graph_card.file} resolves outside the model folder")
+            try:
+                data = read_regular_file(path)
+            except OSError as exc:
+                raise LoadError(f"graph {role}: cannot read {graph_card.file}: {exc.strerror or exc}") from exc
+            if graph_card.bytes is not None and len(data) != graph_card.bytes:
+                raise LoadError(
+                    f"graph {role}: {graph_card.file} is {len(data)} bytes, the card says {graph_card.bytes}"
+                )
+            digest = sha256_bytes(data)
+            if digest != graph_card.sha256:
+                raise LoadError(
+                    f"graph {role}: sha256 of {graph_card.file} is {digest}, the card says {graph_card.sha256}"
+                )
+            # From bytes: the verified bytes are exactly what runs, and a file that refers to external data
+            # (which would be read from elsewhere, unverified) cannot load: say so plainly.
+            external = external_data_locations(data)
+            if external:
+                outside = [loc for loc in external if (entry.folder / loc).resolve().parent != folder]
+                where = f"outside the model folder ({', '.join(outside)})" if outside else ", ".join(external)
+                raise LoadError(
+                    f"graph {role}: {graph_card.file} keeps tensors in external data {where}; the service loads "
+                    "self-contained ONNX files only (export with external_data=False)"
+                )
+            try:
+                session = ort.InferenceSession(data, options, providers=list(plan.chosen))
+            except Exception as exc:
+                raise LoadError(
+                    f"graph {role}: ONNX Runtime cannot load {graph_card.file}: {str(exc).splitlines()[0][:400]}"
+                ) from exc
+            _compare_tensors(f"graph {role} input", graph_card.inputs, session.get_inputs())
+            _compare_tensors(f"graph {role} output", graph_card.outputs, session.get_outputs())
+            entry.graphs[role] = GraphSession(
+                model=card.name, role=role, card=graph_card, session=session, serving=card.serving
+            )
+            report = report_providers(plan, session.get_providers())
+            if entry.providers is None or (report.fallback and not entry.providers.fallback):
+                entry.providers = report
+        for note in entry.providers.notes if entry.providers else ():
+            log.warning("providers: %s", note, extra={"model": entry.name})
+        for graph_name, graph in list(entry.graphs.items()):
+            feeds = warmup_feeds(card, graph.card)
+            try:
+                self._engine.run_blocking(graph, feeds, "warmup")
+                work = measure_working_memory(self._engine, graph, feeds)
+            except Exception as exc:
+                raise LoadError(f"graph {graph.role}: warm-up failed: {exc}") from exc
+            entry.graphs[graph_name] = dataclasses.replace(graph, work_bytes_per_value=work)
+        entry.status = ModelStatus.READY
+
+    # -- lookup --------------------------------------------------------------------------------------------
+    def entries(self) -> list[ModelEntry]:
+        return list(self._entries.values())
+
+    def names(self) -> list[str]:
+        return list(self._entries)
+
+    def knows(self, name: str) -> bool:
+        return name in self._entries
+
+    def get(self, name: str) -> ModelEntry:
+        """The entry whatever its status; ModelNotFound when no such card exists."""
+        entry = self._entries.get(name)
+        if entry is None:
+            raise ModelNotFound(
+                f"no model named {display_name(name)!r}; models: {', '.join(self._entries) or 'none'}",
+                {"model": display_name(name), "models": list(self._entries)},
+            )
+        return entry
+
+    def serving(self, name: str) -> ModelEntry:
+        """The entry if it is ready to serve; ModelUnavailable (503) with the reason otherwise."""
+        entry = self.get(name)
+        if not entry.ready:
+            reason = entry.reason or "still loading"
+            raise ModelUnavailable(
+                f"model {name!r} is not available: {reason}",
+                {"model": name, "status": entry.status.value, "reason": reason},
+            )
+        return entry
+
+    def readiness(self) -> Readiness:
+        """Whether every required model serves (by default: every card found, and at least one)."""
+        if not self.loaded:
+            return Readiness(False, list(self._settings.required_models or []), {"*": "models are loading"})
+        required = list(self._settings.required_models) if self._settings.required_models else self.names()
+        not_ready: dict[str, str] = {}
+        if not required:
+            not_ready["*"] = self._scan_problem or "no models"
+        for name in required:
+            entry = self._entries.get(name)
+            if entry is None:
+                not_ready[name] = "required but no card found in the models directory"
+            elif not entry.ready:
+                not_ready[name] = entry.reason or entry.status.value
+        return Readiness(not not_ready, required, not_ready)
+
+    @property
+    def scan_problem(self) -> str | None:
+        return self._scan_problem
+
+    def close(self) -> None:
+        """Drop every session (ONNX Runtime frees them when the last reference goes)."""
+        for entry in self._entries.values():
+            entry.graphs.clear()
+        self._entries.clear()
+        self.loaded = False

@@ -1,0 +1,1 @@
+"""Runtime operations: metrics, logs, memory trimming, the offload pool, the shutdown lifecycle."""
