@@ -155,25 +155,24 @@ class Admission:
         self.reads = 0
         self.reads_by_client: dict[str, int] = {}
 
+    def _refusal(self, status: int, type_: str, what: str, limit: int) -> BodyRejected:
+        return BodyRejected(
+            status,
+            type_,
+            f"{what}, its limit; retry after {self.retry_after} s",
+            {"limit": limit},
+            {"Retry-After": self.retry_after},
+        )
+
     def start_read(self, client: str) -> BodyRejected | None:
         """Take a body-read place for `client`, or say why not."""
-        if self.reads_by_client.get(client, 0) >= self.max_reads_per_client:
-            return BodyRejected(
-                429,
-                "too_many_requests",
-                f"this client is already sending {self.max_reads_per_client} request bodies, its limit; finish "
-                f"those first (retry after {self.retry_after} s)",
-                {"limit": self.max_reads_per_client},
-                {"Retry-After": self.retry_after},
-            )
+        limit = self.max_reads_per_client
+        if self.reads_by_client.get(client, 0) >= limit:
+            sending = f"this client is already sending {limit} request bodies"
+            return self._refusal(429, "too_many_requests", sending, limit)
         if self.reads >= self.max_reads:
-            return BodyRejected(
-                503,
-                "overloaded",
-                f"the service is receiving {self.reads} request bodies, its limit; retry after {self.retry_after} s",
-                {"limit": self.max_reads},
-                {"Retry-After": self.retry_after},
-            )
+            receiving = f"the service is receiving {self.reads} request bodies"
+            return self._refusal(503, "overloaded", receiving, self.max_reads)
         self.reads += 1
         self.reads_by_client[client] = self.reads_by_client.get(client, 0) + 1
         return None
@@ -189,12 +188,8 @@ class Admission:
     def enter(self) -> BodyRejected | None:
         """Take an in-flight place, or say why not."""
         if self.in_flight >= self.max_in_flight:
-            return BodyRejected(
-                503,
-                "overloaded",
-                f"the service is handling {self.in_flight} requests, its limit; retry after {self.retry_after} s",
-                {"limit": self.max_in_flight},
-                {"Retry-After": self.retry_after},
+            return self._refusal(
+                503, "overloaded", f"the service is handling {self.in_flight} requests", self.max_in_flight
             )
         self.in_flight += 1
         return None
