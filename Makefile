@@ -28,17 +28,22 @@ $(VENV)/.all: $(BIN)/python pyproject.toml
 	$(BIN)/pip install --quiet --no-deps $(DATA_PKGS)
 	touch $@ $(VENV)/.serve
 
-# System tools some tests use, tried once per virtualenv and never fatal: Debian's chromium (tests/browser) and
-# docker-compose v1 (tests/deploy validates docker-compose.yml offline with it). Without them those tests skip and
-# say why. Installing needs root and apt-get; `make test-tools` tries again.
+# System tools some tests use, tried once per virtualenv and never fatal: Debian's chromium (tests/browser),
+# docker-compose v1 (tests/deploy validates docker-compose.yml offline with it), nginx (tests/deploy checks the
+# compose file's nginx configuration with `nginx -t`) and wrk (tests/bench runs the benchmark's smoke test). Without
+# them those tests skip and say why. Installing needs root and apt-get; `make test-tools` tries again.
+# Each entry is command:package.
+TEST_TOOLS = chromium:chromium docker-compose:docker-compose nginx:nginx-light wrk:wrk
 $(VENV)/.test-tools: | $(BIN)/python
-	@for tool in chromium docker-compose; do \
+	@for entry in $(TEST_TOOLS); do \
+	  tool=$${entry%%:*}; package=$${entry#*:}; \
 	  command -v $$tool >/dev/null 2>&1 && continue; \
+	  [ -x /usr/sbin/$$tool ] && continue; \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing $$tool for the tests (apt-get)"; \
+	    echo "installing $$package for the tests (apt-get)"; \
 	    { [ -e $(VENV)/.apt-updated ] || { timeout 300 apt-get update -qq && touch $(VENV)/.apt-updated; }; } >/dev/null 2>&1; \
-	    DEBIAN_FRONTEND=noninteractive timeout 900 apt-get install -y -qq --no-install-recommends $$tool \
-	      >/dev/null 2>&1 || echo "could not install $$tool: the tests that need it will skip"; \
+	    DEBIAN_FRONTEND=noninteractive timeout 900 apt-get install -y -qq --no-install-recommends $$package \
+	      >/dev/null 2>&1 || echo "could not install $$package: the tests that need it will skip"; \
 	  else \
 	    echo "$$tool is missing and cannot be installed here (needs root and apt-get): its tests will skip"; \
 	  fi; \

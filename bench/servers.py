@@ -127,15 +127,16 @@ def wait_ready(server: Server, ready_urls: list[str], started: float, timeout: f
 
 
 def start_ours(name: str, description: str, run_dir: Path, workers: int, env: dict[str, str],
-               timeout: float = 120) -> Server:  # fmt: skip
-    """`python -m app` with production settings (plus `env`), logs to a file; returns once /readyz is 200."""
+               timeout: float = 120, checkout: Path = REPO) -> Server:  # fmt: skip
+    """`python -m app` with production settings (plus `env`), logs to a file; returns once /readyz is 200.
+    `checkout`: the source tree whose code runs (another commit's work tree, for an A/B between commits)."""
     port = free_port()
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "AE_BENCH_ENDPOINTS": "1", **env}
     command = [sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
     log_path = run_dir / f"{name}.log"
     started = time.monotonic()
     with log_path.open("wb") as log:
-        process = subprocess.Popen(command, cwd=REPO, env=full_env, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, cwd=checkout, env=full_env, stdout=log, stderr=subprocess.STDOUT)
     server = Server(name, description, f"http://127.0.0.1:{port}", process, log_path, env=env)
     wait_ready(server, [f"{server.base_url}/readyz"], started, timeout)
     return server
