@@ -241,6 +241,12 @@ class Settings(_TaskDefaults, BaseSettings):  # type: ignore[misc, valid-type]
     model graph: 4 Mi float32 values are 16 MiB (e.g. 4096 MNIST rows fit; 256 same-size 1-megapixel uploads do
     not). 413 beyond, before the request is queued."""
 
+    tile_size: int = Field(default=512, ge=0)
+    """Fully convolutional image models (the denoisers) run images larger than this many pixels squared in
+    overlapping tiles of this side (a multiple of 8), batched through the engine: memory and each call's deadline
+    then depend on the tile, not on the image, and the result equals the untiled one (app/core/tiling.py). 0: never
+    tile."""
+
     max_request_pixels: int = Field(default=32 * 1024 * 1024, ge=16)
     """Most image pixels one request may upload, summed over its files (read from their headers before any is
     decoded; 413 beyond): 256 all-black 1024x1024 PNGs are a 300 KB body but a quarter of a gigapixel to decode,

@@ -10,7 +10,7 @@ decodes and preprocesses each upload. The formats:
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from starlette.datastructures import UploadFile
@@ -43,6 +43,8 @@ class InputOptions:
 
     preprocess: Preprocess = "auto"
     invert: bool | None = None
+    given: dict[str, float] = field(default_factory=dict)
+    """Values for the task's extra graph inputs (e.g. `sigma`), checked against the graph here."""
 
 
 async def read_body(request: Request) -> bytes:
@@ -159,6 +161,13 @@ async def read_inputs(
     request: Request, entry: ModelEntry, task: str, options: InputOptions, ctx: AppContext
 ) -> InputBatch:
     """Parse the request body into the batch the task's graph takes."""
+    takes = {spec.name for spec in entry.graph_for(task).inputs[1:]}
+    for name in options.given:
+        if name not in takes:
+            raise InvalidInput(
+                f"model {entry.name!r} takes no {name}: its graph has no {name!r} input",
+                {"field": name, "model": entry.name},
+            )
     settings, limits = ctx.settings, ctx.limits
     card = entry.card
     assert card is not None
@@ -188,7 +197,7 @@ async def read_inputs(
         def parse() -> InputBatch:
             reader = npy_tensor if source == "npy" else json_tensor
             array = reader(body, limits)
-            return InputBatch([fit_array(card, spec, array, field_name, limits)], source)
+            return InputBatch([fit_array(card, spec, array, field_name, limits)], source, given=options.given)
 
         # Small bodies parse in microseconds on the loop; big ones would stall every other request.
         on_loop = len(body) < (PARSE_ON_LOOP_BINARY_BYTES if source == "npy" else PARSE_ON_LOOP_JSON_BYTES)
@@ -236,4 +245,4 @@ def _image_batch(
         parts = [fit_array(card, spec, stacked, "file", limits)]
     else:
         parts = [fit_array(card, spec, s[None], f"file[{i}]", limits) for i, s in enumerate(samples)]
-    return InputBatch(parts, "image", images=reports)
+    return InputBatch(parts, "image", images=reports, given=options.given)

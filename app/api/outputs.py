@@ -61,7 +61,13 @@ def choose_format(entry: ModelEntry, task: str, batch: InputBatch, accept: str |
 
 def _model_headers(result: TaskResult) -> dict[str, str]:
     card = result.card
-    return {"X-Model": card.name, "X-Model-Version": card.version, "X-Task": result.task}
+    # A task may add its own (denoise: the noise level it used, X-Sigma / X-Sigma-Source).
+    return {
+        "X-Model": card.name,
+        "X-Model-Version": card.version,
+        "X-Task": result.task,
+        **result.extra.get("headers", {}),
+    }
 
 
 def _image_headers(result: TaskResult) -> dict[str, str]:

@@ -80,6 +80,9 @@ class GraphSession:
     work_bytes_per_value: float = DEFAULT_WORK_BYTES_PER_VALUE
     """ONNX Runtime's working memory (activations, outputs, scratch) per input value, measured at load
     (`app.core.registry.measure_working_memory`); what a request reserves from the inference memory budget."""
+    receptive_radius: int | None = None
+    """Fully convolutional image graphs: how far (pixels) an input pixel reaches in the output, measured at load
+    (`app.core.registry.measure_receptive_radius`); what large images are tiled with. None: not tileable."""
 
     @property
     def inputs(self) -> list[TensorSpec]:

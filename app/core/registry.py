@@ -209,6 +209,51 @@ def measure_working_memory(engine: InferenceEngine, graph: GraphSession, feeds: 
     return round(max(MIN_WORK_BYTES_PER_VALUE, growth / values * WORK_SAFETY), 1)
 
 
+RADIUS_PROBE_SIDES = (64, 160)
+"""Image sides the receptive radius is measured on, the next one tried when the effect reaches the border."""
+
+
+def _middle(spec: TensorSpec) -> float:
+    low = spec.low if math.isfinite(spec.low) else 0.0
+    high = spec.high if math.isfinite(spec.high) else low + 1.0
+    return (low + high) / 2
+
+
+def measure_receptive_radius(engine: InferenceEngine, graph: GraphSession) -> int | None:
+    """How far one input pixel's change reaches in the output of a fully convolutional image graph: the graph is
+    run on a random image and on the same image with its centre pixel changed; the radius is the farthest output
+    pixel that moved (Chebyshev distance). None when the effect reaches the probe's border (not measurable)."""
+    first = graph.inputs[0]
+    if len(first.shape) != 4 or not all(isinstance(d, str) for d in first.shape[2:]):
+        return None
+    channels = first.shape[1]
+    if not isinstance(channels, int):
+        return None
+    rng = np.random.default_rng(0)
+    # The other inputs (a noise level) mid-range: at their warm-up value (the bottom of the range, sigma = 0) a
+    # denoiser may ignore its neighbourhood altogether.
+    extra = {
+        spec.name: np.full([1 if isinstance(d, str) else d for d in spec.shape], _middle(spec), spec.numpy_dtype)
+        for spec in graph.inputs[1:]
+    }
+    for side in RADIUS_PROBE_SIDES:
+        low, high = max(first.low, 0.0), min(first.high, 1.0)
+        base = (low + (high - low) * rng.random((1, channels, side, side))).astype(first.numpy_dtype)
+        moved = base.copy()
+        centre = side // 2
+        moved[:, :, centre, centre] = np.where(base[:, :, centre, centre] > (low + high) / 2, low, high)
+        name = graph.outputs[0].name
+        before = engine.run_blocking(graph, {first.name: base, **extra}, "warmup")[name]
+        after = engine.run_blocking(graph, {first.name: moved, **extra}, "warmup")[name]
+        changed = np.argwhere(np.abs(after - before).max(axis=(0, 1)) > 1e-7)
+        if not len(changed):
+            return 0
+        radius = int(np.abs(changed - centre).max())
+        if radius < centre - 1:
+            return radius
+    return None
+
+
 class ModelRegistry:
     """Every model found in the models directory, by name."""
 
@@ -332,9 +377,12 @@ class ModelRegistry:
             try:
                 self._engine.run_blocking(graph, feeds, "warmup")
                 work = measure_working_memory(self._engine, graph, feeds)
+                radius = (
+                    measure_receptive_radius(self._engine, graph) if card.input.fully_convolutional else None
+                )
             except Exception as exc:
                 raise LoadError(f"graph {graph.role}: warm-up failed: {exc}") from exc
-            entry.graphs[graph_name] = dataclasses.replace(graph, work_bytes_per_value=work)
+            entry.graphs[graph_name] = dataclasses.replace(graph, work_bytes_per_value=work, receptive_radius=radius)
         entry.status = ModelStatus.READY
 
     # -- lookup --------------------------------------------------------------------------------------------

@@ -5,20 +5,61 @@ Protocol) sits on it.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+
 import numpy as np
 
 from app.core.engine import GraphSession, InferenceEngine
+from app.core.tiling import pad_to, plan_tiles, run_tiled
 from app.settings import Settings
+
+RADIUS_MARGIN = 4
+"""Pixels added to a graph's measured receptive radius when tiling (a safety margin on the measurement)."""
+TILE_ALIGN = 8
+"""Tiles start on multiples of this (the 2x2 pixel-unshuffle and 2x pooling of our networks compute on a grid)."""
 
 
 class InferenceService:
-    """Runs model graphs for the tasks of every protocol."""
+    """Runs model graphs for the tasks of every protocol, large images in tiles."""
 
     def __init__(self, engine: InferenceEngine, settings: Settings) -> None:
         self._engine = engine
         self._settings = settings
 
-    # -- running graphs ---------------------------------------------------------------------------------------
-    async def run_graph(self, graph: GraphSession, array: np.ndarray, task: str) -> dict[str, np.ndarray]:
-        """Every output of `graph` on `array` (its one input), through the engine's queue and batcher."""
-        return await self._engine.run(graph, {graph.inputs[0].name: array}, task)
+    async def run_graph(
+        self, graph: GraphSession, array: np.ndarray, task: str, extra: Mapping[str, np.ndarray] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Every output of `graph` on `array` (its first input) and `extra` (its other inputs, by name), through
+        the engine's queue and batcher."""
+        return await self._engine.run(graph, {graph.inputs[0].name: array, **(extra or {})}, task)
+
+    def tiles(self, graph: GraphSession, height: int, width: int) -> bool:
+        """Whether an image of this size runs in tiles: larger than one tile, on a graph whose receptive radius
+        is known (`AE_TILE_SIZE`; 0 turns tiling off)."""
+        tile = self._settings.tile_size
+        return bool(tile) and graph.receptive_radius is not None and height * width > tile * tile
+
+    async def run_tiled(
+        self,
+        graph: GraphSession,
+        image: np.ndarray,
+        task: str,
+        output: str,
+        extra: Callable[[int], Mapping[str, np.ndarray]],
+    ) -> np.ndarray:
+        """`output` of `graph` on one image [C, H, W] in overlapping tiles, `extra(n)` feeding the other inputs
+        of a batch of n tiles; batches hold at most `max_request_values` values (the engine splits further by
+        memory), each with its own deadline."""
+        assert graph.receptive_radius is not None
+        _, height, width = image.shape
+        padded = pad_to(image, TILE_ALIGN)
+        tile = self._settings.tile_size
+        plan = plan_tiles(padded.shape[1], padded.shape[2], tile, graph.receptive_radius + RADIUS_MARGIN, 8, TILE_ALIGN)
+        per_tile = image.shape[0] * plan.tile_h * plan.tile_w
+        batch = max(1, self._engine.limits.max_request_values // per_tile)
+
+        async def run(tiles: np.ndarray) -> np.ndarray:
+            return (await self.run_graph(graph, tiles, task, extra(len(tiles))))[output]
+
+        out = await run_tiled(padded, run, plan, batch)
+        return out[:, :height, :width]

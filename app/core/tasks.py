@@ -19,6 +19,7 @@ import numpy as np
 
 from app.core.cards import CardError, GraphRole, ModelCard, check_input, window_starts
 from app.core.images import ImageReport, resize
+from app.core.noise import estimate_sigma
 from app.core.responses import (
     DecodeResponse,
     DenoiseResponse,
@@ -45,6 +46,8 @@ class InputBatch:
     parts: list[np.ndarray]
     source: str
     images: list[ImageReport] | None = None
+    given: dict[str, float] = field(default_factory=dict)
+    """Values the caller gave for the task's extra inputs (`Task.extra_inputs`, e.g. `sigma` on 0..255)."""
 
     @property
     def rows(self) -> int:
@@ -164,11 +167,44 @@ async def _score(service: InferenceService, entry: ModelEntry, batch: InputBatch
 
 
 async def _denoise(service: InferenceService, entry: ModelEntry, batch: InputBatch) -> TaskResult:
+    """Denoise each image: large ones in tiles (`app.core.tiling`), and, for a graph that takes the noise level,
+    with the caller's `sigma` (0..255) or the one `app.core.noise` estimates on each image."""
     graph = entry.graph_for("denoise")
-    parts = [(await service.run_graph(graph, part, "denoise"))["denoised"] for part in batch.parts]
+    takes_sigma = any(spec.name == "sigma" for spec in graph.inputs[1:])
+    given = batch.given.get("sigma")
+    parts, sigmas = [], []
+    for part in batch.parts:
+        levels = np.zeros(len(part), dtype=np.float32)
+        if takes_sigma:
+            for i, image in enumerate(part):
+                levels[i] = given / 255.0 if given is not None else estimate_sigma(image, channel_axis=0)
+            sigmas.extend(float(v) * 255.0 for v in levels)
+        if service.tiles(graph, part.shape[2], part.shape[3]):
+            outs = [
+                await service.run_tiled(graph, image, "denoise", "denoised", _sigma_feed(takes_sigma, float(level)))
+                for image, level in zip(part, levels, strict=True)
+            ]
+            parts.append(np.stack(outs))
+        else:
+            feeds = {"sigma": levels} if takes_sigma else {}
+            parts.append((await service.run_graph(graph, part, "denoise", feeds))["denoised"])
     if batch.images is not None:
         parts = _back_to_uploads(parts, batch)
-    return TaskResult(entry, "denoise", {"denoised": parts}, batch)
+    extra_fields: dict[str, Any] = {}
+    if takes_sigma:
+        source = "given" if given is not None else "estimated"
+        extra_fields = {"sigma": [round(s, 3) for s in sigmas], "sigma_source": source}
+        extra_fields["headers"] = {"X-Sigma": ",".join(f"{s:.2f}" for s in sigmas), "X-Sigma-Source": source}
+    return TaskResult(entry, "denoise", {"denoised": parts}, batch, extra_fields)
+
+
+def _sigma_feed(takes_sigma: bool, level: float) -> Callable[[int], dict[str, np.ndarray]]:
+    """The `sigma` input of a batch of n tiles of one image (nothing for a graph without it)."""
+
+    def feed(count: int) -> dict[str, np.ndarray]:
+        return {"sigma": np.full(count, level, dtype=np.float32)} if takes_sigma else {}
+
+    return feed
 
 
 def _back_to_uploads(parts: list[np.ndarray], batch: InputBatch) -> list[np.ndarray]:
@@ -232,6 +268,9 @@ def _score_payload(result: TaskResult, payload: dict[str, Any]) -> None:
 
 
 def _denoise_payload(result: TaskResult, payload: dict[str, Any]) -> None:
+    if "sigma" in result.extra:
+        payload["sigma"] = result.extra["sigma"]
+        payload["sigma_source"] = result.extra["sigma_source"]
     parts = result.outputs["denoised"]
     shapes = [list(img.shape) for part in parts for img in part]
     payload["denoised"] = [img for part in parts for img in part] if len(parts) > 1 else parts[0]

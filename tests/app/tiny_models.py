@@ -42,3 +42,77 @@ def write_encoder_model(
         "input": {"layout": "vector", "range": x_range, "image": {"height": 2, "width": 2, "channels": 1}},
     }
     (folder / "card.json").write_text(json.dumps(card))
+
+
+def write_sigma_denoiser(folder: Path) -> None:
+    """A photograph-denoiser-shaped model: `x` [batch, 3, height, width] and `sigma` [batch] -> `denoised`,
+    `clip(x - 4 sigma (x - box3x3(x)), 0, 1)` per channel (receptive radius 1), as `folder/full.onnx` + card."""
+    import numpy as np
+    from onnx import TensorProto, numpy_helper
+
+    folder.mkdir(parents=True)
+    box = numpy_helper.from_array(np.full((3, 1, 3, 3), 1.0 / 9.0, dtype=np.float32), "box")
+    shape = numpy_helper.from_array(np.array([-1, 1, 1, 1], dtype=np.int64), "per_image")
+    four = numpy_helper.from_array(np.array(4.0, dtype=np.float32), "four")
+    low = numpy_helper.from_array(np.array(0.0, dtype=np.float32), "low")
+    high = numpy_helper.from_array(np.array(1.0, dtype=np.float32), "high")
+    nodes = [
+        helper.make_node("Conv", ["x", "box"], ["blur"], group=3, pads=[1, 1, 1, 1]),
+        helper.make_node("Sub", ["x", "blur"], ["detail"]),
+        helper.make_node("Reshape", ["sigma", "per_image"], ["s"]),
+        helper.make_node("Mul", ["s", "four"], ["gain"]),
+        helper.make_node("Mul", ["gain", "detail"], ["noise"]),
+        helper.make_node("Sub", ["x", "noise"], ["raw"]),
+        helper.make_node("Clip", ["raw", "low", "high"], ["denoised"]),
+    ]
+    image = ["batch", 3, "height", "width"]
+    graph = helper.make_graph(
+        nodes,
+        "sigma_denoiser",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, image),
+            helper.make_tensor_value_info("sigma", TensorProto.FLOAT, ["batch"]),
+        ],
+        [helper.make_tensor_value_info("denoised", TensorProto.FLOAT, image)],
+        [box, shape, four, low, high],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    data = model.SerializeToString()
+    (folder / "full.onnx").write_bytes(data)
+    pixels = {"dtype": "float32", "range": [0.0, 1.0], "layout": "NCHW, 3 channels", "description": ""}
+    card = {
+        "schema_version": 1,
+        "name": folder.name,
+        "version": "1",
+        "kind": "photo-denoiser",
+        "description": "test model shaped as the photograph denoiser",
+        "tasks": ["denoise"],
+        "graphs": {
+            "full": {
+                "file": "full.onnx",
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "bytes": len(data),
+                "inputs": [
+                    {"name": "x", "shape": image, **pixels},
+                    {
+                        "name": "sigma",
+                        "shape": ["batch"],
+                        "dtype": "float32",
+                        "range": [0.0, 1.0],
+                        "layout": "[N]",
+                        "description": "noise sigma / 255",
+                    },
+                ],
+                "outputs": [{"name": "denoised", "shape": image, **pixels}],
+            }
+        },
+        "input": {
+            "layout": "image",
+            "range": [0.0, 1.0],
+            "image": {"height": None, "width": None, "channels": 3, "min_side": 2},
+            "fully_convolutional": True,
+        },
+    }
+    (folder / "card.json").write_text(json.dumps(card))

@@ -28,6 +28,19 @@ PreprocessQuery = Annotated[
         "to the digit, fit in 20x20, centre by mass in 28x28"
     ),
 ]
+EXTRA_INPUT_QUERIES: dict[str, Any] = {
+    "sigma": Annotated[
+        float | None,
+        Query(
+            ge=0.0,
+            le=255.0,
+            description="models with a noise-level input (the photograph denoiser): the noise's standard deviation "
+            "on the 0-255 scale, when known; estimated from each image otherwise (the answer says which, in "
+            "`X-Sigma` / `X-Sigma-Source` and the JSON's `sigma` / `sigma_source`)",
+        ),
+    ],
+}
+"""The query option of each extra graph input a task may feed (`Task.extra_inputs`)."""
 InvertQuery = Annotated[
     bool | None,
     Query(
@@ -108,6 +121,7 @@ async def serve_task(
     name: str | None = None,
     preprocess: Preprocess = "auto",
     invert: bool | None = None,
+    **given: float | None,
 ) -> Response:
     """Parse the request, run the task on the model (the task's default model without `name`), answer in the
     negotiated format."""
@@ -119,7 +133,9 @@ async def serve_task(
     request.state.task = task
     entry = registry.serving(name)
     entry.graph_for(task)  # 404 before the body is read when the model has no such task
-    options = InputOptions(preprocess=preprocess, invert=invert)
+    options = InputOptions(
+        preprocess=preprocess, invert=invert, given={k: v for k, v in given.items() if v is not None}
+    )
     batch = await read_inputs(request, entry, task, options, ctx)
     fmt = choose_format(entry, task, batch, request.headers.get("accept"))
     result = await run_task(ctx.service, entry, task, batch)
@@ -136,7 +152,9 @@ def _note(task: str) -> str:
 def _endpoints(task: Task) -> list[Endpoint]:
     name = task.name
     options = [Param("preprocess", PreprocessQuery, "auto"), Param("invert", InvertQuery, None)]
-    query = options if task.takes_images else []
+    query = (options if task.takes_images else []) + [
+        Param(name, EXTRA_INPUT_QUERIES[name], None) for name in task.extra_inputs
+    ]
     openapi = {"openapi_extra": openapi_for(name), "responses": responses_for(name), "response_model": None}
     return [
         Endpoint(
