@@ -254,6 +254,48 @@ def to_png(pixels: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+IMAGE_FORMATS = {"image/png": "PNG", "image/jpeg": "JPEG", "image/webp": "WEBP"}
+"""Image answers by media type. An upload is answered in its own format (BMP and GIF as PNG) unless `Accept` asks
+for another."""
+JPEG_QUALITY = 95
+WEBP_QUALITY = 95
+
+
+def encode_image(
+    pixels: np.ndarray,
+    fmt: str,
+    *,
+    bits: int = 8,
+    alpha: np.ndarray | None = None,
+    icc_profile: bytes | None = None,
+) -> bytes:
+    """[H, W] (gray) or [H, W, 3] (RGB) pixels in [0, 1] as PNG, JPEG or WebP: 16-bit gray PNG when `bits` is 16,
+    the alpha channel kept (PNG, WebP; JPEG has none), the ICC profile attached, JPEG at quality 95 without chroma
+    subsampling, WebP at quality 95."""
+    scale = 65535.0 if bits == 16 and fmt == "PNG" and pixels.ndim == 2 else 255.0
+    values = np.rint(np.clip(pixels, 0.0, 1.0) * scale)
+    if scale == 65535.0:
+        image = Image.fromarray(values.astype(np.uint16))  # I;16
+    else:
+        u8 = values.astype(np.uint8)
+        if alpha is not None and fmt != "JPEG":
+            a8 = np.rint(np.clip(alpha, 0.0, 1.0) * 255.0).astype(np.uint8)
+            u8 = np.dstack([u8, a8])
+        image = Image.fromarray(u8)
+    options: dict[str, Any] = {}
+    if icc_profile:
+        options["icc_profile"] = icc_profile
+    if fmt == "JPEG":
+        options.update(quality=JPEG_QUALITY, subsampling=0)
+    elif fmt == "WEBP":
+        options.update(quality=WEBP_QUALITY)
+    else:
+        options.update(compress_level=3)
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
 # -- content negotiation ------------------------------------------------------------------------------------
 def _media_ranges(accept: str) -> list[tuple[str, float]]:
     ranges = []

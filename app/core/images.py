@@ -30,7 +30,9 @@ _U8_TO_UNIT = (np.arange(256, dtype=np.float64) / 255.0).astype(np.float32)
 
 @dataclass
 class DecodedImage:
-    """Grayscale pixels [H, W] float32 in [0, 1] and how they were obtained."""
+    """Pixels float32 in [0, 1] and how they were obtained: grayscale [H, W] (the default), or, decoded in colour
+    (`colour=True`), RGB [H, W, 3] from a colour upload and [H, W] from a gray one, with its alpha, bit depth and
+    ICC profile kept so that an answer can be encoded as the upload was."""
 
     pixels: np.ndarray
     format: str
@@ -40,6 +42,16 @@ class DecodedImage:
     frames: int = 1
     exif_transposed: bool = False
     filename: str | None = None
+    alpha: np.ndarray | None = None
+    """Colour decoding: the alpha channel [H, W] in [0, 1], when the upload has one (else None)."""
+    bits: int = 8
+    """Colour decoding: 16 for a 16-bit gray upload (its answer is 16-bit too), else 8."""
+    icc_profile: bytes | None = None
+    """Colour decoding: the upload's ICC profile, attached to its answer unchanged."""
+
+    @property
+    def is_colour(self) -> bool:
+        return self.pixels.ndim == 3
 
     def report(self, steps: dict[str, Any]) -> ImageReport:
         """What was done to this upload: decoding (here) and the preprocessing `steps` (app.core.preprocess)."""
@@ -126,7 +138,13 @@ def looks_like_allowed_image(data: bytes) -> bool:
 
 
 def decode_image(
-    data: bytes, *, max_pixels: int, max_side: int, filename: str | None = None, field_name: str = "file"
+    data: bytes,
+    *,
+    max_pixels: int,
+    max_side: int,
+    filename: str | None = None,
+    field_name: str = "file",
+    colour: bool = False,
 ) -> DecodedImage:
     """Decode one uploaded image; 415 for a format outside the allow-list, 413 for too big, 400 for corrupt."""
     if not data:
@@ -168,7 +186,12 @@ def decode_image(
             ) from exc
         transposed = _has_orientation(image)
         mode = image.mode
-        pixels = to_gray(oriented)
+        alpha, bits, icc = None, 8, None
+        if colour:
+            pixels, alpha, bits = to_colour(oriented)
+            icc = image.info.get("icc_profile") or None
+        else:
+            pixels = to_gray(oriented)
     return DecodedImage(
         pixels=pixels,
         format=fmt,
@@ -178,7 +201,40 @@ def decode_image(
         frames=frames,
         exif_transposed=bool(transposed),
         filename=filename,
+        alpha=alpha,
+        bits=bits,
+        icc_profile=icc,
     )
+
+
+_GRAY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+
+
+def to_colour(image: Image.Image) -> tuple[np.ndarray, np.ndarray | None, int]:
+    """Any Pillow image -> (pixels in [0, 1]: [H, W] for a gray image, [H, W, 3] RGB otherwise; its alpha [H, W]
+    or None; its bit depth, 16 or 8). Unlike `to_gray`, alpha is kept apart, not composited: the answer gets it
+    back. Pillow reads 16-bit colour PNGs as 8-bit RGB, so only gray images keep 16 bits."""
+    mode = image.mode
+    has_alpha = "A" in mode or "a" in mode or "transparency" in image.info
+    if mode.startswith("I;16") or mode == "I":
+        values = np.asarray(image).astype(np.float64)
+        return (np.clip(values, 0, 65535) / 65535.0).astype(np.float32), None, 16
+    if mode == "F":
+        return np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0), None, 8
+    if mode == "P" and not has_alpha:
+        palette_mode = image.palette.mode if image.palette is not None else "RGB"
+        image = image.convert("L" if palette_mode == "L" else "RGB")
+        mode = image.mode
+    if mode in _GRAY_MODES:
+        gray = image.convert("LA") if has_alpha else image.convert("L")
+        values = np.asarray(gray, dtype=np.uint8)
+        if has_alpha:
+            return _U8_TO_UNIT[values[..., 0]], _U8_TO_UNIT[values[..., 1]], 8
+        return _U8_TO_UNIT[values], None, 8
+    rgb = image.convert("RGBA" if has_alpha else "RGB")
+    values = np.asarray(rgb, dtype=np.uint8)
+    alpha = _U8_TO_UNIT[values[..., 3]] if has_alpha else None
+    return _U8_TO_UNIT[values[..., :3]], alpha, 8
 
 
 DECODE_BYTES_PER_PIXEL = 64
