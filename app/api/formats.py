@@ -21,6 +21,8 @@ JSON = "application/json"
 NPY = "application/x-npy"
 NPZ = "application/x-npz"
 PNG = "image/png"
+JPEG = "image/jpeg"
+WEBP = "image/webp"
 MULTIPART = "multipart/form-data"
 NPY_DTYPES = {np.dtype("<f4"), np.dtype(">f4")}
 _NPY_MAX_HEADER = 10_000
@@ -243,14 +245,6 @@ def to_npy(array: np.ndarray) -> bytes:
 def to_npz(arrays: dict[str, np.ndarray]) -> bytes:
     buffer = io.BytesIO()
     np.savez(buffer, allow_pickle=False, **{k: np.ascontiguousarray(v) for k, v in arrays.items()})
-    return buffer.getvalue()
-
-
-def to_png(pixels: np.ndarray) -> bytes:
-    """A [H, W] array in [0, 1] as an 8-bit grayscale PNG (rounded to the nearest of 256 levels)."""
-    u8 = np.rint(np.clip(pixels, 0.0, 1.0) * 255.0).astype(np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(u8).save(buffer, format="PNG", compress_level=3)
     return buffer.getvalue()
 
 

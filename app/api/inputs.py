@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from starlette.datastructures import UploadFile
@@ -21,7 +22,7 @@ from app.api.context import AppContext
 from app.api.formats import JSON, MULTIPART, NPY, json_tensor, media_type, npy_tensor
 from app.core.budget import request_reservation
 from app.core.errors import BadRequest, InvalidInput, PayloadTooLarge, UnsupportedMediaType
-from app.core.images import DECODE_BYTES_PER_PIXEL, decode_image, header_size
+from app.core.images import DECODE_BYTES_PER_PIXEL, DecodedImage, decode_image, header_size
 from app.core.preprocess import Preprocess, prepare_image
 from app.core.registry import ModelEntry
 from app.core.tasks import TASKS, InputBatch
@@ -210,6 +211,30 @@ async def read_inputs(
     return await ctx.offload.run(_image_batch, entry, task, uploads, options, limits)
 
 
+def _colour_sample(decoded: DecodedImage, min_side: int, field_name: str) -> tuple[np.ndarray, dict[str, Any]]:
+    """A decoded upload as a colour model's [3, H, W] sample: RGB as it is, gray as 3 identical channels."""
+    pixels = decoded.pixels
+    height, width = pixels.shape[:2]
+    if min(height, width) < min_side:
+        raise InvalidInput(
+            f"{field_name}: image is {width}x{height}; this model needs at least {min_side} pixels per side",
+            {"field": field_name, "min_side": min_side},
+        )
+    if decoded.is_colour:
+        sample = np.ascontiguousarray(pixels.transpose(2, 0, 1))
+    else:
+        sample = np.repeat(pixels[None], 3, axis=0)
+    steps = {
+        "preprocess": "none",
+        "inverted": False,
+        "model_size": [width, height],
+        "channels": "rgb" if decoded.is_colour else "gray, as 3 identical channels (answered gray)",
+        "bits": decoded.bits,
+        "alpha": decoded.alpha is not None,
+    }
+    return sample, steps
+
+
 def _image_batch(
     entry: ModelEntry,
     task: str,
@@ -225,6 +250,12 @@ def _image_batch(
     min_side = card.input.image.min_side or 1
     samples: list[np.ndarray] = []
     reports = []
+    colour = card.input.image.channels == 3
+    if colour and (options.preprocess not in ("auto", "none") or options.invert):
+        raise InvalidInput(
+            f"model {card.name!r} takes colour images as they are: preprocess and invert apply to gray models",
+            {"field": "preprocess"},
+        )
     for i, (filename, data) in enumerate(uploads):
         field_name = "file" if len(uploads) == 1 else f"file[{i}]"
         decoded = decode_image(
@@ -233,7 +264,13 @@ def _image_batch(
             max_side=limits.max_image_side,
             filename=filename,
             field_name=field_name,
+            colour=colour,
         )
+        if colour:
+            pixels, steps = _colour_sample(decoded, min_side, field_name)
+            reports.append(decoded.report(steps))
+            samples.append(pixels)
+            continue
         pixels, steps = prepare_image(decoded.pixels, options.preprocess, target, min_side, options.invert)
         reports.append(decoded.report(steps))
         # [C, H, W] image tensors get their channel axis; vector models take the image flattened row-major.

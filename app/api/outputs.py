@@ -11,7 +11,20 @@ from typing import Any
 import numpy as np
 from starlette.responses import Response
 
-from app.api.formats import JSON, NPY, NPZ, PNG, negotiate, to_json, to_npy, to_npz, to_png
+from app.api.formats import (
+    IMAGE_FORMATS,
+    JPEG,
+    JSON,
+    NPY,
+    NPZ,
+    PNG,
+    WEBP,
+    encode_image,
+    negotiate,
+    to_json,
+    to_npy,
+    to_npz,
+)
 from app.core.errors import NotAcceptable
 from app.core.registry import ModelEntry
 from app.core.tasks import TASKS, InputBatch, TaskResult
@@ -39,13 +52,18 @@ def choose_format(entry: ModelEntry, task: str, batch: InputBatch, accept: str |
     """The response media type for this request (406 with the reason when none can be produced)."""
     png_problem = _png_problem(entry, task, batch)
     offered = [JSON, NPY, NPZ]
+    uploads_back = TASKS[task].returns_uploads and batch.source == "image"
     if png_problem is None:
         offered.append(PNG)
-    if len(batch.parts) > 1:
+        if uploads_back:  # an upload comes back as it came: JPEG as JPEG, WebP as WebP (Accept may say otherwise)
+            offered += [JPEG, WEBP]
+    if len(batch.parts) > 1 or _channels_differ(batch):
         offered.remove(NPY)  # images of different sizes make no single array
         offered.remove(NPZ)
-    uploads_back = TASKS[task].returns_uploads and batch.source == "image"
-    default = PNG if uploads_back and png_problem is None else JSON
+    default = JSON
+    if uploads_back and png_problem is None:
+        upload_format = batch.images[0].format if batch.images else "PNG"
+        default = {"JPEG": JPEG, "WEBP": WEBP}.get(upload_format, PNG)
     try:
         return negotiate(accept, offered, default)
     except NotAcceptable as exc:
@@ -94,6 +112,11 @@ def _image_headers(result: TaskResult) -> dict[str, str]:
     }
 
 
+def _channels_differ(batch: InputBatch) -> bool:
+    """Gray and colour uploads to a colour model come back with 1 and 3 channels: no single array."""
+    return batch.images is not None and len({report.colour for report in batch.images}) > 1
+
+
 def _primary_array(result: TaskResult) -> np.ndarray:
     value = result.outputs[TASKS[result.task].main_output]
     if isinstance(value, list):
@@ -103,9 +126,11 @@ def _primary_array(result: TaskResult) -> np.ndarray:
 
 
 def _as_image(result: TaskResult) -> np.ndarray:
-    array: np.ndarray = _primary_array(result)[0]
-    if array.ndim == 3:  # [1, H, W]
-        return np.asarray(array[0])
+    """The answer's one image: [H, W] gray, or [H, W, 3] colour."""
+    value = result.outputs[TASKS[result.task].main_output]
+    array: np.ndarray = (value[0] if isinstance(value, list) else np.asarray(value))[0]
+    if array.ndim == 3:  # [1, H, W] or [3, H, W]
+        return np.asarray(array[0]) if array.shape[0] == 1 else np.ascontiguousarray(array.transpose(1, 2, 0))
     card = result.card
     hw = image_shape(card, result.entry.graph_for(result.task).outputs[0])
     assert hw is not None
@@ -126,11 +151,20 @@ def json_payload(result: TaskResult) -> dict[str, Any]:
 def render(result: TaskResult, fmt: str) -> Response:
     """The response for `result` in media type `fmt` (one of those `choose_format` offers)."""
     headers = _model_headers(result)
-    if fmt == PNG:
+    if fmt in IMAGE_FORMATS:
         headers.update(_image_headers(result))
         if "scores" in result.outputs:  # reconstruct: the image's error beside it
             headers["X-Score"] = f"{float(result.outputs['scores'][0]):.9g}"
-        return Response(to_png(_as_image(result)), media_type=PNG, headers=headers)
+        images = result.batch.images
+        report = images[0] if images and TASKS[result.task].returns_uploads else None
+        data = encode_image(
+            _as_image(result),
+            IMAGE_FORMATS[fmt],
+            bits=report.bits if report else 8,
+            alpha=report.alpha if report else None,
+            icc_profile=report.icc_profile if report else None,
+        )
+        return Response(data, media_type=fmt, headers=headers)
     if fmt == NPY:
         headers["Content-Disposition"] = f'attachment; filename="{result.card.name}-{result.task}.npy"'
         return Response(to_npy(_primary_array(result)), media_type=NPY, headers=headers)

@@ -74,6 +74,11 @@ class DecodedImage:
             inverted=bool(steps.get("inverted")),
             resized_from=(int(resized["from"][0]), int(resized["from"][1])) if resized else None,
             details=details,
+            format=self.format,
+            colour=self.is_colour,
+            bits=self.bits,
+            alpha=self.alpha,
+            icc_profile=self.icc_profile,
         )
 
 
@@ -91,6 +96,12 @@ class ImageReport:
     resized_from: tuple[int, int] | None
     """(width, height) before a resize to the model's size; None when the image was not resized."""
     details: dict[str, Any]
+    format: str = "PNG"
+    colour: bool = False
+    """The upload was decoded in colour and is a colour image (a gray upload to a colour model is False)."""
+    bits: int = 8
+    alpha: np.ndarray | None = None
+    icc_profile: bytes | None = None
 
 
 def _luma(rgb: np.ndarray) -> np.ndarray:

@@ -377,9 +377,7 @@ class ModelRegistry:
             try:
                 self._engine.run_blocking(graph, feeds, "warmup")
                 work = measure_working_memory(self._engine, graph, feeds)
-                radius = (
-                    measure_receptive_radius(self._engine, graph) if card.input.fully_convolutional else None
-                )
+                radius = measure_receptive_radius(self._engine, graph) if card.input.fully_convolutional else None
             except Exception as exc:
                 raise LoadError(f"graph {graph.role}: warm-up failed: {exc}") from exc
             entry.graphs[graph_name] = dataclasses.replace(graph, work_bytes_per_value=work, receptive_radius=radius)

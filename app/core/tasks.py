@@ -213,6 +213,9 @@ def _back_to_uploads(parts: list[np.ndarray], batch: InputBatch) -> list[np.ndar
     images = [img for part in parts for img in part]  # each [1, H, W]
     restored = []
     for image, report in zip(images, batch.images, strict=True):
+        if image.shape[0] == 3:  # a colour model: colour answers colour, a gray upload gets gray back
+            restored.append(np.ascontiguousarray(image if report.colour else image.mean(axis=0, keepdims=True)))
+            continue
         pixels = image[0]
         if report.inverted:
             pixels = 1.0 - pixels

@@ -121,6 +121,14 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._receiving = False
         super().on_message_complete()
 
+    def eof_received(self) -> bool | None:
+        # The client will send nothing more (a half-close): mark the request now, not only when the transport is
+        # gone, so that an answer the app is about to send is known to go nowhere.
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            cycle.scope.setdefault("state", {})["client_gone"] = True  # type: ignore[typeddict-item]
+        return super().eof_received()  # type: ignore[func-returns-value]
+
     def connection_lost(self, exc: Exception | None) -> None:
         # The client closed (or half-closed: it will send nothing more, and Go's and nginx's servers take that as
         # the client leaving too) before its answer was sent: whatever the app sends now goes nowhere. Say so in

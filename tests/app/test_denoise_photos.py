@@ -114,3 +114,88 @@ def test_the_open_inference_protocol_feeds_both_inputs(tiled: TestClient, models
     want = session.run(None, {"x": image, "sigma": np.array([0.1], dtype=np.float32)})[0]
     got = np.array(answer.json()["outputs"][0]["data"], dtype=np.float32).reshape(want.shape)
     np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+def _upload(pixels: np.ndarray, fmt: str = "PNG", mode: str | None = None, **options: object) -> bytes:
+    from io import BytesIO
+
+    from PIL import Image
+
+    image = Image.fromarray(pixels, mode) if mode else Image.fromarray(pixels)
+    buffer = BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def _open(data: bytes):  # type: ignore[no-untyped-def]
+    from io import BytesIO
+
+    from PIL import Image
+
+    return Image.open(BytesIO(data))
+
+
+def _expected(models: Path, rgb: np.ndarray, sigma_255: float) -> np.ndarray:
+    """What ORT computes on the upload as the service feeds it: [3, H, W] / 255 and sigma / 255."""
+    session = ort.InferenceSession(str(models / "photoish" / "full.onnx"), providers=["CPUExecutionProvider"])
+    x = (rgb.astype(np.float32) / 255.0).transpose(2, 0, 1)[None]
+    return session.run(None, {"x": x, "sigma": np.array([sigma_255 / 255], dtype=np.float32)})[0][0]
+
+
+def test_a_colour_photo_comes_back_in_colour_in_its_own_format(tiled: TestClient, models: Path) -> None:
+    rgb = np.random.default_rng(7).integers(0, 256, (40, 56, 3), dtype=np.uint8)
+    answer = tiled.post(
+        "/v1/models/photoish/denoise?sigma=30", content=_upload(rgb), headers={"content-type": "image/png"}
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["content-type"] == "image/png" and answer.headers["x-sigma-source"] == "given"
+    image = _open(answer.content)
+    assert image.mode == "RGB" and image.size == (56, 40)
+    want = np.rint(np.clip(_expected(models, rgb, 30), 0, 1) * 255).transpose(1, 2, 0)
+    assert np.abs(np.asarray(image).astype(int) - want.astype(int)).max() <= 1
+    jpeg = tiled.post(
+        "/v1/models/photoish/denoise", content=_upload(rgb, "JPEG", quality=95), headers={"content-type": "image/jpeg"}
+    )
+    assert jpeg.status_code == 200 and jpeg.headers["content-type"] == "image/jpeg"
+    assert _open(jpeg.content).format == "JPEG" and jpeg.headers["x-sigma-source"] == "estimated"
+    webp = tiled.post(
+        "/v1/models/photoish/denoise", content=_upload(rgb, "WEBP"), headers={"content-type": "image/webp"}
+    )
+    assert webp.headers["content-type"] == "image/webp"
+    asked = tiled.post(
+        "/v1/models/photoish/denoise",
+        content=_upload(rgb, "JPEG"),
+        headers={"content-type": "image/jpeg", "accept": "image/png"},
+    )
+    assert asked.headers["content-type"] == "image/png" and _open(asked.content).format == "PNG"
+
+
+def test_gray_in_gray_out_16_bit_and_alpha_kept(tiled: TestClient) -> None:
+    gray = np.random.default_rng(8).integers(0, 256, (24, 32), dtype=np.uint8)
+    answer = tiled.post(
+        "/v1/models/photoish/denoise?sigma=10", content=_upload(gray), headers={"content-type": "image/png"}
+    )
+    assert answer.status_code == 200 and _open(answer.content).mode == "L"
+    gray16 = np.random.default_rng(9).integers(0, 65536, (24, 32), dtype=np.uint16)
+    deep = tiled.post(
+        "/v1/models/photoish/denoise?sigma=10", content=_upload(gray16), headers={"content-type": "image/png"}
+    )
+    assert deep.status_code == 200 and _open(deep.content).mode.startswith("I")
+    rgba = np.random.default_rng(10).integers(0, 256, (24, 32, 4), dtype=np.uint8)
+    alpha = tiled.post(
+        "/v1/models/photoish/denoise?sigma=10",
+        content=_upload(rgba, mode="RGBA"),
+        headers={"content-type": "image/png"},
+    )
+    image = _open(alpha.content)
+    assert image.mode == "RGBA"
+    np.testing.assert_array_equal(np.asarray(image)[..., 3], rgba[..., 3])
+    body = tiled.post(
+        "/v1/models/photoish/denoise?sigma=10",
+        files=[
+            ("file", ("a.png", _upload(gray), "image/png")),
+            ("file", ("b.png", _upload(rgba[..., :3]), "image/png")),
+        ],
+        headers={"accept": "application/json"},
+    ).json()
+    assert body["shapes"] == [[1, 24, 32], [3, 24, 32]]  # each upload as it came: gray, colour

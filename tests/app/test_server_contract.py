@@ -28,6 +28,7 @@ OVERRIDDEN = {
     "on_message_complete": [],
     "on_headers_complete": [],
     "send_400_response": ["msg"],
+    "eof_received": [],
 }
 """Methods of HttpToolsProtocol that BoundedHttpToolsProtocol overrides, with their parameters."""
 PROTOCOL_STATE = ("cycle", "pipeline", "server_state", "transport", "loop", "app_state")
