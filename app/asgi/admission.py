@@ -72,8 +72,8 @@ async def send_error(
     await response(scope, receive, send)
 
 
-class BodyRejected(Exception):
-    """Why the body is refused: the status, type and message of the answer."""
+class BodyRejected(ServiceError):
+    """A refusal decided here (body, counts, memory), with the status it is answered with."""
 
     def __init__(
         self,
@@ -83,13 +83,8 @@ class BodyRejected(Exception):
         details: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
-        super().__init__(message)
-        self.status, self.type, self.message, self.details = status, type_, message, details or {}
-        self.headers = headers or {}
-
-    @classmethod
-    def from_error(cls, error: ServiceError) -> BodyRejected:
-        return cls(error.status, error.type, error.message, error.details, error.headers)
+        super().__init__(message, details, headers)
+        self.status, self.type = status, type_
 
 
 class Inflater:
@@ -337,7 +332,7 @@ class AdmissionMiddleware:
         length = int(declared) if declared.isdigit() and inflater is None else None
         await self._admit(scope, receive, send, inflater, has_body, length)
 
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send, rejection: BodyRejected) -> None:
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, rejection: ServiceError) -> None:
         await send_error(
             scope,
             receive,
@@ -379,7 +374,7 @@ class AdmissionMiddleware:
         app_started = False  # the route started its response
         client_gone = False
 
-        async def reject(rejection: BodyRejected) -> Message:
+        async def reject(rejection: ServiceError) -> Message:
             nonlocal answered
             if not app_started and not answered:
                 answered = True
@@ -431,9 +426,7 @@ class AdmissionMiddleware:
                 and produced > reservation.held
                 and not reservation.try_grow(produced - reservation.held)
             ):
-                return await reject(
-                    BodyRejected.from_error(reservation.budget.overloaded(produced, "the request body"))
-                )
+                return await reject(reservation.budget.overloaded(produced, "the request body"))
             if not more:
                 body_done = True
                 clock.stop()
@@ -461,7 +454,7 @@ class AdmissionMiddleware:
                     try:
                         await reservation.grow(length, "the request body")
                     except ServiceError as exc:
-                        await self._refuse(scope, receive, send, BodyRejected.from_error(exc))
+                        await self._refuse(scope, receive, send, exc)
                         return
             clock = _BodyClock(self.timeout, self.grace, self.min_rate)
             await self.app(scope, limited_receive, guarded_send)
