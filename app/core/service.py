@@ -6,12 +6,16 @@ Protocol) sits on it.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import TypeVar
 
 import numpy as np
 
 from app.core.engine import GraphSession, InferenceEngine
 from app.core.tiling import pad_to, plan_tiles, run_tiled
+from app.runtime.offload import Offload
 from app.settings import Settings
+
+T = TypeVar("T")
 
 RADIUS_MARGIN = 4
 """Pixels added to a graph's measured receptive radius when tiling (a safety margin on the measurement)."""
@@ -22,9 +26,17 @@ TILE_ALIGN = 8
 class InferenceService:
     """Runs model graphs for the tasks of every protocol, large images in tiles."""
 
-    def __init__(self, engine: InferenceEngine, settings: Settings) -> None:
+    def __init__(self, engine: InferenceEngine, settings: Settings, offload: Offload | None = None) -> None:
         self._engine = engine
         self._settings = settings
+        self._offload = offload
+
+    async def compute(self, func: Callable[..., T], *args: object) -> T:
+        """`func(*args)` off the event loop (the offload pool) when there is one: per-image work such as the noise
+        estimate or blending tiles takes milliseconds per megapixel, which every other request would wait for."""
+        if self._offload is None:
+            return func(*args)
+        return await self._offload.run(func, *args)
 
     async def run_graph(
         self, graph: GraphSession, array: np.ndarray, task: str, extra: Mapping[str, np.ndarray] | None = None
@@ -61,5 +73,5 @@ class InferenceService:
         async def run(tiles: np.ndarray) -> np.ndarray:
             return (await self.run_graph(graph, tiles, task, extra(len(tiles))))[output]
 
-        out = await run_tiled(padded, run, plan, batch)
+        out = await run_tiled(padded, run, plan, batch, self.compute)
         return out[:, :height, :width]

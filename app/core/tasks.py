@@ -177,7 +177,7 @@ async def _denoise(service: InferenceService, entry: ModelEntry, batch: InputBat
         levels = np.zeros(len(part), dtype=np.float32)
         if takes_sigma:
             for i, image in enumerate(part):
-                levels[i] = given / 255.0 if given is not None else estimate_sigma(image, channel_axis=0)
+                levels[i] = given / 255.0 if given is not None else await service.compute(estimate_sigma, image, 0)
             sigmas.extend(float(v) * 255.0 for v in levels)
         if service.tiles(graph, part.shape[2], part.shape[3]):
             outs = [

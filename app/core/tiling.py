@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -96,13 +97,22 @@ def _weights(length: int, start: int, size: int, radius: int, ramp: int) -> np.n
     return w
 
 
-async def run_tiled(image: np.ndarray, run: Runner, plan: TilePlan, batch: int) -> np.ndarray:
-    """The graph's output on `image` [C, H, W] (the plan's size), computed `batch` tiles at a time and blended."""
+Compute = Callable[..., Awaitable[Any]]
+"""Runs `func(*args)` somewhere (the offload pool) and returns its result."""
+
+
+async def _here(func: Callable[..., Any], *args: object) -> Any:
+    return func(*args)
+
+
+async def run_tiled(image: np.ndarray, run: Runner, plan: TilePlan, batch: int, compute: Compute = _here) -> np.ndarray:
+    """The graph's output on `image` [C, H, W] (the plan's size), computed `batch` tiles at a time and blended
+    (the blending through `compute`: milliseconds a tile, which the service keeps off the event loop)."""
     _, height, width = image.shape
     if (height, width) != (plan.height, plan.width):
         raise ValueError(f"the plan is for {plan.width}x{plan.height}, the image is {width}x{height}")
     out: np.ndarray | None = None
-    weight = np.zeros((height, width), dtype=np.float64)
+    weight = np.zeros((height, width), dtype=np.float32)
     origins = plan.origins()
     th, tw = plan.tile_h, plan.tile_w
     for first in range(0, len(origins), batch):
@@ -110,12 +120,24 @@ async def run_tiled(image: np.ndarray, run: Runner, plan: TilePlan, batch: int) 
         tiles = np.stack([image[:, y : y + th, x : x + tw] for y, x in chunk])
         results = await run(np.ascontiguousarray(tiles, dtype=np.float32))
         if out is None:
-            out = np.zeros((results.shape[1], height, width), dtype=np.float64)
-        for (y, x), result in zip(chunk, results, strict=True):
-            w = np.outer(
-                _weights(th, y, height, plan.radius, plan.ramp), _weights(tw, x, width, plan.radius, plan.ramp)
-            )
-            out[:, y : y + th, x : x + tw] += result * w
-            weight[y : y + th, x : x + tw] += w
+            out = np.zeros((results.shape[1], height, width), dtype=np.float32)
+        await compute(_accumulate, out, weight, plan, chunk, results)
     assert out is not None
-    return (out / np.maximum(weight, 1e-12)).astype(np.float32)
+    result: np.ndarray = await compute(_normalise, out, weight)
+    return result
+
+
+def _accumulate(
+    out: np.ndarray, weight: np.ndarray, plan: TilePlan, origins: list[tuple[int, int]], results: np.ndarray
+) -> None:
+    th, tw = plan.tile_h, plan.tile_w
+    for (y, x), result in zip(origins, results, strict=True):
+        wy = _weights(th, y, plan.height, plan.radius, plan.ramp)
+        w = np.outer(wy, _weights(tw, x, plan.width, plan.radius, plan.ramp)).astype(np.float32)
+        out[:, y : y + th, x : x + tw] += result * w
+        weight[y : y + th, x : x + tw] += w
+
+
+def _normalise(out: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    out /= np.maximum(weight, np.float32(1e-12))
+    return out

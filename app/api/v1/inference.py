@@ -12,7 +12,7 @@ from starlette.responses import Response
 
 from app.api.context import AppContext
 from app.api.endpoints import Endpoint, Param
-from app.api.formats import JSON, NPY, NPZ, PNG
+from app.api.formats import IMAGE_FORMATS, JSON, NPY, NPZ, PNG
 from app.api.inputs import InputOptions, read_inputs
 from app.api.outputs import choose_format, render
 from app.api.schemas import ErrorResponse, TensorRequest
@@ -139,6 +139,8 @@ async def serve_task(
     batch = await read_inputs(request, entry, task, options, ctx)
     fmt = choose_format(entry, task, batch, request.headers.get("accept"))
     result = await run_task(ctx.service, entry, task, batch)
+    if fmt in IMAGE_FORMATS:  # encoding a PNG, JPEG or WebP takes milliseconds per megapixel: off the loop
+        return await ctx.offload.run(render, result, fmt)
     return render(result, fmt)
 
 
