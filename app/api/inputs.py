@@ -18,7 +18,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect, Request
 
-from app.api.context import AppContext
+from app.api.context import AppContext, context_of
 from app.api.formats import JSON, MULTIPART, NPY, json_tensor, media_type, npy_tensor
 from app.core.budget import request_reservation
 from app.core.errors import BadRequest, InvalidInput, PayloadTooLarge, UnsupportedMediaType
@@ -79,7 +79,12 @@ async def reserve_parsing(request: Request, body: bytes, json_bytes: int) -> Non
     reservation = request_reservation(request.scope)
     if reservation is None:
         return
-    values = body.count(b",", 0, json_bytes) + 1 if json_bytes else 0
+    if not json_bytes:
+        values = 0
+    elif json_bytes < PARSE_ON_LOOP_JSON_BYTES:
+        values = body.count(b",", 0, json_bytes) + 1
+    else:  # ~20 ms for 32 MiB: counted where the parse itself will run, not on the event loop
+        values = await context_of(request).offload.run(body.count, b",", 0, json_bytes) + 1
     need = 2 * len(body) + values * JSON_BYTES_PER_VALUE
     if not reservation.try_grow(need - reservation.held):
         await reservation.ensure(need, f"parsing a body of {len(body)} bytes")
