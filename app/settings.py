@@ -243,7 +243,8 @@ class Settings(_TaskDefaults, BaseSettings):  # type: ignore[misc, valid-type]
 
     tile_size: int = Field(default=512, ge=0)
     """Fully convolutional image models (the denoisers) run images larger than this many pixels squared in
-    overlapping tiles of this side (a multiple of 8), batched through the engine: memory and each call's deadline
+    overlapping tiles of this side (a multiple of 8; at least twice the overlap the model's receptive radius
+    needs), batched through the engine: memory and each call's deadline
     then depend on the tile, not on the image, and the result equals the untiled one (app/core/tiling.py). 0: never
     tile."""
 

@@ -21,6 +21,8 @@ RADIUS_MARGIN = 4
 """Pixels added to a graph's measured receptive radius when tiling (a safety margin on the measurement)."""
 TILE_ALIGN = 8
 """Tiles start on multiples of this (the 2x2 pixel-unshuffle and 2x pooling of our networks compute on a grid)."""
+TILE_RAMP = 8
+"""Pixels over which a tile's weight rises from 0 to 1 beyond its receptive margin (app/core/tiling.py)."""
 
 
 class InferenceService:
@@ -45,11 +47,21 @@ class InferenceService:
         the engine's queue and batcher."""
         return await self._engine.run(graph, {graph.inputs[0].name: array, **(extra or {})}, task)
 
+    def tile_side(self, graph: GraphSession) -> int:
+        """The side of the tiles of `graph`: `AE_TILE_SIZE`, made at least twice the overlap its receptive radius
+        needs (so that half of every tile is new pixels), on the 8-px grid; 0 when it does not tile."""
+        tile = self._settings.tile_size
+        if not tile or graph.receptive_radius is None:
+            return 0
+        overlap = 2 * (graph.receptive_radius + RADIUS_MARGIN) + TILE_RAMP
+        least = -(-2 * overlap // TILE_ALIGN) * TILE_ALIGN
+        return max(-(-tile // TILE_ALIGN) * TILE_ALIGN, least)
+
     def tiles(self, graph: GraphSession, height: int, width: int) -> bool:
         """Whether an image of this size runs in tiles: larger than one tile, on a graph whose receptive radius
         is known (`AE_TILE_SIZE`; 0 turns tiling off)."""
-        tile = self._settings.tile_size
-        return bool(tile) and graph.receptive_radius is not None and height * width > tile * tile
+        tile = self.tile_side(graph)
+        return bool(tile) and height * width > tile * tile
 
     async def run_tiled(
         self,
@@ -65,8 +77,9 @@ class InferenceService:
         assert graph.receptive_radius is not None
         _, height, width = image.shape
         padded = pad_to(image, TILE_ALIGN)
-        tile = self._settings.tile_size
-        plan = plan_tiles(padded.shape[1], padded.shape[2], tile, graph.receptive_radius + RADIUS_MARGIN, 8, TILE_ALIGN)
+        tile = self.tile_side(graph)
+        radius = graph.receptive_radius + RADIUS_MARGIN
+        plan = plan_tiles(padded.shape[1], padded.shape[2], tile, radius, TILE_RAMP, TILE_ALIGN)
         per_tile = image.shape[0] * plan.tile_h * plan.tile_w
         batch = max(1, self._engine.limits.max_request_values // per_tile)
 

@@ -241,3 +241,47 @@ def test_cli_resume(tmp_path, capsys):
 def test_all_does_not_train_photo():
     assert "photo" in registry.MODELS and "photo" not in registry.ALL
     assert set(registry.ALL) == set(registry.MODELS) - {"photo"}
+
+
+def test_the_exported_model_serves_through_the_service(quick_card):
+    """The exporter's `photo` (quick-trained) loads in the service as it is and denoises a colour upload in colour,
+    a gray one in gray, in tiles when large, with the noise level estimated or given and reported."""
+    import io
+
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    from app.main import create_app
+    from app.settings import Settings
+
+    folder, _ = quick_card
+    with TestClient(create_app(Settings(models_dir=folder.parent, tile_size=64, log_level="warning"))) as client:
+        graph = client.app.state.context.registry.serving("photo").graphs["full"]
+        assert graph.receptive_radius is not None and graph.receptive_radius > 0
+        rgb = np.random.default_rng(12).integers(0, 256, (96, 136, 3), dtype=np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(rgb).save(buffer, format="PNG")
+        answer = client.post(
+            "/v1/models/photo/denoise", content=buffer.getvalue(), headers={"content-type": "image/png"}
+        )
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["x-sigma-source"] == "estimated" and float(answer.headers["x-sigma"]) >= 0
+        image = Image.open(io.BytesIO(answer.content))
+        assert image.mode == "RGB" and image.size == (136, 96)
+        gray = client.post(
+            "/v1/models/photo/denoise?sigma=15",
+            content=_png(rgb[..., 0]),
+            headers={"content-type": "image/png"},
+        )
+        assert gray.status_code == 200 and Image.open(io.BytesIO(gray.content)).mode == "L"
+        assert gray.headers["x-sigma"] == "15.00" and gray.headers["x-sigma-source"] == "given"
+
+
+def _png(pixels):
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
