@@ -45,13 +45,6 @@ _DISCONNECT: Message = {"type": "http.disconnect"}
 CLIENT_CLOSED_REQUEST = 499
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope.get("headers", ()):
-        if key == name:
-            return bytes(value).decode("latin-1")
-    return None
-
-
 def _state(scope: Scope) -> dict[str, Any]:
     state: dict[str, Any] = scope.setdefault("state", {})
     return state

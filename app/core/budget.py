@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from app.core.errors import Overloaded, PayloadTooLarge
@@ -117,15 +117,6 @@ class MemoryBudget:
             self._waiters.popleft()
             self._take(nbytes)
             future.set_result(None)
-
-    @contextlib.asynccontextmanager
-    async def hold(self, nbytes: int, what: str) -> AsyncIterator[None]:
-        """`nbytes` for the duration of the block."""
-        await self.acquire(nbytes, what)
-        try:
-            yield
-        finally:
-            self.release(nbytes)
 
 
 class Reservation:
