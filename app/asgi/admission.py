@@ -50,18 +50,10 @@ def _state(scope: Scope) -> dict[str, Any]:
     return state
 
 
-async def send_error(
-    scope: Scope,
-    receive: Receive,
-    send: Send,
-    status: int,
-    type_: str,
-    message: str,
-    details: dict[str, Any] | None = None,
-    headers: dict[str, str] | None = None,
-) -> None:
-    _state(scope)["error_type"] = type_
-    response = render_error(route_path(scope), status, type_, message, details, headers)
+async def send_error(scope: Scope, receive: Receive, send: Send, error: ServiceError) -> None:
+    """Answer with `error` in the route's protocol's shape (the middleware's own refusals)."""
+    _state(scope)["error_type"] = error.type
+    response = render_error(route_path(scope), error.status, error.type, error.message, error.details, error.headers)
     await response(scope, receive, send)
 
 
@@ -78,6 +70,11 @@ class BodyRejected(ServiceError):
     ) -> None:
         super().__init__(message, details, headers)
         self.status, self.type = status, type_
+
+
+def client_gone_error() -> BodyRejected:
+    """What a request whose client went away is logged and counted as (nginx's 499; the answer goes nowhere)."""
+    return BodyRejected(CLIENT_CLOSED_REQUEST, "client_disconnected", "client went away")
 
 
 class Inflater:
@@ -299,10 +296,7 @@ class AdmissionMiddleware:
         inflater: Inflater | None = None
         if encoding not in ("", "identity"):
             if encoding not in (*_GZIP_NAMES, "deflate"):
-                await send_error(
-                    scope,
-                    receive,
-                    send,
+                unsupported = BodyRejected(
                     415,
                     "unsupported_media_type",
                     f"Content-Encoding {encoding!r} is not supported; send {', '.join(SUPPORTED_ENCODINGS)} or "
@@ -310,6 +304,7 @@ class AdmissionMiddleware:
                     {"accepted_encodings": list(SUPPORTED_ENCODINGS)},
                     {"Accept-Encoding": ", ".join(SUPPORTED_ENCODINGS)},
                 )
+                await send_error(scope, receive, send, unsupported)
                 return
             inflater = Inflater(encoding)
             # The route sees the decoded body: its length is no longer the declared one.
@@ -318,24 +313,12 @@ class AdmissionMiddleware:
                 (k, v) for k, v in scope["headers"] if k not in (b"content-encoding", b"content-length")
             ]
         if declared.isdigit() and int(declared) > self.limit:
-            await self._refuse(scope, receive, send, self._too_large(f"request body of {int(declared)} bytes"))
+            await send_error(scope, receive, send, self._too_large(f"request body of {int(declared)} bytes"))
             return
 
         has_body = chunked or declared not in ("", "0")
         length = int(declared) if declared.isdigit() and inflater is None else None
         await self._admit(scope, receive, send, inflater, has_body, length)
-
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send, rejection: ServiceError) -> None:
-        await send_error(
-            scope,
-            receive,
-            send,
-            rejection.status,
-            rejection.type,
-            rejection.message,
-            rejection.details,
-            rejection.headers,
-        )
 
     async def _admit(
         self,
@@ -356,7 +339,7 @@ class AdmissionMiddleware:
         if counted:
             refusal = admission.start_read(client) if has_body else admission.enter()
             if refusal is not None:
-                await self._refuse(scope, receive, send, refusal)
+                await send_error(scope, receive, send, refusal)
                 return
             reading, entered = has_body, not has_body
         reservation = Reservation(self.memory) if self.memory is not None and has_body else None
@@ -372,7 +355,7 @@ class AdmissionMiddleware:
             if not app_started and not answered:
                 answered = True
                 rejection.headers.setdefault("Connection", "close")
-                await self._refuse(scope, receive, send, rejection)
+                await send_error(scope, receive, send, rejection)
             return _DISCONNECT
 
         async def limited_receive() -> Message:
@@ -447,7 +430,7 @@ class AdmissionMiddleware:
                     try:
                         await reservation.grow(length, "the request body")
                     except ServiceError as exc:
-                        await self._refuse(scope, receive, send, exc)
+                        await send_error(scope, receive, send, exc)
                         return
             clock = _BodyClock(self.timeout, self.grace, self.min_rate)
             await self.app(scope, limited_receive, guarded_send)
@@ -455,7 +438,7 @@ class AdmissionMiddleware:
             if answered:
                 return
             if client_gone and not app_started:
-                await send_error(scope, receive, send, CLIENT_CLOSED_REQUEST, "client_disconnected", "client went away")
+                await send_error(scope, receive, send, client_gone_error())
                 return
             raise
         except Exception:

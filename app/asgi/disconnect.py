@@ -16,7 +16,7 @@ import asyncio
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.asgi.admission import CLIENT_CLOSED_REQUEST, send_error
+from app.asgi.admission import client_gone_error, send_error
 
 WATCH_AFTER_SECONDS = 0.05
 
@@ -83,7 +83,7 @@ class DisconnectMiddleware:
                 route.uncancel()
             # The client went away and the route was stopped: the answer goes nowhere (the server drops it) but
             # the request is logged and counted as 499, as a disconnect during the body is.
-            await send_error(scope, receive, send, CLIENT_CLOSED_REQUEST, "client_disconnected", "client went away")
+            await send_error(scope, receive, send, client_gone_error())
         finally:
             if timer is not None:
                 timer.cancel()

@@ -21,7 +21,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.api.errors import render_error, route_path
-from app.asgi.admission import send_error
+from app.asgi.admission import BodyRejected, send_error
 from app.settings import Settings
 
 CORS_ALLOW_HEADERS = ("Authorization", "Content-Type", "Content-Encoding", "Accept", "X-Request-ID")
@@ -76,16 +76,15 @@ class ApiKeyMiddleware:
             await self.app(scope, receive, send)
             return
         problem = "missing API key" if token is None else "invalid API key"
-        await send_error(
-            scope,
-            receive,
-            send,
+        challenge = 'Bearer realm="ae-serve"' + ("" if token is None else ', error="invalid_token"')
+        unauthorized = BodyRejected(
             401,
             "unauthorized",
             f"{problem}: send the header 'Authorization: Bearer <key>'",
             {},
-            {"WWW-Authenticate": 'Bearer realm="ae-serve"' + ("" if token is None else ', error="invalid_token"')},
+            {"WWW-Authenticate": challenge},
         )
+        await send_error(scope, receive, send, unauthorized)
 
 
 class JsonCORSMiddleware(CORSMiddleware):
