@@ -33,7 +33,7 @@ def main() -> int:
     torch.set_num_threads(1)
     saved = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
     cfg = saved["config"]
-    net = PhotoDenoiser(cfg["channels"], cfg["depth"], cfg["batchnorm"])
+    net = PhotoDenoiser(cfg["channels"], cfg["blocks"])
     best = saved.get("best") or {}
     net.load_state_dict(saved["model"] if args.last or not best.get("model") else best["model"])
     net.eval()

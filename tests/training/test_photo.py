@@ -172,23 +172,19 @@ def test_exported_graph_runs_gray_and_colour_at_dynamic_sizes(quick_card):
             assert np.isfinite(y).all() and y.min() >= 0.0 and y.max() <= 1.0
 
 
-def test_fused_batchnorm_matches_and_untrained_net_is_identity():
+def test_untrained_net_is_identity_and_blocks_start_as_identity():
     torch.manual_seed(0)
-    net = photo.PhotoDenoiser(16, 5, True)
+    net = photo.PhotoDenoiser(16, 3)
+    assert net.convolutions == 8
     x, s = torch.rand(2, 3, 20, 26), torch.tensor([0.1, 0.0])
     assert torch.equal(net.eval()(x, s), x)  # the last convolution starts at zero: predicted noise 0
-    with torch.no_grad():  # give BatchNorm non-trivial statistics and the output layer weights
-        for m in net.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.1, 0.1)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.1, 0.1)
-        net.body[-1].weight.normal_(0, 0.05)
-    fused = net.fused()
-    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    h = torch.rand(1, 16, 8, 8)
+    for block in net.blocks:  # each residual block's second convolution starts at zero
+        assert torch.equal(block(h), h)
     with torch.no_grad():
-        assert torch.allclose(net.eval()(x, s), fused(x, s), atol=1e-5)
+        net.tail.weight.normal_(0, 0.05)
+    y = net(x, s)  # a trained output layer: the noise is subtracted and the result kept in [0, 1], odd sides too
+    assert y.shape == x.shape and not torch.equal(y, x) and 0.0 <= y.min() and y.max() <= 1.0
 
 
 # ------------------------------------------------------------------------------------------------ checkpoints
