@@ -77,9 +77,8 @@ CMD ["all", "--out", "/out"]
 # The serving image: the last stage, so the default target.
 # hadolint ignore=DL3006
 FROM base-${RUNTIME} AS serve
-# Production settings (any AE_* variable overrides them at run time). Images up to 1024 x 1024: the denoiser needs
-# ~450 MiB per image that size in a batch (README.md, "Kubernetes"); the service's own default (4096 x 4096)
-# could take several GiB.
+# Production settings (any AE_* variable overrides them at run time). Memory is bounded by the service's own
+# budgets (README.md, "Kubernetes"): ~2.75 GiB per worker at most with the defaults.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -87,8 +86,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     AE_LOG_JSON=true \
     AE_LOG_LEVEL=info \
     AE_DRAIN_SECONDS=0 \
-    AE_GRACEFUL_TIMEOUT_SECONDS=25 \
-    AE_MAX_IMAGE_PIXELS=1048576
+    AE_GRACEFUL_TIMEOUT_SECONDS=25
 RUN useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin app
 COPY --from=deps /opt/venv /opt/venv
 WORKDIR /srv

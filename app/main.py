@@ -75,6 +75,7 @@ class _Parts:
     lifecycle: Lifecycle
     admission: Admission
     request_memory: MemoryBudget
+    image_memory: MemoryBudget
     inference_memory: MemoryBudget
 
     @classmethod
@@ -95,6 +96,7 @@ class _Parts:
                 settings.retry_after_seconds,
             ),
             request_memory=budget("request memory", settings.request_memory_budget_bytes),
+            image_memory=budget("image memory", settings.image_memory_budget_bytes),
             inference_memory=budget("inference memory", settings.inference_memory_budget_bytes),
         )
 
@@ -137,6 +139,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             metrics=parts.metrics,
             lifecycle=parts.lifecycle,
             request_memory=parts.request_memory,
+            image_memory=parts.image_memory,
             inference_memory=parts.inference_memory,
             engine=engine,
             registry=registry,

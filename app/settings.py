@@ -158,11 +158,12 @@ class Settings(_TaskDefaults, BaseSettings):  # type: ignore[misc, valid-type]
     (and no more compute-bound ones): see app/README.md. 0: one per usable CPU (affinity and cgroup quota),
     resolved when the settings are read."""
 
-    max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
-    """Largest request body accepted on any route, in bytes (413 beyond). Decided from `Content-Length` before
-    the body is read, and counted while reading bodies sent without one (chunked). For `Content-Encoding: gzip`
-    or `deflate` bodies it is the *decompressed* size that counts (decoded incrementally, never past the
-    limit)."""
+    max_body_bytes: int = Field(default=96 * 1024 * 1024, ge=1024)
+    """Largest request body accepted on any route, in bytes (413 beyond): 96 MiB admits a noisy 24-megapixel
+    colour PNG (~70 MB); what a body may become once parsed is bounded by the memory budgets. Decided from
+    `Content-Length` before the body is read, and counted while reading bodies sent without one (chunked). For
+    `Content-Encoding: gzip` or `deflate` bodies it is the *decompressed* size that counts (decoded
+    incrementally, never past the limit)."""
 
     body_timeout_seconds: float = Field(default=60.0, ge=0.0)
     """The whole request body must arrive within this many seconds of the request's start (408 beyond): a
@@ -217,8 +218,8 @@ class Settings(_TaskDefaults, BaseSettings):  # type: ignore[misc, valid-type]
     """ONNX Runtime working memory one worker process lets the requests being computed hold at once: each
     request reserves its input values x its graph's working bytes per value (measured when the model loads;
     `GET /v1/models/{name}` shows it) from queueing to its result. Same waiting and refusals as
-    `request_memory_budget_bytes`. With the defaults one worker stays under ~2 GiB whatever the mix (the
-    Kubernetes manifest's limit): ~0.2 GiB loaded, plus both budgets."""
+    `request_memory_budget_bytes`. With the defaults one worker stays under ~2.75 GiB whatever the mix (the
+    Kubernetes manifest's limit is 3 GiB): ~0.25 GiB loaded, plus the request, image and inference budgets."""
 
     memory_wait_seconds: float = Field(default=10.0, ge=0.0)
     """Longest wait for room in a memory budget before a request is answered 503 `overloaded`."""
@@ -232,9 +233,17 @@ class Settings(_TaskDefaults, BaseSettings):  # type: ignore[misc, valid-type]
     max_sequence_length: int = Field(default=10_000, ge=2)
     """Longest series accepted by the sequence models (413 beyond)."""
 
-    max_image_pixels: int = Field(default=1024 * 1024, ge=16)
-    """Largest image (width x height, read from its header before decoding) accepted (413 beyond). The
-    denoiser needs about 750 MiB of working memory per million pixels: raise it only with the memory to match."""
+    max_image_pixels: int = Field(default=24 * 1024 * 1024, ge=16)
+    """Largest image (width x height, read from its header before decoding) accepted (413 beyond): 24 Mi
+    pixels, a 6000 x 4000 camera photograph with room to spare. What decoding and denoising it holds comes from
+    `image_memory_budget_bytes`; the denoisers run large images in tiles (`tile_size`)."""
+
+    image_memory_budget_bytes: int = Field(default=1024 * 1024 * 1024, ge=1024 * 1024)
+    """Memory one worker process lets requests hold at once for decoded images and what is made of them until
+    their answer is sent (a colour photograph to a tiled denoiser: ~40 bytes per pixel, e.g. ~480 MiB for
+    12 megapixels; an image resized for a digit model: ~64 bytes per pixel while decoding), estimated from the
+    image headers before any pixel is decoded. Concurrent large uploads wait up to `memory_wait_seconds` for
+    room, then get 503 `overloaded` with `Retry-After`; an upload that could never fit gets 413."""
 
     max_request_values: int = Field(default=4 * 1024 * 1024, ge=1)
     """Most input values (numbers over every input tensor, after decoding images) one request may send to a
@@ -253,7 +262,7 @@ class Settings(_TaskDefaults, BaseSettings):  # type: ignore[misc, valid-type]
     decoded; 413 beyond): 256 all-black 1024x1024 PNGs are a 300 KB body but a quarter of a gigapixel to decode,
     even for a model that shrinks each to 28x28."""
 
-    max_image_side: int = Field(default=8192, ge=4)
+    max_image_side: int = Field(default=16384, ge=4)
     """Longest image side accepted (413 beyond)."""
 
     max_upload_files: int = Field(default=256, ge=1)

@@ -35,6 +35,7 @@ class AppContext:
     metrics: Metrics
     lifecycle: Lifecycle
     request_memory: MemoryBudget
+    image_memory: MemoryBudget
     inference_memory: MemoryBudget
     engine: InferenceEngine
     registry: ModelRegistry

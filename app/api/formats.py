@@ -255,6 +255,17 @@ JPEG_QUALITY = 95
 WEBP_QUALITY = 95
 
 
+def _quantise(pixels: np.ndarray, scale: float, dtype: type[np.unsignedinteger]) -> np.ndarray:
+    """round(clip(pixels, 0, 1) x scale) as `dtype`, a band of rows at a time: float temporaries of a few MiB
+    instead of two full-size float64 copies of a 24-megapixel photograph. `pixels` may be any view."""
+    out = np.empty(pixels.shape, dtype=dtype)
+    band = max(1, (1 << 20) // max(1, pixels[0].size))
+    for y in range(0, pixels.shape[0], band):
+        rows = np.clip(pixels[y : y + band], 0.0, 1.0) * np.float32(scale)
+        out[y : y + band] = np.rint(rows, out=rows)
+    return out
+
+
 def encode_image(
     pixels: np.ndarray,
     fmt: str,
@@ -267,14 +278,12 @@ def encode_image(
     the alpha channel kept (PNG, WebP; JPEG has none), the ICC profile attached, JPEG at quality 95 without chroma
     subsampling, WebP at quality 95."""
     scale = 65535.0 if bits == 16 and fmt == "PNG" and pixels.ndim == 2 else 255.0
-    values = np.rint(np.clip(pixels, 0.0, 1.0) * scale)
     if scale == 65535.0:
-        image = Image.fromarray(values.astype(np.uint16))  # I;16
+        image = Image.fromarray(_quantise(pixels, scale, np.uint16))  # I;16
     else:
-        u8 = values.astype(np.uint8)
+        u8 = _quantise(pixels, scale, np.uint8)
         if alpha is not None and fmt != "JPEG":
-            a8 = np.rint(np.clip(alpha, 0.0, 1.0) * 255.0).astype(np.uint8)
-            u8 = np.dstack([u8, a8])
+            u8 = np.dstack([u8, _quantise(alpha, 255.0, np.uint8)])
         image = Image.fromarray(u8)
     options: dict[str, Any] = {}
     if icc_profile:

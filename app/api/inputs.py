@@ -20,9 +20,9 @@ from starlette.requests import ClientDisconnect, Request
 
 from app.api.context import AppContext, context_of
 from app.api.formats import JSON, MULTIPART, NPY, json_tensor, media_type, npy_tensor
-from app.core.budget import request_reservation
+from app.core.budget import IMAGE_MEMORY_STATE, Reservation, request_reservation
 from app.core.errors import BadRequest, InvalidInput, PayloadTooLarge, UnsupportedMediaType
-from app.core.images import DECODE_BYTES_PER_PIXEL, DecodedImage, decode_image, header_size
+from app.core.images import DECODE_BYTES_PER_PIXEL, PHOTO_BYTES_PER_PIXEL, DecodedImage, decode_image, header_size
 from app.core.preprocess import Preprocess, prepare_image
 from app.core.registry import ModelEntry
 from app.core.tasks import TASKS, InputBatch
@@ -91,15 +91,21 @@ async def reserve_parsing(request: Request, body: bytes, json_bytes: int) -> Non
 
 
 async def reserve_decoding(
-    request: Request, entry: ModelEntry, task: str, uploads: list[tuple[str | None, bytes]], limits: Limits
+    request: Request, entry: ModelEntry, task: str, uploads: list[tuple[str | None, bytes]], ctx: AppContext
 ) -> None:
     """Decide from the image headers alone, before any pixel is decoded: the values the model will get (413
-    beyond `max_request_values`) and the memory decoding them holds (reserved from the request memory budget).
-    Each upload is decoded in turn, so the peak is the largest image's decoding plus every result."""
+    beyond `max_request_values`; a tiled model's are checked per tile instead) and the memory the images hold
+    until the answer is sent, reserved from the image memory budget (413 when it could never fit, a wait and
+    then 503 when it does not fit now). Gray uploads to a digit model are decoded in turn, so their peak is the
+    largest image's decoding plus every result; a photograph to a tiled denoiser holds its pixels, its denoised
+    copy and its encoded answer at once (`PHOTO_BYTES_PER_PIXEL`)."""
     card = entry.card
     assert card is not None
-    spec = entry.graph_for(task).inputs[0]
+    limits = ctx.limits
+    graph = entry.graph_for(task)
+    spec = graph.inputs[0]
     target = model_image_target(card, spec)
+    tiled = target is None and ctx.service.tile_side(graph) > 0
     values = largest = total = 0
     for _, data in uploads:
         size = header_size(data)
@@ -110,13 +116,21 @@ async def reserve_decoding(
             continue  # refused by the decoder with its size in the message
         largest = max(largest, pixels)
         total += pixels
-        values += target[0] * target[1] if target is not None else pixels
+        if not tiled:
+            values += target[0] * target[1] if target is not None else pixels
     limits.check_request_pixels(total, f"the {len(uploads)} images hold")
     limits.check_request_values(values, f"the {len(uploads)} images make")
-    reservation = request_reservation(request.scope)
-    if reservation is not None:
-        need = reservation.held + largest * DECODE_BYTES_PER_PIXEL + values * 8
-        await reservation.ensure(need, f"decoding {len(uploads)} image(s)")
+    if card.input.image is not None and card.input.image.channels == 3:
+        need = total * PHOTO_BYTES_PER_PIXEL
+    else:
+        need = largest * DECODE_BYTES_PER_PIXEL + values * 8
+    what = f"decoding {len(uploads)} image(s) of {total} pixels"
+    state = request.scope.setdefault("state", {})
+    reservation = state.get(IMAGE_MEMORY_STATE)
+    if reservation is None:
+        reservation = state[IMAGE_MEMORY_STATE] = Reservation(ctx.image_memory)
+    if not reservation.try_grow(need - reservation.held):
+        await reservation.ensure(need, what)
 
 
 def takes_images(entry: ModelEntry, task: str) -> bool:
@@ -212,7 +226,7 @@ async def read_inputs(
         await _multipart_files(request, body, settings) if ctype == MULTIPART else [(None, body)]
     )
     limits.check_rows(len(uploads), "the upload holds")
-    await reserve_decoding(request, entry, task, uploads, limits)
+    await reserve_decoding(request, entry, task, uploads, ctx)
     return await ctx.offload.run(_image_batch, entry, task, uploads, options, limits)
 
 
@@ -225,10 +239,8 @@ def _colour_sample(decoded: DecodedImage, min_side: int, field_name: str) -> tup
             f"{field_name}: image is {width}x{height}; this model needs at least {min_side} pixels per side",
             {"field": field_name, "min_side": min_side},
         )
-    if decoded.is_colour:
-        sample = np.ascontiguousarray(pixels.transpose(2, 0, 1))
-    else:
-        sample = np.repeat(pixels[None], 3, axis=0)
+    # Views, not copies: a 24-megapixel photograph is 288 MiB of float32 pixels; tiles are cut from the view.
+    sample = pixels.transpose(2, 0, 1) if decoded.is_colour else np.broadcast_to(pixels[None], (3, height, width))
     steps = {
         "preprocess": "none",
         "inverted": False,
@@ -282,9 +294,12 @@ def _image_batch(
         sample_shape = [d if isinstance(d, int) else -1 for d in spec.sample_shape]
         samples.append(pixels[None, :, :] if len(sample_shape) == 3 else pixels.reshape(sample_shape))
     shapes = {s.shape for s in samples}
-    if len(shapes) == 1:
-        stacked = np.stack(samples)
-        parts = [fit_array(card, spec, stacked, "file", limits)]
+    if len(samples) == 1:  # no stacking copy
+        parts = [fit_array(card, spec, samples[0][None], "file", limits, contiguous=not colour)]
+    elif len(shapes) == 1:
+        parts = [fit_array(card, spec, np.stack(samples), "file", limits)]
     else:
-        parts = [fit_array(card, spec, s[None], f"file[{i}]", limits) for i, s in enumerate(samples)]
+        parts = [
+            fit_array(card, spec, s[None], f"file[{i}]", limits, contiguous=not colour) for i, s in enumerate(samples)
+        ]
     return InputBatch(parts, "image", images=reports, given=options.given)

@@ -130,7 +130,7 @@ def _as_image(result: TaskResult) -> np.ndarray:
     value = result.outputs[TASKS[result.task].main_output]
     array: np.ndarray = (value[0] if isinstance(value, list) else np.asarray(value))[0]
     if array.ndim == 3:  # [1, H, W] or [3, H, W]
-        return np.asarray(array[0]) if array.shape[0] == 1 else np.ascontiguousarray(array.transpose(1, 2, 0))
+        return np.asarray(array[0]) if array.shape[0] == 1 else array.transpose(1, 2, 0)  # a view: encode_image copes
     card = result.card
     hw = image_shape(card, result.entry.graph_for(result.task).outputs[0])
     assert hw is not None

@@ -32,7 +32,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.errors import render_error, route_path
-from app.core.budget import MEMORY_STATE, MemoryBudget, Reservation
+from app.core.budget import IMAGE_MEMORY_STATE, MEMORY_STATE, MemoryBudget, Reservation
 from app.core.errors import ServiceError
 from app.settings import Settings
 
@@ -454,3 +454,6 @@ class AdmissionMiddleware:
                 admission.leave()
             if reservation is not None:
                 reservation.release()
+            images = scope.get("state", {}).get(IMAGE_MEMORY_STATE)
+            if images is not None:
+                images.release()

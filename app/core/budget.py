@@ -8,13 +8,16 @@ commas of a JSON body, the tensor shapes), and reserved from a budget:
 
 - `request_memory_budget_bytes`: bodies being read and what parsing and decoding make of them, held by each
   request until its answer is sent (`Reservation`, one per request, released by the admission middleware);
+- `image_memory_budget_bytes`: decoded images and what becomes of them (a photograph's float pixels, its
+  denoised copy, the encoded answer), estimated from the image headers before decoding and held until the answer
+  is sent, so that concurrent large uploads wait (or get 503) instead of pushing the process past its memory;
 - `inference_memory_budget_bytes`: ONNX Runtime's working memory for the calls in flight, held by each request
   from queueing to its result (`InferenceEngine.run`), estimated per graph at load (`ModelEntry` measures it).
 
 A request that would never fit (its need exceeds the whole budget) is refused with 413; one that does not fit
 *now* waits, first come first served, up to `memory_wait_seconds`, then gets 503 `overloaded` with
-`Retry-After`. The two budgets are separate so that a request holding request data never waits for inference
-memory that other holders of request data block (the two are taken in that order, never the reverse).
+`Retry-After`. The budgets are separate, and taken in one order (request, image, inference; never the reverse),
+so that a request holding one never waits for another that holders of the first block.
 """
 
 from __future__ import annotations
@@ -154,6 +157,10 @@ class Reservation:
 
 MEMORY_STATE = "memory"
 """The key of a request's `Reservation` in its ASGI scope's `state` (the admission middleware puts it there)."""
+IMAGE_MEMORY_STATE = "image_memory"
+"""The key of a request's image memory `Reservation` in its scope's `state` (put there by the route that decodes
+images, `app.api.inputs.reserve_decoding`; released by the admission middleware when the request ends, after its
+answer, which is encoded from the decoded pixels, has been sent)."""
 
 
 def request_reservation(scope: Mapping[str, Any]) -> Reservation | None:

@@ -251,6 +251,11 @@ def to_colour(image: Image.Image) -> tuple[np.ndarray, np.ndarray | None, int]:
 DECODE_BYTES_PER_PIXEL = 64
 """Peak memory of decoding one image to float pixels, per pixel (measured with tracemalloc on 1-megapixel
 uploads: 5 B gray, 43 B RGB, 52 B RGBA, plus Pillow's own buffer): what a request reserves before decoding."""
+PHOTO_BYTES_PER_PIXEL = 40
+"""Memory a photograph to a tiled colour denoiser holds per pixel until its answer is sent: its float32 RGB pixels
+(12 B), the denoised float32 copy (12 B), the 8-bit answer, Pillow's copy of it and the encoded file (~10 B),
+and decoding's transient buffers; tiles, noise estimate and blending weights are bounded apart from the size.
+Measured: see bench/photo_serving.py (peak RSS growth per pixel of a 12-megapixel colour upload)."""
 
 
 def header_size(data: bytes) -> tuple[int, int] | None:

@@ -33,6 +33,8 @@ EDGE_FRACTION = 0.2
 CLIP_MARGIN = 2.0
 MIN_VALID = 256  # fewer unclipped responses than this: use them all
 QUANT_VAR_8BIT = 1.0 / (12.0 * 255.0**2)
+MAX_SAMPLE_PIXELS = 1 << 20  # per channel: larger channels are estimated on a grid of blocks
+SAMPLE_BLOCK = 256
 
 
 def _conv3x3_valid(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
@@ -61,17 +63,35 @@ def _box5_same(x: np.ndarray) -> np.ndarray:
     return np.pad(mean, 1, mode="edge")
 
 
-def estimate_sigma_channel(x: np.ndarray, edge_fraction: float = EDGE_FRACTION) -> float:
-    """Noise sigma of one 2-D channel with values in [0, 1]; 0.0 for images smaller than 5x5."""
-    x = np.asarray(x, dtype=np.float64)
-    if x.ndim != 2:
-        raise ValueError(f"expected a 2-D channel, got shape {x.shape}")
+def _blocks(x: np.ndarray, max_pixels: int) -> list[np.ndarray]:
+    """The channel itself when it holds at most `max_pixels`, else a grid of `SAMPLE_BLOCK`-pixel squares spread
+    evenly over it, `max_pixels` in all: the estimate of a 24-megapixel photograph costs what a 1-megapixel one
+    does (its float64 work arrays are ~60 bytes per pixel) and noise statistics need no more."""
+    h, w = x.shape
+    if h * w <= max_pixels or min(h, w) < SAMPLE_BLOCK:
+        return [x]
+    count = max(1, max_pixels // (SAMPLE_BLOCK * SAMPLE_BLOCK))
+    rows = max(1, min(count, round(float(np.sqrt(count * h / w)))))
+    cols = max(1, count // rows)
+    ys = np.linspace(0, h - SAMPLE_BLOCK, rows).round().astype(int)
+    xs = np.linspace(0, w - SAMPLE_BLOCK, cols).round().astype(int)
+    return [x[y : y + SAMPLE_BLOCK, c : c + SAMPLE_BLOCK] for y in ys for c in xs]
+
+
+def estimate_sigma_channel(
+    x: np.ndarray, edge_fraction: float = EDGE_FRACTION, max_pixels: int = MAX_SAMPLE_PIXELS
+) -> float:
+    """Noise sigma of one 2-D channel with values in [0, 1]; 0.0 for images smaller than 5x5. Channels above
+    `max_pixels` are estimated on a grid of blocks holding that many pixels."""
+    if np.ndim(x) != 2:
+        raise ValueError(f"expected a 2-D channel, got shape {np.shape(x)}")
     if x.shape[0] < 5 or x.shape[1] < 5:
         return 0.0
-    response = np.abs(_conv3x3_valid(x, _LAPLACE))
+    blocks = [np.asarray(b, dtype=np.float64) for b in _blocks(np.asarray(x), max_pixels)]
+    response = np.concatenate([np.abs(_conv3x3_valid(b, _LAPLACE)).ravel() for b in blocks])
+    local_mean = np.concatenate([_box5_same(b).ravel() for b in blocks])
     valid = np.ones(response.shape, dtype=bool)
     sigma = float(np.median(response)) * MAD_TO_SIGMA
-    local_mean = _box5_same(x)
     for _ in range(2):
         away = (local_mean > CLIP_MARGIN * sigma) & (local_mean < 1.0 - CLIP_MARGIN * sigma)
         if away.sum() < MIN_VALID:
@@ -79,12 +99,14 @@ def estimate_sigma_channel(x: np.ndarray, edge_fraction: float = EDGE_FRACTION) 
         valid = away
         sigma = float(np.median(response[valid])) * MAD_TO_SIGMA
     if edge_fraction > 0:
-        grad = np.hypot(_conv3x3_valid(x, _SOBEL_X), _conv3x3_valid(x, _SOBEL_X.T))
+        grad = np.concatenate(
+            [np.hypot(_conv3x3_valid(b, _SOBEL_X), _conv3x3_valid(b, _SOBEL_X.T)).ravel() for b in blocks]
+        )
         not_edge = valid & (grad <= np.quantile(grad[valid], 1.0 - edge_fraction))
         if not_edge.sum() >= MIN_VALID:
             valid = not_edge
     sigma = float(np.median(response[valid])) * MAD_TO_SIGMA
-    if _is_8bit(x):
+    if all(_is_8bit(b) for b in blocks):
         sigma = float(np.sqrt(max(sigma * sigma - QUANT_VAR_8BIT, 0.0)))
     return sigma
 

@@ -11,7 +11,7 @@ from typing import TypeVar
 import numpy as np
 
 from app.core.engine import GraphSession, InferenceEngine
-from app.core.tiling import pad_to, plan_tiles, run_tiled
+from app.core.tiling import plan_tiles, run_tiled
 from app.runtime.offload import Offload
 from app.settings import Settings
 
@@ -72,19 +72,20 @@ class InferenceService:
         extra: Callable[[int], Mapping[str, np.ndarray]],
     ) -> np.ndarray:
         """`output` of `graph` on one image [C, H, W] in overlapping tiles, `extra(n)` feeding the other inputs
-        of a batch of n tiles; batches hold at most `max_request_values` values (the engine splits further by
-        memory), each with its own deadline."""
+        of a call of n tiles; each call has its own value limit (`max_request_values`), inference memory and
+        deadline."""
         assert graph.receptive_radius is not None
         _, height, width = image.shape
-        padded = pad_to(image, TILE_ALIGN)
         tile = self.tile_side(graph)
         radius = graph.receptive_radius + RADIUS_MARGIN
-        plan = plan_tiles(padded.shape[1], padded.shape[2], tile, radius, TILE_RAMP, TILE_ALIGN)
-        per_tile = image.shape[0] * plan.tile_h * plan.tile_w
-        batch = max(1, self._engine.limits.max_request_values // per_tile)
+        padded_h, padded_w = (-(-side // TILE_ALIGN) * TILE_ALIGN for side in (height, width))
+        plan = plan_tiles(padded_h, padded_w, tile, radius, TILE_RAMP, TILE_ALIGN)
+        # One tile per call, as many calls as the engine runs at once: tiles are large (a 512-px RGB tile is 768 Ki
+        # values, above the batcher's merge limit anyway), and a lone photograph then uses every call slot (each
+        # call's intra-op threads) instead of one.
+        in_flight = self._engine.concurrency
 
         async def run(tiles: np.ndarray) -> np.ndarray:
             return (await self.run_graph(graph, tiles, task, extra(len(tiles))))[output]
 
-        out = await run_tiled(padded, run, plan, batch, self.compute)
-        return out[:, :height, :width]
+        return await run_tiled(image, run, plan, 1, self.compute, TILE_ALIGN, in_flight)

@@ -184,10 +184,11 @@ async def _denoise(service: InferenceService, entry: ModelEntry, batch: InputBat
                 await service.run_tiled(graph, image, "denoise", "denoised", _sigma_feed(takes_sigma, float(level)))
                 for image, level in zip(part, levels, strict=True)
             ]
-            parts.append(np.stack(outs))
+            parts.append(outs[0][None] if len(outs) == 1 else np.stack(outs))
         else:
             feeds = {"sigma": levels} if takes_sigma else {}
-            parts.append((await service.run_graph(graph, part, "denoise", feeds))["denoised"])
+            array = np.ascontiguousarray(part)  # a photograph's sample may be a view (app/api/inputs.py)
+            parts.append((await service.run_graph(graph, array, "denoise", feeds))["denoised"])
     if batch.images is not None:
         parts = _back_to_uploads(parts, batch)
     extra_fields: dict[str, Any] = {}
@@ -223,6 +224,8 @@ def _back_to_uploads(parts: list[np.ndarray], batch: InputBatch) -> list[np.ndar
             width, height = report.resized_from
             pixels = resize(pixels, height, width)
         restored.append(np.ascontiguousarray(pixels[None], dtype=np.float32))
+    if len(restored) == 1:
+        return [restored[0][None]]
     if len({r.shape for r in restored}) == 1:
         return [np.stack(restored)]
     return [r[None] for r in restored]

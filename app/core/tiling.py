@@ -14,9 +14,11 @@ The receptive radius is measured per graph when it loads (`app.core.registry.mea
 
 from __future__ import annotations
 
+import asyncio
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -72,14 +74,34 @@ def plan_tiles(height: int, width: int, tile: int, radius: int, ramp: int = 8, a
     )
 
 
+PadMode = Literal["reflect", "edge"]
+
+
+def _pad_mode(height: int, width: int, pad_h: int, pad_w: int) -> PadMode:
+    return "reflect" if pad_h < height and pad_w < width else "edge"
+
+
 def pad_to(image: np.ndarray, align: int) -> np.ndarray:
     """[C, H, W] reflect-padded at the bottom and right to multiples of `align` (edge-padded when too small)."""
     _, height, width = image.shape
     pad_h, pad_w = -height % align, -width % align
     if not pad_h and not pad_w:
         return image
-    mode = "reflect" if pad_h < height and pad_w < width else "edge"
-    return np.pad(image, ((0, 0), (0, pad_h), (0, pad_w)), mode=mode)
+    return np.pad(image, ((0, 0), (0, pad_h), (0, pad_w)), mode=_pad_mode(height, width, pad_h, pad_w))
+
+
+def padded_tile(image: np.ndarray, y: int, x: int, tile_h: int, tile_w: int, align: int) -> np.ndarray:
+    """The tile at (y, x) of `pad_to(image, align)`, without padding the whole image (a full-size copy): a tile
+    that crosses the bottom or right edge is padded on its own. Equal to the padded image's tile because the
+    reflection only reaches `align - 1` pixels back from the edge, which such a tile holds (tiles are at least
+    twice the overlap, itself more than `align`), or the whole side when the image is narrower than a tile."""
+    _, height, width = image.shape
+    crop = image[:, y : y + tile_h, x : x + tile_w]
+    pad_h, pad_w = tile_h - crop.shape[1], tile_w - crop.shape[2]
+    if not pad_h and not pad_w:
+        return crop
+    mode = _pad_mode(height, width, -height % align, -width % align)
+    return np.pad(crop, ((0, 0), (0, pad_h), (0, pad_w)), mode=mode)
 
 
 def _weights(length: int, start: int, size: int, radius: int, ramp: int) -> np.ndarray:
@@ -105,39 +127,84 @@ async def _here(func: Callable[..., Any], *args: object) -> Any:
     return func(*args)
 
 
-async def run_tiled(image: np.ndarray, run: Runner, plan: TilePlan, batch: int, compute: Compute = _here) -> np.ndarray:
-    """The graph's output on `image` [C, H, W] (the plan's size), computed `batch` tiles at a time and blended
-    (the blending through `compute`: milliseconds a tile, which the service keeps off the event loop)."""
+async def run_tiled(
+    image: np.ndarray,
+    run: Runner,
+    plan: TilePlan,
+    batch: int,
+    compute: Compute = _here,
+    align: int = 1,
+    in_flight: int = 1,
+) -> np.ndarray:
+    """The graph's output on `image` [C, H, W], computed `batch` tiles at a time, `in_flight` batches at once (so
+    that a lone large image keeps every ONNX Runtime call slot busy), and blended in order (the blending through
+    `compute`: milliseconds a tile, which the service keeps off the event loop; the same order whatever finishes
+    first, so the answer is deterministic). The plan is for the image padded to multiples of `align` (`pad_to`);
+    tiles are padded one by one, and the answer is [C', H, W].
+
+    Memory beside the answer: one batch of tiles and two 1-D weight sums. The blending weight of a tile is the
+    outer product of its row and column weights, and the tiles form a grid, so the total weight at (y, x) is
+    (sum of the row weights at y) x (sum of the column weights at x): no full-size weight image."""
     _, height, width = image.shape
-    if (height, width) != (plan.height, plan.width):
+    if (-(-height // align) * align, -(-width // align) * align) != (plan.height, plan.width):
         raise ValueError(f"the plan is for {plan.width}x{plan.height}, the image is {width}x{height}")
     out: np.ndarray | None = None
-    weight = np.zeros((height, width), dtype=np.float32)
     origins = plan.origins()
     th, tw = plan.tile_h, plan.tile_w
-    for first in range(0, len(origins), batch):
-        chunk = origins[first : first + batch]
-        tiles = np.stack([image[:, y : y + th, x : x + tw] for y, x in chunk])
-        results = await run(np.ascontiguousarray(tiles, dtype=np.float32))
-        if out is None:
-            out = np.zeros((results.shape[1], height, width), dtype=np.float32)
-        await compute(_accumulate, out, weight, plan, chunk, results)
+    chunks = [origins[first : first + batch] for first in range(0, len(origins), batch)]
+
+    def start(chunk: list[tuple[int, int]]) -> asyncio.Task[np.ndarray]:
+        tiles = np.stack([padded_tile(image, y, x, th, tw, align) for y, x in chunk])
+        return asyncio.ensure_future(run(np.ascontiguousarray(tiles, dtype=np.float32)))
+
+    pending: deque[asyncio.Task[np.ndarray]] = deque()
+    try:
+        for index, chunk in enumerate(chunks):
+            while len(pending) < max(1, in_flight) and index + len(pending) < len(chunks):
+                pending.append(start(chunks[index + len(pending)]))
+            results = await pending.popleft()
+            if out is None:
+                out = np.zeros((results.shape[1], height, width), dtype=np.float32)
+            await compute(_accumulate, out, plan, chunk, results)
+    finally:
+        for task in pending:  # an error or a cancellation: the batches not yet blended are not left running
+            task.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
     assert out is not None
-    result: np.ndarray = await compute(_normalise, out, weight)
+    result: np.ndarray = await compute(_normalise, out, plan)
     return result
 
 
-def _accumulate(
-    out: np.ndarray, weight: np.ndarray, plan: TilePlan, origins: list[tuple[int, int]], results: np.ndarray
-) -> None:
+def _axis_weights(plan: TilePlan) -> tuple[np.ndarray, np.ndarray]:
+    """The summed blending weights along each axis of the padded image: [H], [W]."""
+    rows = np.zeros(plan.height, dtype=np.float64)
+    for y in plan.ys:
+        rows[y : y + plan.tile_h] += _weights(plan.tile_h, y, plan.height, plan.radius, plan.ramp)
+    cols = np.zeros(plan.width, dtype=np.float64)
+    for x in plan.xs:
+        cols[x : x + plan.tile_w] += _weights(plan.tile_w, x, plan.width, plan.radius, plan.ramp)
+    return rows, cols
+
+
+def _accumulate(out: np.ndarray, plan: TilePlan, origins: list[tuple[int, int]], results: np.ndarray) -> None:
+    """Add each tile's result, weighted, to `out` (cropped where the tile reaches into the padding)."""
     th, tw = plan.tile_h, plan.tile_w
+    _, height, width = out.shape
     for (y, x), result in zip(origins, results, strict=True):
-        wy = _weights(th, y, plan.height, plan.radius, plan.ramp)
-        w = np.outer(wy, _weights(tw, x, plan.width, plan.radius, plan.ramp)).astype(np.float32)
-        out[:, y : y + th, x : x + tw] += result * w
-        weight[y : y + th, x : x + tw] += w
+        h, w = min(th, height - y), min(tw, width - x)
+        wy = _weights(th, y, plan.height, plan.radius, plan.ramp)[:h]
+        wx = _weights(tw, x, plan.width, plan.radius, plan.ramp)[:w]
+        out[:, y : y + h, x : x + w] += result[:, :h, :w] * np.outer(wy, wx).astype(np.float32)
 
 
-def _normalise(out: np.ndarray, weight: np.ndarray) -> np.ndarray:
-    out /= np.maximum(weight, np.float32(1e-12))
+def _normalise(out: np.ndarray, plan: TilePlan) -> np.ndarray:
+    """Divide by the total weight, a band of rows at a time (no full-size temporary)."""
+    rows, cols = _axis_weights(plan)
+    _, height, width = out.shape
+    inv_cols = (1.0 / np.maximum(cols[:width], 1e-12)).astype(np.float32)
+    band = max(1, (1 << 20) // max(width, 1))
+    for y in range(0, height, band):
+        inv_rows = (1.0 / np.maximum(rows[y : min(y + band, height)], 1e-12)).astype(np.float32)
+        out[:, y : y + band] *= inv_rows[:, None] * inv_cols[None, :]
     return out

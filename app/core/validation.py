@@ -96,8 +96,18 @@ def model_image_target(card: ModelCard, spec: TensorSpec) -> tuple[int, int] | N
     return image.height, image.width
 
 
-def fit_array(card: ModelCard, spec: TensorSpec, array: np.ndarray, field_name: str, limits: Limits) -> np.ndarray:
-    """Check `array` (batch first, any float dtype) and return it as float32 in the graph's input shape.
+def fit_array(
+    card: ModelCard,
+    spec: TensorSpec,
+    array: np.ndarray,
+    field_name: str,
+    limits: Limits,
+    *,
+    contiguous: bool = True,
+) -> np.ndarray:
+    """Check `array` (batch first, any float dtype) and return it as float32 in the graph's input shape
+    (`contiguous=False`: a view of it when it already is, e.g. a decoded photograph that will be cut into tiles,
+    instead of a full-size copy).
 
     Accepted sample shapes: the graph's own; flat when every axis is fixed; [H, W] (or [1, H, W]) for
     image models and flattened-image vector models.
@@ -115,6 +125,8 @@ def fit_array(card: ModelCard, spec: TensorSpec, array: np.ndarray, field_name: 
     _check_dynamic_sizes(card, sample_spec, target, field_name, limits)
     check_values(array, spec, field_name)
     out = array.reshape((array.shape[0], *target))
+    if not contiguous and out.dtype == spec.numpy_dtype:
+        return out
     return np.ascontiguousarray(out, dtype=spec.numpy_dtype)
 
 

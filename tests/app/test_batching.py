@@ -538,7 +538,11 @@ def test_a_request_past_its_deadline_gets_504_and_the_next_one_succeeds(server: 
     want = reference.run("denoise", "full", small)["denoised"]
     np.testing.assert_allclose(load_npy(response.content), want, atol=TOLERANCE, rtol=0)
     text = httpx.get(f"{server}/metrics").text
-    assert metric(text, "ae_inference_rejected_total", graph="full", model="denoise-deadline", reason="timeout") == 1
+    # The 1024 x 1024 image runs in tiles, one per call, as many calls in flight as the engine runs at once (2 on
+    # this 2-CPU machine): each call that was in flight when the deadline passed counts one timeout, and no tile
+    # is started after the first one failed.
+    timeouts = metric(text, "ae_inference_rejected_total", graph="full", model="denoise-deadline", reason="timeout")
+    assert 1 <= timeouts <= 2
 
 
 def test_a_client_that_disconnects_during_inference_stops_its_request(server: str) -> None:
@@ -562,8 +566,9 @@ def test_a_client_that_disconnects_during_inference_stops_its_request(server: st
         if cancelled >= 1 or time.monotonic() > deadline:
             break
         time.sleep(0.05)
-    assert cancelled == metric(before, "ae_inference_rejected_total", reason="cancelled", **labels) + 1
-    # The abandoned call was stopped rather than completed, and the request is counted as 499.
+    # The image runs in tiles, one per call, up to two calls in flight on this 2-CPU machine: each is cancelled.
+    assert 1 <= cancelled - metric(before, "ae_inference_rejected_total", reason="cancelled", **labels) <= 2
+    # The abandoned calls were stopped rather than completed, and the request is counted as 499.
     assert metric(text, "ae_inference_batch_size_count", **counts) == metric(
         before, "ae_inference_batch_size_count", **counts
     )

@@ -135,7 +135,7 @@ def test_fixed_size_denoiser_is_resized_in_and_out(model_copy: Callable[..., Pat
     card_path.write_text(json.dumps(card))
     pixels = np.random.default_rng(1).integers(0, 256, size=(45, 30), dtype=np.uint8)
     with make_client(models_dir=root) as c:
-        response = c.post("/v1/denoise", files={"file": ("n.png", png_bytes(pixels), "image/png")})
+        response = c.post("/v1/models/denoise/denoise", files={"file": ("n.png", png_bytes(pixels), "image/png")})
     assert response.status_code == 200, response.text
     assert response.headers["x-resize"] == "bilinear 30x45 -> 28x28 -> 30x45"
     assert response.headers["x-model-input-size"] == "28x28"

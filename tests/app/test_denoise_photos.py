@@ -199,3 +199,77 @@ def test_gray_in_gray_out_16_bit_and_alpha_kept(tiled: TestClient) -> None:
         headers={"accept": "application/json"},
     ).json()
     assert body["shapes"] == [[1, 24, 32], [3, 24, 32]]  # each upload as it came: gray, colour
+
+
+def test_the_noise_estimate_of_a_large_image_reads_a_sample_of_it() -> None:
+    """Above a megapixel per channel the estimate reads a grid of blocks (bounded memory and time) and still
+    tracks the truth: a 2400 x 1800 smooth image with sigma 20 noise, 8-bit rounded."""
+    from app.core.noise import MAX_SAMPLE_PIXELS, _blocks
+
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[0:1800, 0:2400]
+    clean = 0.5 + 0.3 * np.sin(xx / 150.0) * np.cos(yy / 210.0)
+    noisy = np.clip(np.round((clean + rng.normal(0, 20 / 255, clean.shape)) * 255) / 255, 0, 1).astype(np.float32)
+    blocks = _blocks(noisy, MAX_SAMPLE_PIXELS)
+    assert len(blocks) > 1 and sum(b.size for b in blocks) <= MAX_SAMPLE_PIXELS
+    assert all(np.shares_memory(b, noisy) for b in blocks)  # views, no copy of the image
+    estimate = estimate_sigma(noisy) * 255
+    assert abs(estimate - 20) < 1.0
+    assert abs(estimate - estimate_sigma(noisy[:1000, :1000]) * 255) < 1.0
+
+
+def _smooth_png(width: int, height: int) -> bytes:
+    """A colour gradient: a small PNG body for a large image (the pixels, not the body, are what costs memory)."""
+    row = np.linspace(0, 255, width, dtype=np.float32)
+    col = np.linspace(0, 255, height, dtype=np.float32)[:, None]
+    rgb = np.dstack([np.broadcast_to(row, (height, width)), np.broadcast_to(col, (height, width)), (row + col) / 2])
+    return _upload(rgb.astype(np.uint8))
+
+
+def test_large_photographs_take_turns_in_the_image_memory_budget(models: Path, tmp_path: Path) -> None:
+    """A real server with a 680 MiB image budget and no waiting: a 16-megapixel photograph (~640 MiB held while
+    it is denoised) holds it; a 2.4-megapixel one arriving meanwhile gets 503 + Retry-After naming the budget and
+    succeeds once the first is answered; one that could never fit (20 megapixels) is 413 before decoding."""
+    import threading
+    import time
+
+    import httpx
+
+    from app.core.images import PHOTO_BYTES_PER_PIXEL
+    from tests.app.live import running
+
+    env = {
+        "AE_IMAGE_MEMORY_BUDGET_BYTES": str(680 * 1024 * 1024),
+        "AE_MEMORY_WAIT_SECONDS": "0",
+        "AE_TILE_SIZE": "256",
+        "AE_RETRY_AFTER_SECONDS": "3",
+    }
+    big, small = _smooth_png(4096, 4096), _smooth_png(1536, 1536)
+    assert 4096 * 4096 * PHOTO_BYTES_PER_PIXEL <= 680 * 1024 * 1024 < (4096**2 + 1536**2) * PHOTO_BYTES_PER_PIXEL
+    headers = {"content-type": "image/png"}
+    with running(models, tmp_path / "server.log", env) as server:
+        url = f"{server.base}/v1/models/photoish/denoise?sigma=10"
+        first: dict[str, object] = {}
+
+        def send_big() -> None:
+            started = time.monotonic()
+            response = httpx.post(url, content=big, headers=headers, timeout=120)
+            first.update(status=response.status_code, seconds=time.monotonic() - started, body=response.content)
+
+        thread = threading.Thread(target=send_big)
+        thread.start()
+        time.sleep(1.0)
+        assert thread.is_alive(), "the 16-megapixel request must still be running for this test to mean anything"
+        refused = httpx.post(url, content=small, headers=headers, timeout=60)
+        error = assert_error(refused, 503, "overloaded")
+        assert refused.headers["retry-after"] == "3"
+        assert "image memory" in error["message"] and error["details"]["budget"] == "image memory"
+        thread.join(120)
+        assert first["status"] == 200, first
+        answer = _open(first["body"])  # type: ignore[arg-type]
+        assert answer.size == (4096, 4096) and answer.mode == "RGB"
+        assert httpx.post(url, content=small, headers=headers, timeout=60).status_code == 200
+        never = httpx.post(url, content=_smooth_png(5000, 4000), headers=headers, timeout=60)
+        error = assert_error(never, 413, "payload_too_large")
+        assert error["details"]["budget"] == "image memory"
+        assert httpx.get(f"{server.base}/readyz").status_code == 200

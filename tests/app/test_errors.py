@@ -110,7 +110,7 @@ def test_limits_are_413() -> None:
         assert_error(c.post("/v1/encode", content=big, headers={"content-type": "application/x-npy"}), 413)
     with make_client(max_image_pixels=1000) as c:
         data = png_bytes(np.zeros((40, 40), np.uint8))
-        error = assert_error(c.post("/v1/denoise", files={"file": ("b.png", data, "image/png")}), 413)
+        error = assert_error(c.post("/v1/models/denoise/denoise", files={"file": ("b.png", data, "image/png")}), 413)
         assert error["details"]["size"] == [40, 40]
     with make_client(max_sequence_length=50) as c:
         series = np.zeros((1, 51, 6)).tolist()
@@ -252,10 +252,10 @@ def test_wrong_latent_shape_is_422(client: TestClient) -> None:
 def test_too_short_series_and_too_small_image_are_422(client: TestClient) -> None:
     error = assert_error(client.post("/v1/models/lstm/encode", json={"inputs": [[[0.0] * 6]]}), 422)
     assert "at least 2" in error["message"]
-    error = assert_error(client.post("/v1/denoise", json={"inputs": [[[0.0] * 3] * 3]}), 422)
+    error = assert_error(client.post("/v1/models/denoise/denoise", json={"inputs": [[[0.0] * 3] * 3]}), 422)
     assert "at least 4" in error["message"]
     data = png_bytes(np.zeros((3, 9), np.uint8))
-    assert_error(client.post("/v1/denoise", files={"file": ("s.png", data, "image/png")}), 422)
+    assert_error(client.post("/v1/models/denoise/denoise", files={"file": ("s.png", data, "image/png")}), 422)
 
 
 def test_bad_query_option_is_422_in_our_shape(client: TestClient) -> None:
@@ -284,7 +284,7 @@ CYCLE_CASES = [
     ("/v1/encode", "application/json", b'{"inputs": [[0.5, 0.5], [0.5]]}', 422),
     ("/v1/encode", "application/json", b'{"inputs": [[0.1, 0.2,]]}', 400),
     ("/v1/encode", "application/x-npy", b"hello world", 400),
-    ("/v1/denoise", "image/png", b"not a png at all", 415),
+    ("/v1/models/denoise/denoise", "image/png", b"not a png at all", 415),
     ("/v1/encode", "text/plain", b"{}", 415),
     ("/v1/models/nope/encode", "application/json", b'{"inputs": [[0.5]]}', 404),
     (

@@ -52,7 +52,7 @@ def test_image_uploads_are_decoded_in_the_bounded_pool() -> None:
         results: list[int] = []
 
         def post() -> None:
-            response = client.post("/v1/denoise", content=image, headers={"content-type": "image/png"})
+            response = client.post("/v1/models/denoise/denoise", content=image, headers={"content-type": "image/png"})
             results.append(response.status_code)
 
         posters = [threading.Thread(target=post) for _ in range(16)]

@@ -103,7 +103,7 @@ def test_denoise_inverts_back(client: TestClient, reference: Reference) -> None:
     page = np.full((24, 24), 0.9, np.float32)
     page[6:18, 10:13] = 0.1
     data = png_of(page)
-    response = client.post("/v1/denoise?invert=true", files={"file": ("p.png", data, "image/png")})
+    response = client.post("/v1/models/denoise/denoise?invert=true", files={"file": ("p.png", data, "image/png")})
     assert response.headers["x-inverted"] == "true"
     out = np.asarray(Image.open(io.BytesIO(response.content)), dtype=np.float32) / 255
     pixels = decode_image(data, max_pixels=10**7, max_side=10**4).pixels

@@ -29,7 +29,7 @@ def test_multipart_upload_to_png(server: str, reference: Reference) -> None:
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, size=(45, 30), dtype=np.uint8)
     response = httpx.post(
-        f"{server}/v1/denoise",
+        f"{server}/v1/models/denoise/denoise",
         files={"file": ("noisy.png", png_bytes(pixels), "image/png")},
         headers={"x-request-id": "e2e-1"},
         timeout=30,

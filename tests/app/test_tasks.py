@@ -225,7 +225,7 @@ def test_denoise_png_same_size_as_upload(client: TestClient, reference: Referenc
     """The default denoiser is fully convolutional: any size runs natively and comes back the same size."""
     for height, width in ((28, 28), (30, 45), (61, 17), (4, 4)):
         pixels = np.random.default_rng(height).integers(0, 256, size=(height, width), dtype=np.uint8)
-        response = client.post("/v1/denoise", files={"file": ("n.png", png_bytes(pixels), "image/png")})
+        response = client.post("/v1/models/denoise/denoise", files={"file": ("n.png", png_bytes(pixels), "image/png")})
         assert response.status_code == 200, response.text
         assert response.headers["content-type"] == "image/png"  # an image upload is answered with an image
         out = Image.open(io.BytesIO(response.content))

@@ -62,3 +62,28 @@ def test_padding_to_the_grid() -> None:
     assert pad_to(np.zeros((1, 16, 8), np.float32), 8).shape == (1, 16, 8)
     with pytest.raises(ValueError):
         plan_tiles(13, 16, 8, radius=1)
+
+
+@pytest.mark.parametrize(("height", "width", "tile"), [(93, 131, 32), (13, 205, 48), (5, 3, 32), (70, 70, 40)])
+def test_tiles_padded_one_by_one_equal_the_padded_image(height: int, width: int, tile: int) -> None:
+    """The service never pads a whole image (a full-size copy): each tile is padded on its own, with the same
+    values as a tile of the padded image, and the answer is the unpadded size."""
+    from app.core.tiling import padded_tile
+
+    image = np.random.default_rng(width).random((3, height, width)).astype(np.float32)
+    padded = pad_to(image, 8)
+    plan = plan_tiles(padded.shape[1], padded.shape[2], tile, radius=3, ramp=4)
+    for y, x in plan.origins():
+        np.testing.assert_array_equal(
+            padded_tile(image, y, x, plan.tile_h, plan.tile_w, 8),
+            padded[:, y : y + plan.tile_h, x : x + plan.tile_w],
+        )
+
+    async def run(batch: np.ndarray) -> np.ndarray:
+        return _conv_net(batch).astype(np.float32)
+
+    got = asyncio.run(run_tiled(image, run, plan, batch=3, align=8))
+    want = asyncio.run(run_tiled(padded, run, plan, batch=3))[:, :height, :width]
+    assert got.shape == (2, height, width)
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    np.testing.assert_allclose(got, _conv_net(padded[None])[0][:, :height, :width], atol=1e-5)

@@ -236,7 +236,7 @@ def test_errors_on_v2_routes_have_the_protocol_shape(live: LiveServer, http: htt
     assert_v2_error(
         http.post("/v2/models/dense.decoder/infer", content=body, headers={HEADER: str(length)}), 413, "at most 4096"
     )
-    huge = b"{" + b" " * (32 * 1024 * 1024) + b"}"  # over AE_MAX_BODY_BYTES (32 MiB)
+    huge = b"{" + b" " * (96 * 1024 * 1024) + b"}"  # over AE_MAX_BODY_BYTES (96 MiB)
     assert_v2_error(http.post("/v2/models/dense.encoder/infer", content=huge), 413)
     # /v1 keeps its own shape.
     assert_error(http.get("/v1/no/such/route"), 404, "not_found")

@@ -91,7 +91,7 @@ class Config(TrainConfig):
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     steps: int = 12000  # planned optimizer steps (the LR schedule's length unless `minutes` ends first)
-    minutes: float = 120.0  # training time budget over all resumed runs; 0: steps only
+    minutes: float = 90.0  # training time budget over all resumed runs; 0: steps only
     sigma_max: float = 55.0  # on the 0..255 scale
     zero_sigma_fraction: float = 0.05
     gray_fraction: float = 0.5
