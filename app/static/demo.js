@@ -1,6 +1,7 @@
 // The demo page. Plain JavaScript, no build step, no third-party code: everything is computed by this
-// service's /v1 routes (URLs relative to the page, so a proxy prefix works).
-"use strict";
+// service's /v1 routes (URLs relative to the page, so a proxy prefix works). An ES module: the photograph mode
+// lives in photo.js beside it.
+import { PHOTO_KIND, startPhotoMode } from "./photo.js";
 
 (() => {
   const SIDE = 28;
@@ -33,7 +34,8 @@
       try {
         const body = await response.json();
         if (body && body.error) {
-          message = typeof body.error === "string" ? body.error : `${body.error.type}: ${body.error.message}`;
+          const detail = typeof body.error === "string" ? body.error : `${body.error.type}: ${body.error.message}`;
+          message = `${response.status} ${detail}`;
         }
       } catch (_) {
         // not JSON: keep the status line
@@ -547,7 +549,9 @@
     options($("sample"), [["", "—"], ...labels], "3");
     options($("walk-a"), [...labels, ["drawing", "my digit"]], "1");
     options($("walk-b"), [...labels, ["drawing", "my digit"]], "7");
-    options($("denoise-model"), modelsWith((m) => m.tasks.includes("denoise")), "denoise");
+    // Photograph denoisers have a mode of their own (colour, sizes of their own, no MNIST preprocessing).
+    const isDigitDenoiser = (m) => m.tasks.includes("denoise") && m.kind !== PHOTO_KIND;
+    options($("denoise-model"), modelsWith(isDigitDenoiser), "denoise");
     options($("reconstruct-model"), modelsWith((m) => isImage(m) && m.tasks.includes("reconstruct")), "conv");
     options($("walk-model"), modelsWith((m) => isImage(m) && m.tasks.includes("encode") && m.tasks.includes("decode")), "dense");
     options($("card-model"), state.models.map((m) => [m.name, `${m.name} (${m.status})`]), "dense");
@@ -582,7 +586,12 @@
     showOnDrawingArea(state.digits["3"]);
     state.clean = state.digits["3"];
     state.source = "sample:3";
-    await Promise.all([denoiseAndReconstruct(), walk(), showCard()]);
+    await Promise.all([
+      denoiseAndReconstruct(),
+      walk(),
+      showCard(),
+      startPhotoMode({ api, normal: gaussian, models: state.models }),
+    ]);
     document.body.dataset.ready = "true";
   }
 

@@ -119,7 +119,8 @@ def test_failed_model_is_503_over_http_and_readiness_reports_it(model_copy: Call
     with make_client(models_dir=root) as c:
         error = assert_error(c.post("/v1/encode", json={"inputs": [[0.0] * 784]}), 503, "model_unavailable")
         assert "decoder.onnx" in error["message"] and error["details"]["status"] == "failed"
-        assert c.post("/v1/models/denoise/denoise", json={"inputs": [[[0.0] * 8] * 8]}).status_code == 200  # the others serve
+        # the others serve
+        assert c.post("/v1/models/denoise/denoise", json={"inputs": [[[0.0] * 8] * 8]}).status_code == 200
         ready = c.get("/readyz")
         assert ready.status_code == 503
         body = ready.json()

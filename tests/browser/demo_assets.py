@@ -5,7 +5,11 @@
 - `app/static/examples/`: inputs for the README's curl examples, served by the service itself under
   `/demo-assets/examples/`: two digits (1 and 7) as a `/v1` JSON body of 784-pixel rows, the 7 as PNG, the same
   digit noisy and at twice the size, BasicMotions test series
-  (walking and running: normal and anomalous for `lstm-anomaly`) as `/v1` JSON bodies.
+  (walking and running: normal and anomalous for `lstm-anomaly`) as `/v1` JSON bodies, and the demo's two sample
+  photographs for the photograph denoiser (`camera.png`, gray, and `coffee.png`, colour): scikit-image's
+  `skimage.data.camera()` (Lav Varshney) and `skimage.data.coffee()` (Rachel Michetti), both CC0 ("no copyright
+  restrictions"), downscaled (Lanczos) to 384x384 and 384x256. Both are held out of the denoiser's training
+  (`training.data.photos.HELD_OUT`), so the demo shows it on photographs it never saw.
 
 tests/browser/test_assets.py checks that the committed files are what this writes.
 """
@@ -63,6 +67,23 @@ def png(pixels: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+# name -> (skimage.data loader, size (width, height)): small enough to denoise in a moment on a CPU
+SAMPLE_PHOTOS = {"camera": ("camera", (384, 384)), "coffee": ("coffee", (384, 256))}
+
+
+def sample_photos() -> dict[str, bytes]:
+    """The demo's sample photographs as PNG files (8-bit gray or RGB), by file name."""
+    import skimage.data  # the train extra (the service never needs it): imported only when the files are written
+
+    files = {}
+    for name, (loader, size) in SAMPLE_PHOTOS.items():
+        image = Image.fromarray(getattr(skimage.data, loader)()).resize(size, Image.Resampling.LANCZOS)
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG", optimize=True)
+        files[f"{name}.png"] = buffer.getvalue()
+    return files
+
+
 def example_files(digits: dict[str, Any]) -> dict[str, bytes]:
     """Example inputs by file name."""
     seven = np.asarray(digits["digits"]["7"], dtype=np.float64).reshape(28, 28) / 255
@@ -82,6 +103,7 @@ def example_files(digits: dict[str, Any]) -> dict[str, bytes]:
     for activity, x in series.items():
         body = {"inputs": [np.round(x.astype(np.float64), 4).tolist()]}
         files[f"{activity}.json"] = (json.dumps(body, separators=(",", ":")) + "\n").encode()
+    files.update(sample_photos())
     return files
 
 

@@ -184,7 +184,7 @@ def test_untrained_net_is_identity_and_blocks_start_as_identity():
     with torch.no_grad():
         net.tail.weight.normal_(0, 0.05)
     y = net(x, s)  # a trained output layer: the noise is subtracted and the result kept in [0, 1], odd sides too
-    assert y.shape == x.shape and not torch.equal(y, x) and 0.0 <= y.min() and y.max() <= 1.0
+    assert y.shape == x.shape and not torch.equal(y, x) and y.min() >= 0.0 and y.max() <= 1.0
 
 
 # ------------------------------------------------------------------------------------------------ checkpoints

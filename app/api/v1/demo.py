@@ -1,7 +1,8 @@
 """The demo page at `GET /`: plain HTML, JavaScript and CSS from `app/static/` (no build step, no CDN).
 
 The page only talks to this service's own `/v1` routes, with URLs relative to where it is served (so it works
-behind a proxy prefix). A strict Content-Security-Policy keeps the browser from loading anything from elsewhere.
+behind a proxy prefix). A strict Content-Security-Policy keeps the browser from loading anything from elsewhere;
+images the page makes itself (noisy photographs, answers) are shown from `blob:` URLs or canvases.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ def _index_html() -> str:
 
 
 async def get_demo_page() -> HTMLResponse:
-    """The interactive demo: denoise and reconstruct a digit, walk the latent space, read the model cards."""
+    """The interactive demo: digits (denoise, reconstruct, latent walk), photographs (denoise), model cards."""
     return HTMLResponse(
         _index_html(),
         headers={
