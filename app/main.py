@@ -165,7 +165,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             extra={
                 "models_dir": str(settings.models_dir),
                 "ready": readiness.ready,
-                "models": {e.name: e.status.value for e in registry.entries()},
+                "models": {r.name: {str(v): e.status.value for v, e in r.versions.items()} for r in registry.models()},
                 "not_ready": readiness.not_ready,
             },
         )

@@ -66,7 +66,8 @@ class Settings(_TaskDefaults, BaseSettings):  # type: ignore[misc, valid-type]
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
 
     models_dir: Path = Path("models")
-    """Directory holding one folder per model (`<name>/card.json` plus its ONNX files)."""
+    """Directory holding one folder per model (`<name>/card.json` plus its ONNX files: version 1; `<name>/<n>/` for
+    version n; optional `<name>/versions.json`, see `app/core/versions.py`)."""
 
     required_models: CommaList | None = None
     """Models that must be loaded for `/readyz` to answer 200. Unset: every card found (strict readiness)."""

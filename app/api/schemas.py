@@ -95,6 +95,8 @@ _SUMMARY_EXAMPLE: dict[str, Any] = {
         "score": "/v1/models/dense/score",
     },
     "providers": _PROVIDERS_EXAMPLE,
+    "default_version": "1",
+    "versions": [{"version": "1", "status": "ready", "reason": None, "default": True}],
 }
 _TENSOR_EXAMPLE: dict[str, Any] = {
     "name": "x",
@@ -167,10 +169,47 @@ class ProvidersInfo(BaseModel):
     notes: list[str]
 
 
+class VersionState(BaseModel):
+    """One version of a model, as the version policy selected it."""
+
+    version: str
+    status: Literal["loading", "ready", "failed"]
+    reason: str | None = Field(description="why the version does not serve")
+    default: bool = Field(description="the version requests that name none get")
+
+
+class ModelVersions(BaseModel):
+    """A model's versions: which serve, which is the default, and the policy that chose them."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "dense",
+                    "default_version": "2",
+                    "policy": {"latest": {"num_versions": 2}},
+                    "requested_default": None,
+                    "on_disk": ["1", "2"],
+                    "versions": [
+                        {"version": "1", "status": "ready", "reason": None, "default": False},
+                        {"version": "2", "status": "ready", "reason": None, "default": True},
+                    ],
+                }
+            ]
+        }
+    )
+    name: str
+    default_version: str | None = Field(description="what `/v1/models/{name}/{task}` runs (none: nothing serves)")
+    policy: dict[str, Any] = Field(description="the version policy (`versions.json`, Triton's shapes)")
+    requested_default: str | None = Field(description="`versions.json`'s `default`, if it gives one")
+    on_disk: list[str] = Field(description="every version found in the models directory, selected or not")
+    versions: list[VersionState] = Field(description="the versions the policy selected, ascending")
+
+
 class ModelSummary(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [_SUMMARY_EXAMPLE]})
     name: str
-    version: str | None
+    version: str | None = Field(description="the version this description is of (the default one on the model's route)")
     kind: str | None
     description: str | None
     status: Literal["loading", "ready", "failed"]
@@ -179,6 +218,8 @@ class ModelSummary(BaseModel):
     input_layout: str | None = Field(description="vector, image or sequence")
     endpoints: dict[str, str] = Field(description="task -> route")
     providers: ProvidersInfo | None
+    default_version: str | None = Field(description="the version requests that name none get (none: nothing serves)")
+    versions: list[VersionState] = Field(description="every version the policy selected, with its state")
 
 
 class ModelList(BaseModel):
@@ -218,6 +259,8 @@ class ModelHealth(BaseModel):
     reason: str | None
     providers: list[str] = Field(description="providers in use")
     fallback: bool
+    default_version: str | None = Field(description="the version requests that name none get (none: nothing serves)")
+    versions: dict[str, VersionState] = Field(description="each version the policy selected, with its state")
 
 
 class Readiness(BaseModel):
@@ -234,6 +277,8 @@ class Readiness(BaseModel):
                             "reason": None,
                             "providers": ["CPUExecutionProvider"],
                             "fallback": False,
+                            "default_version": "1",
+                            "versions": {"1": {"version": "1", "status": "ready", "reason": None, "default": True}},
                         }
                     },
                 }

@@ -141,13 +141,14 @@ class RequestContextMiddleware:
         route = scope.get("route")
         template = getattr(route, "path", None) or "unmatched"
         model = state.get("model", "")
+        version = state.get("model_version", "")
         method = scope.get("method", "")
         metrics = self.metrics
-        metrics.child(metrics.requests, method, template, model, str(status)).inc()
-        metrics.child(metrics.latency, template, model).observe(seconds)
+        metrics.child(metrics.requests, method, template, model, version, str(status)).inc()
+        metrics.child(metrics.latency, template, model, version).observe(seconds)
         error_type = state.get("error_type")
         if status >= 400:
-            metrics.child(metrics.errors, template, model, error_type or str(status)).inc()
+            metrics.child(metrics.errors, template, model, version, error_type or str(status)).inc()
         if not access_log.isEnabledFor(logging.INFO):
             return
         # The record is built directly: `Logger.info` would also walk the stack for the caller's file and line,
@@ -166,6 +167,7 @@ class RequestContextMiddleware:
                 "path": _shown_path(scope.get("path", "")),
                 "route": template,
                 "model": model or None,
+                "version": version or None,
                 "task": state.get("task"),
                 "status": status,
                 "latency_ms": round(seconds * 1000, 3),

@@ -28,6 +28,9 @@ CORS_ALLOW_HEADERS = ("Authorization", "Content-Type", "Content-Encoding", "Acce
 CORS_EXPOSE_HEADERS = (
     "X-Request-ID",
     "Retry-After",
+    "X-Model",
+    "X-Model-Version",
+    "X-Task",
     "X-Score",
     "X-Image-Size",
     "X-Model-Input-Size",

@@ -205,10 +205,12 @@ def read_regular_file(path: Path) -> bytes:
         os.close(fd)
 
 
-def read_card(folder: Path) -> ModelCard:
-    """Parse and validate `folder/card.json`; raises CardError with a readable reason (paths relative to the
-    models directory: reasons reach `/readyz`, which needs no key)."""
-    shown = f"{folder.name}/{CARD_FILE}"
+def read_card(folder: Path, name: str | None = None) -> ModelCard:
+    """Parse and validate `folder/card.json` of model `name` (the folder's name by default; a version folder
+    `models/<name>/<n>/` passes it); raises CardError with a readable reason (paths relative to the models
+    directory: reasons reach `/readyz`, which needs no key)."""
+    name = folder.name if name is None else name
+    shown = f"{name}/{CARD_FILE}" if name == folder.name else f"{name}/{folder.name}/{CARD_FILE}"
     try:
         raw = read_regular_file(folder / CARD_FILE)
     except OSError as exc:
@@ -219,8 +221,8 @@ def read_card(folder: Path) -> ModelCard:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ()))
         raise CardError(f"{shown}: invalid card at {where or 'top level'}: {first.get('msg')}") from exc
-    if card.name != folder.name:
-        raise CardError(f"{shown}: card name {display_name(card.name)!r} differs from its folder name {folder.name!r}")
+    if card.name != name:
+        raise CardError(f"{shown}: card name {display_name(card.name)!r} differs from its folder name {name!r}")
     return card
 
 

@@ -83,6 +83,8 @@ class GraphSession:
     receptive_radius: int | None = None
     """Fully convolutional image graphs: how far (pixels) an input pixel reaches in the output, measured at load
     (`app.core.registry.measure_receptive_radius`); what large images are tiled with. None: not tileable."""
+    version: int = 1
+    """The model version the graph belongs to (`app.core.versions`): versions never share a queue or a batch."""
 
     @property
     def inputs(self) -> list[TensorSpec]:
@@ -95,6 +97,11 @@ class GraphSession:
     @property
     def label(self) -> str:
         return f"{self.model}.{self.role}"
+
+    @property
+    def key(self) -> tuple[str, int, str]:
+        """What the graph's queue is found by: model, version and role."""
+        return (self.model, self.version, self.role)
 
 
 @dataclass(frozen=True)
@@ -447,7 +454,7 @@ class InferenceEngine:
         self._settings = settings
         self.memory = memory  # the inference memory budget (app/core/budget.py); None: unbounded
         self.limits = Limits.from_settings(self._settings)
-        self._queues: dict[str, _GraphQueue] = {}
+        self._queues: dict[tuple[str, int, str], _GraphQueue] = {}
         self._executor: ThreadPoolExecutor | None = None
         self._slots: asyncio.Semaphore | None = None
 
@@ -477,9 +484,9 @@ class InferenceEngine:
         self.limits.check_request_values(
             values, f"{graph.label}: the request holds", {"model": graph.model, "graph": graph.role}
         )
-        queue = self._queues.get(graph.label)
+        queue = self._queues.get(graph.key)
         if queue is None or queue.graph is not graph:
-            queue = self._queues[graph.label] = _GraphQueue(self, graph, self.policy(graph))
+            queue = self._queues[graph.key] = _GraphQueue(self, graph, self.policy(graph))
         rows = int(next(iter(feeds.values())).shape[0]) if feeds else 0
         chunk = self._chunk_rows(graph, rows, values)
         if chunk >= rows:
@@ -616,7 +623,7 @@ class InferenceEngine:
         elapsed = time.perf_counter() - started
         if self._metrics is not None and endpoint != "warmup":
             rows = next(iter(feeds.values())).shape[0] if feeds else 0
-            labels = (graph.model, graph.role, endpoint)
+            labels = (graph.model, str(graph.version), graph.role, endpoint)
             self._metrics.child(self._metrics.batch_size, *labels).observe(rows)
             self._metrics.child(self._metrics.inference_latency, *labels).observe(elapsed)
         return {spec.name: value for spec, value in zip(graph.outputs, values, strict=True)}
@@ -624,17 +631,17 @@ class InferenceEngine:
     # -- metrics (no-ops without a Metrics object) -----------------------------------------------------------
     def set_queue_depth(self, graph: GraphSession, depth: int) -> None:
         if self._metrics is not None:
-            self._metrics.child(self._metrics.queue_depth, graph.model, graph.role).set(depth)
+            self._metrics.child(self._metrics.queue_depth, graph.model, str(graph.version), graph.role).set(depth)
 
     def observe_queue_wait(self, graph: GraphSession, seconds: list[float]) -> None:
         if self._metrics is not None:
-            histogram = self._metrics.child(self._metrics.queue_duration, graph.model, graph.role)
+            histogram = self._metrics.child(self._metrics.queue_duration, graph.model, str(graph.version), graph.role)
             for value in seconds:
                 histogram.observe(value)
 
     def count_rejected(self, graph: GraphSession, reason: str) -> None:
         if self._metrics is not None:
-            self._metrics.child(self._metrics.rejected, graph.model, graph.role, reason).inc()
+            self._metrics.child(self._metrics.rejected, graph.model, str(graph.version), graph.role, reason).inc()
 
     # -- checks ---------------------------------------------------------------------------------------------
     @staticmethod

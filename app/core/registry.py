@@ -1,9 +1,12 @@
 """The model registry: finds the cards, verifies the ONNX files, owns the ONNX Runtime sessions.
 
-Loading (at start-up, from the app's lifespan) goes model by model; a model that fails for any reason (bad
-card, missing file, size or sha256 mismatch, corrupt ONNX, tensors that differ from the card, a failed warm-up)
-is recorded as failed with the reason, and the others still serve. Requests look models up by name in the
-registry's own table only: no filesystem path is ever built from a request.
+Loading (at start-up, from the app's lifespan) goes model by model and version by version (the layout and the
+version policy are `app.core.versions`); a version that fails for any reason (bad card, a card whose version is
+not its folder's, missing file, size or sha256 mismatch, corrupt ONNX, tensors that differ from the card, a
+failed warm-up, a malformed `versions.json`) is recorded as failed with the reason, and the others still serve.
+Entries are kept per (name, version); each model has a default version (what a request that names none gets),
+swapped by one assignment. Requests look models up by name and version in the registry's own table only: no
+filesystem path is ever built from a request.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from app.core.engine import DEFAULT_WORK_BYTES_PER_VALUE, GraphSession, Inferenc
 from app.core.errors import ModelNotFound, ModelUnavailable, TaskNotSupported
 from app.core.providers import ProviderPlan, ProviderReport, plan_providers, report_providers
 from app.core.tasks import TASKS, check_card
+from app.core.versions import FLAT_VERSION, PolicyError, VersionPolicy, read_policy, version_folders, version_number
 from app.runtime.memory import measure_growth
 from app.runtime.metrics import Metrics
 from app.settings import Settings
@@ -63,10 +67,11 @@ class LoadError(Exception):
 
 @dataclass
 class ModelEntry:
-    """One model folder: its card, its sessions, and whether it serves."""
+    """One version of a model (its folder): its card, its sessions, and whether it serves."""
 
     name: str
     folder: Path
+    version: int = FLAT_VERSION
     status: ModelStatus = ModelStatus.LOADING
     reason: str | None = None
     card: ModelCard | None = None
@@ -87,6 +92,36 @@ class ModelEntry:
                 {"model": self.name, "task": task, "tasks": self.card.tasks},
             )
         return self.graphs[TASKS[task].graph]
+
+
+@dataclass
+class ModelRecord:
+    """A model: its versions (the policy's selection, each with its state), the policy, and the default version.
+
+    `default` is the version a request that names none gets: `versions.json`'s `default` when it serves, else the
+    highest version that serves, else None. It is one attribute, so a later swap (promote, a new version loaded)
+    is atomic for every request."""
+
+    name: str
+    folder: Path
+    policy: VersionPolicy = field(default_factory=VersionPolicy)
+    versions: dict[int, ModelEntry] = field(default_factory=dict)
+    on_disk: list[int] = field(default_factory=list)
+    default: int | None = None
+
+    def choose_default(self) -> None:
+        """Point `default` at the requested default if it serves, else at the highest version that serves."""
+        ready = [number for number, entry in self.versions.items() if entry.ready]
+        wanted = self.policy.default
+        self.default = wanted if wanted in ready else (max(ready) if ready else None)
+
+    @property
+    def representative(self) -> ModelEntry:
+        """The entry that speaks for the model: its default version, else its highest version (failed or
+        loading), whose status and reason say why nothing serves."""
+        if self.default is not None:
+            return self.versions[self.default]
+        return self.versions[max(self.versions)]
 
 
 @dataclass(frozen=True)
@@ -261,7 +296,7 @@ class ModelRegistry:
         self._settings = settings
         self._engine = engine
         self._metrics = metrics
-        self._entries: dict[str, ModelEntry] = {}
+        self._entries: dict[str, ModelRecord] = {}
         self._scan_problem: str | None = None
         self.loaded = False
 
@@ -273,35 +308,82 @@ class ModelRegistry:
         for note in plan.notes:
             log.warning("providers: %s", note)
         options = session_options(self._settings)
-        folders = self._model_folders(root)
-        for folder in folders:
-            entry = ModelEntry(name=folder.name, folder=folder)
-            self._entries[entry.name] = entry
-            started = time.perf_counter()
-            try:
-                self._load(entry, plan, options)
-            except (CardError, LoadError) as exc:
-                entry.status, entry.reason = ModelStatus.FAILED, str(exc)
-            except Exception as exc:  # a corrupt ONNX file raises ORT's own types; report, never crash start-up
-                entry.status, entry.reason = (
-                    ModelStatus.FAILED,
-                    f"{type(exc).__name__}: {str(exc).splitlines()[0][:400]}",
-                )
-            entry.load_seconds = round(time.perf_counter() - started, 4)
-            if entry.ready:
-                log.info(
-                    "model loaded",
-                    extra={"model": entry.name, "seconds": entry.load_seconds, "providers": entry.providers.as_dict()}
-                    if entry.providers
-                    else {"model": entry.name},
-                )
-            else:
-                entry.graphs.clear()
-                log.error("model failed to load", extra={"model": entry.name, "reason": entry.reason})
+        for folder in self._model_folders(root):
+            record = self._discover(folder)
+            self._entries[record.name] = record
+            for entry in record.versions.values():
+                if entry.status is ModelStatus.LOADING:
+                    self._load_version(entry, plan, options)
+            record.choose_default()
             if self._metrics is not None:
-                self._metrics.model_ready.labels(entry.name).set(1 if entry.ready else 0)
-                self._metrics.model_load_seconds.labels(entry.name).set(entry.load_seconds)
+                for entry in record.versions.values():
+                    labels = (entry.name, str(entry.version))
+                    self._metrics.model_ready.labels(*labels).set(1 if entry.ready else 0)
+                    self._metrics.model_load_seconds.labels(*labels).set(entry.load_seconds or 0.0)
         self.loaded = True
+
+    def _discover(self, folder: Path) -> ModelRecord:
+        """The model's versions on disk and the ones its policy selects (entries still LOADING), or every version
+        FAILED with the reason when `versions.json` is malformed or selects what is not there."""
+        record = ModelRecord(name=folder.name, folder=folder)
+        on_disk = version_folders(folder)
+        record.on_disk = list(on_disk)
+        try:
+            record.policy = read_policy(folder)
+            problem = None
+        except PolicyError as exc:
+            problem = str(exc)
+        selected = record.policy.select(record.on_disk) if problem is None else record.on_disk
+        if problem is None and record.policy.default is not None and record.policy.default not in selected:
+            problem = (
+                f"{folder.name}/versions.json: default version {record.policy.default} is not one the policy "
+                f"serves ({', '.join(map(str, selected)) or 'none'})"
+            )
+        for number in selected:
+            entry = ModelEntry(name=folder.name, folder=on_disk.get(number, folder / str(number)), version=number)
+            record.versions[number] = entry
+            if problem is not None:
+                entry.status, entry.reason = ModelStatus.FAILED, problem
+            elif number not in on_disk:
+                entry.status = ModelStatus.FAILED
+                entry.reason = f"{folder.name}/versions.json lists version {number}, which has no folder with a card"
+            elif number == FLAT_VERSION and on_disk[number] != folder and (folder / CARD_FILE).is_file():
+                entry.status = ModelStatus.FAILED
+                entry.reason = (
+                    f"version 1 is both the files in {folder.name}/ and the folder {folder.name}/1/: keep one"
+                )
+        if problem is not None:
+            log.error("model versions refused", extra={"model": folder.name, "reason": problem})
+        return record
+
+    def _load_version(self, entry: ModelEntry, plan: ProviderPlan, options: ort.SessionOptions) -> None:
+        """Verify, open and warm one version; FAILED with the reason for anything that goes wrong."""
+        started = time.perf_counter()
+        try:
+            self._load(entry, plan, options)
+        except (CardError, LoadError) as exc:
+            entry.status, entry.reason = ModelStatus.FAILED, str(exc)
+        except Exception as exc:  # a corrupt ONNX file raises ORT's own types; report, never crash start-up
+            entry.status, entry.reason = (
+                ModelStatus.FAILED,
+                f"{type(exc).__name__}: {str(exc).splitlines()[0][:400]}",
+            )
+        entry.load_seconds = round(time.perf_counter() - started, 4)
+        if entry.ready:
+            log.info(
+                "model loaded",
+                extra={
+                    "model": entry.name,
+                    "version": entry.version,
+                    "seconds": entry.load_seconds,
+                    **({"providers": entry.providers.as_dict()} if entry.providers else {}),
+                },
+            )
+        else:
+            entry.graphs.clear()
+            log.error(
+                "model failed to load", extra={"model": entry.name, "version": entry.version, "reason": entry.reason}
+            )
 
     def _model_folders(self, root: Path) -> list[Path]:
         if not root.is_dir():
@@ -312,7 +394,7 @@ class ModelRegistry:
         for path in sorted(root.iterdir()):
             if not path.is_dir() or path.name.startswith("."):
                 continue  # staging folders of the exporter are hidden
-            if not (path / CARD_FILE).is_file():
+            if not version_folders(path):
                 log.warning("skipping folder without a card", extra={"folder": path.name})
                 continue
             if not name_is_valid(path.name):
@@ -325,7 +407,15 @@ class ModelRegistry:
         return folders
 
     def _load(self, entry: ModelEntry, plan: ProviderPlan, options: ort.SessionOptions) -> None:
-        card = read_card(entry.folder)
+        card = read_card(entry.folder, entry.name)
+        if card.version != str(entry.version):
+            shown = display_name(card.version)
+            in_version_folder = entry.folder.parent.name == entry.name and version_number(entry.folder.name) is not None
+            if not in_version_folder:
+                where = f"files directly in {entry.name}/ are version {entry.version}"
+            else:
+                where = f"it sits in {entry.name}/{entry.version}/ (version {entry.version})"
+            raise CardError(f"{entry.name}: the card says version {shown!r}, but {where}")
         check_card(card)
         entry.card = card
         folder = entry.folder.resolve()
@@ -365,7 +455,12 @@ class ModelRegistry:
             _compare_tensors(f"graph {role} input", graph_card.inputs, session.get_inputs())
             _compare_tensors(f"graph {role} output", graph_card.outputs, session.get_outputs())
             entry.graphs[role] = GraphSession(
-                model=card.name, role=role, card=graph_card, session=session, serving=card.serving
+                model=card.name,
+                role=role,
+                card=graph_card,
+                session=session,
+                serving=card.serving,
+                version=entry.version,
             )
             report = report_providers(plan, session.get_providers())
             if entry.providers is None or (report.fallback and not entry.providers.fallback):
@@ -384,8 +479,13 @@ class ModelRegistry:
         entry.status = ModelStatus.READY
 
     # -- lookup --------------------------------------------------------------------------------------------
-    def entries(self) -> list[ModelEntry]:
+    def models(self) -> list[ModelRecord]:
+        """Every model found, with its versions."""
         return list(self._entries.values())
+
+    def entries(self) -> list[ModelEntry]:
+        """One entry per model: its default version (or, when none serves, the entry that says why)."""
+        return [record.representative for record in self._entries.values()]
 
     def names(self) -> list[str]:
         return list(self._entries)
@@ -393,29 +493,48 @@ class ModelRegistry:
     def knows(self, name: str) -> bool:
         return name in self._entries
 
-    def get(self, name: str) -> ModelEntry:
-        """The entry whatever its status; ModelNotFound when no such card exists."""
-        entry = self._entries.get(name)
-        if entry is None:
+    def record(self, name: str) -> ModelRecord:
+        """The model with its versions; ModelNotFound when no such card exists."""
+        record = self._entries.get(name)
+        if record is None:
             raise ModelNotFound(
                 f"no model named {display_name(name)!r}; models: {', '.join(self._entries) or 'none'}",
                 {"model": display_name(name), "models": list(self._entries)},
             )
+        return record
+
+    def get(self, name: str, version: str | int | None = None) -> ModelEntry:
+        """The entry of that version (the default one without a version) whatever its status; ModelNotFound
+        (404) when no such model or version exists."""
+        record = self.record(name)
+        if version is None:
+            return record.representative
+        number = version if isinstance(version, int) else version_number(version)
+        entry = record.versions.get(number) if number is not None else None
+        if entry is None:
+            shown = display_name(str(version))
+            known = ", ".join(map(str, record.versions)) or "none"
+            raise ModelNotFound(
+                f"model {name!r} has no version {shown!r}; its versions: {known}",
+                {"model": name, "version": shown, "versions": [str(v) for v in record.versions]},
+            )
         return entry
 
-    def serving(self, name: str) -> ModelEntry:
+    def serving(self, name: str, version: str | int | None = None) -> ModelEntry:
         """The entry if it is ready to serve; ModelUnavailable (503) with the reason otherwise."""
-        entry = self.get(name)
+        entry = self.get(name, version)
         if not entry.ready:
             reason = entry.reason or "still loading"
+            which = f"model {name!r}" if version is None else f"model {name!r} version {entry.version}"
             raise ModelUnavailable(
-                f"model {name!r} is not available: {reason}",
-                {"model": name, "status": entry.status.value, "reason": reason},
+                f"{which} is not available: {reason}",
+                {"model": name, "version": str(entry.version), "status": entry.status.value, "reason": reason},
             )
         return entry
 
     def readiness(self) -> Readiness:
-        """Whether every required model serves (by default: every card found, and at least one)."""
+        """Whether every required model serves a default version (by default: every card found, and at least
+        one model)."""
         if not self.loaded:
             return Readiness(False, list(self._settings.required_models or []), {"*": "models are loading"})
         required = list(self._settings.required_models) if self._settings.required_models else self.names()
@@ -423,10 +542,11 @@ class ModelRegistry:
         if not required:
             not_ready["*"] = self._scan_problem or "no models"
         for name in required:
-            entry = self._entries.get(name)
-            if entry is None:
+            record = self._entries.get(name)
+            if record is None:
                 not_ready[name] = "required but no card found in the models directory"
-            elif not entry.ready:
+            elif record.default is None:
+                entry = record.representative
                 not_ready[name] = entry.reason or entry.status.value
         return Readiness(not not_ready, required, not_ready)
 
@@ -436,7 +556,8 @@ class ModelRegistry:
 
     def close(self) -> None:
         """Drop every session (ONNX Runtime frees them when the last reference goes)."""
-        for entry in self._entries.values():
-            entry.graphs.clear()
+        for record in self._entries.values():
+            for entry in record.versions.values():
+                entry.graphs.clear()
         self._entries.clear()
         self.loaded = False

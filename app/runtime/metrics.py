@@ -64,7 +64,8 @@ class Metrics:
     """Request counts, errors and latency per route and model; batch sizes and ONNX time per model and endpoint.
 
     Label values are bounded: `route` is the route template (`/v1/models/{name}/encode`, or `unmatched`) and
-    `model` is a name from the registry's own list (or empty), never raw client input.
+    `model` is a name from the registry's own list (or empty), `version` one of its versions (or empty), never raw
+    client input.
     """
 
     def __init__(self) -> None:
@@ -75,15 +76,15 @@ class Metrics:
         self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
         r = self.registry
         self.requests = Counter(
-            "ae_http_requests", "HTTP requests answered", ["method", "route", "model", "status"], registry=r
+            "ae_http_requests", "HTTP requests answered", ["method", "route", "model", "version", "status"], registry=r
         )
         self.errors = Counter(
-            "ae_http_errors", "HTTP requests answered with an error, by error type", ["route", "model", "type"],
-            registry=r,
+            "ae_http_errors", "HTTP requests answered with an error, by error type",
+            ["route", "model", "version", "type"], registry=r,
         )  # fmt: skip
         self.latency = Histogram(
             "ae_http_request_duration_seconds", "Time from request start to the last response byte",
-            ["route", "model"], buckets=LATENCY_BUCKETS, registry=r,
+            ["route", "model", "version"], buckets=LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
         self.in_flight = Gauge(
             "ae_http_requests_in_flight", "HTTP requests being handled", registry=r, multiprocess_mode="livesum"
@@ -91,32 +92,32 @@ class Metrics:
         # Per ONNX Runtime call (a merged batch counts once; `endpoint` is "mixed" when it merged several tasks).
         self.batch_size = Histogram(
             "ae_inference_batch_size", "Rows per ONNX Runtime call (after dynamic batching)",
-            ["model", "graph", "endpoint"], buckets=BATCH_BUCKETS, registry=r,
+            ["model", "version", "graph", "endpoint"], buckets=BATCH_BUCKETS, registry=r,
         )  # fmt: skip
         self.inference_latency = Histogram(
             "ae_inference_duration_seconds", "Compute time: time inside ONNX Runtime per call",
-            ["model", "graph", "endpoint"], buckets=LATENCY_BUCKETS, registry=r,
+            ["model", "version", "graph", "endpoint"], buckets=LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
         # Per request, per model graph (as Triton reports queue vs compute).
         self.queue_duration = Histogram(
             "ae_inference_queue_duration_seconds", "Time a request waited in its model graph's queue",
-            ["model", "graph"], buckets=QUEUE_BUCKETS, registry=r,
+            ["model", "version", "graph"], buckets=QUEUE_BUCKETS, registry=r,
         )  # fmt: skip
         self.queue_depth = Gauge(
             "ae_inference_queue_depth", "Requests waiting in the model graph's queue (summed over workers)",
-            ["model", "graph"], registry=r, multiprocess_mode="livesum",
+            ["model", "version", "graph"], registry=r, multiprocess_mode="livesum",
         )  # fmt: skip
         self.rejected = Counter(
             "ae_inference_rejected", "Requests that got no inference: queue_full (503), timeout (504), cancelled",
-            ["model", "graph", "reason"], registry=r,
+            ["model", "version", "graph", "reason"], registry=r,
         )  # fmt: skip
         self.model_ready = Gauge(
-            "ae_model_ready", "1 when the model is loaded and serving (in every worker), else 0", ["model"],
+            "ae_model_ready", "1 when the model is loaded and serving (in every worker), else 0", ["model", "version"],
             registry=r, multiprocess_mode="livemin",
         )  # fmt: skip
         self.model_load_seconds = Gauge(
-            "ae_model_load_seconds", "Time to verify, open and warm the model's sessions", ["model"], registry=r,
-            multiprocess_mode="livemax",
+            "ae_model_load_seconds", "Time to verify, open and warm the model's sessions", ["model", "version"],
+            registry=r, multiprocess_mode="livemax",
         )  # fmt: skip
         # app/runtime/memory.py: freed memory handed back to the OS (glibc malloc_trim), per trim.
         self.memory_trim_seconds = Histogram(

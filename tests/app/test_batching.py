@@ -70,7 +70,7 @@ def calls_up_to(metrics: Metrics, graph: GraphSession, rows: int) -> int:
     """ONNX Runtime calls of at most `rows` rows (a histogram bucket)."""
     value = metrics.registry.get_sample_value(
         "ae_inference_batch_size_bucket",
-        {"model": graph.model, "graph": graph.role, "endpoint": "test", "le": f"{float(rows)}"},
+        {"model": graph.model, "version": "1", "graph": graph.role, "endpoint": "test", "le": f"{float(rows)}"},
     )
     return int(value or 0)
 
@@ -232,7 +232,7 @@ def test_a_full_queue_refuses_at_once_with_retry_after(graphs: dict[str, GraphSe
     refused = [o for o in outcomes if isinstance(o, Overloaded)]
     assert len(refused) == 3 and all(isinstance(o, dict) for o in outcomes[:2])
     assert refused[0].status == 503 and refused[0].headers["Retry-After"].isdigit()
-    labels = {"model": graph.model, "graph": graph.role}
+    labels = {"model": graph.model, "version": "1", "graph": graph.role}
     assert metrics.registry.get_sample_value("ae_inference_rejected_total", {**labels, "reason": "queue_full"}) == 3
     assert metrics.registry.get_sample_value("ae_inference_queue_depth", labels) == 0
 
@@ -258,7 +258,7 @@ def test_a_cancelled_caller_leaves_the_queue_and_the_others_are_served(
     assert calls(metrics, graph) == (1, 5)  # the cancelled caller's 2 rows never reached ONNX Runtime
     assert_matches_reference(reference, graph, arrays[0], outcomes[0])
     assert_matches_reference(reference, graph, arrays[2], outcomes[2])
-    labels = {"model": graph.model, "graph": graph.role}
+    labels = {"model": graph.model, "version": "1", "graph": graph.role}
     assert metrics.registry.get_sample_value("ae_inference_rejected_total", {**labels, "reason": "cancelled"}) == 1
     assert metrics.registry.get_sample_value("ae_inference_queue_depth", labels) == 0
 
@@ -337,7 +337,7 @@ def test_a_deadline_in_the_queue_answers_inference_timeout_and_frees_its_place(
     assert isinstance(timed_out, InferenceTimeout) and timed_out.status == 504, timed_out
     assert hog_running
     assert_matches_reference(reference, small, x, after)
-    labels = {"model": small.model, "graph": small.role}
+    labels = {"model": small.model, "version": "1", "graph": small.role}
     assert metrics.registry.get_sample_value("ae_inference_rejected_total", {**labels, "reason": "timeout"}) == 1
     assert metrics.registry.get_sample_value("ae_inference_queue_depth", labels) == 0
     assert calls(metrics, small) == (1, 1)  # the timed-out request never reached ONNX Runtime
@@ -416,7 +416,10 @@ def server(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterat
 
 
 def metric(text: str, name: str, **labels: str) -> float:
-    """The value of one sample in a Prometheus text exposition (0 when absent)."""
+    """The value of one sample in a Prometheus text exposition (0 when absent); a model's samples are those of its
+    version 1 unless `version` says otherwise."""
+    if "model" in labels:
+        labels.setdefault("version", "1")
     wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
     prefix = f"{name}{{{wanted}}} " if labels else f"{name} "
     for line in text.splitlines():
@@ -441,7 +444,7 @@ def test_concurrent_http_requests_merge_and_each_gets_its_own_answer(server: str
         want = reference.run("dense", "encoder", x)["z"]
         np.testing.assert_allclose(np.asarray(response.json()["latent"]), want, atol=TOLERANCE, rtol=0)
     after = httpx.get(f"{server}/metrics").text
-    labels = {"endpoint": "encode", "graph": "encoder", "model": "dense"}
+    labels = {"endpoint": "encode", "graph": "encoder", "model": "dense", "version": "1"}
     count = metric(after, "ae_inference_batch_size_count", **labels) - metric(
         before, "ae_inference_batch_size_count", **labels
     )
@@ -547,7 +550,7 @@ def test_a_request_past_its_deadline_gets_504_and_the_next_one_succeeds(server: 
 
 def test_a_client_that_disconnects_during_inference_stops_its_request(server: str) -> None:
     """The client sends a long denoise request and hangs up: the request is cancelled (not computed to the end)."""
-    labels = {"graph": "full", "model": "denoise-deadline"}
+    labels = {"graph": "full", "model": "denoise-deadline", "version": "1"}
     counts = {"endpoint": "denoise", **labels}
     before = httpx.get(f"{server}/metrics").text
     body = npy_bytes(np.random.default_rng(110).uniform(0, 1, size=(1, 1, 1024, 1024)).astype(np.float32))

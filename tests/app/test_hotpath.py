@@ -39,6 +39,10 @@ def _matcher(*paths: str) -> HotPathMiddleware:
             "/v2/models/dense/versions/1/infer",
             ("/v2/models/{name}/versions/{version}/infer", {"name": "dense", "version": "1"}),
         ),
+        (
+            "/v1/models/dense/versions/2/encode",
+            ("/v1/models/{name}/versions/{version}/encode", {"name": "dense", "version": "2"}),
+        ),
         ("/v1/models//encode", None),  # an empty parameter is not a match (Starlette's {name} neither)
         ("/v1/models/dense/encode/", None),  # trailing slash: FastAPI decides (redirect or 404)
         ("/v1/models/dense/decode", None),
@@ -53,6 +57,7 @@ def test_match_by_segments(path: str, expected: tuple[str, dict[str, str]] | Non
         "/v1/{task}",
         "/v2/models/{name}/infer",
         "/v2/models/{name}/versions/{version}/infer",
+        "/v1/models/{name}/versions/{version}/encode",
     )
     found = middleware.match(path)
     assert (None if found is None else (found[0].path, found[1])) == expected
@@ -92,6 +97,14 @@ def test_hot_path_skips_fastapi_and_query_options_take_fastapi(no_dependencies: 
         json={"inputs": [{"name": "x", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]},
     )
     assert v2.status_code == 200, v2.text
+    # The explicit-version routes are hot too, and answer what the default version does (dense has one version).
+    versioned = no_dependencies.post("/v1/models/dense/versions/1/encode", json=body)
+    assert versioned.status_code == 200 and versioned.json() == hot.json(), versioned.text
+    v2_versioned = no_dependencies.post(
+        "/v2/models/dense.encoder/versions/1/infer",
+        json={"inputs": [{"name": "x", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]},
+    )
+    assert v2_versioned.status_code == 200 and v2_versioned.json()["outputs"] == v2.json()["outputs"]
     # With a query string the request goes through FastAPI, whose (overridden) dependency fails: a 500.
     slow = no_dependencies.post("/v1/models/dense/encode?preprocess=auto", json=body)
     assert_error(slow, 500, "internal_error")

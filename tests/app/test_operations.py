@@ -65,15 +65,17 @@ def test_metrics_count_requests_errors_latency_and_batch_sizes(client: TestClien
     client.post("/v1/models/dense/encode", json={"inputs": [[2.0] * 784]})
     client.get("/v1/models/no-such-model")
     text = client.get("/metrics").text
-    assert 'ae_http_requests_total{method="POST",model="dense",route="/v1/models/{name}/encode",status="200"}' in text
-    assert 'ae_http_errors_total{model="dense",route="/v1/models/{name}/encode",type="value_out_of_range"}' in text
-    assert 'ae_http_request_duration_seconds_bucket{le="0.005",model="dense",route="/v1/models/{name}/encode"}' in text
-    assert 'ae_inference_batch_size_bucket{endpoint="encode",graph="encoder",le="8.0",model="dense"}' in text
-    assert 'ae_inference_duration_seconds_count{endpoint="encode",graph="encoder",model="dense"}' in text
-    assert 'ae_model_ready{model="denoise"} 1.0' in text
+    route = 'route="/v1/models/{name}/encode"'
+    assert f'ae_http_requests_total{{method="POST",model="dense",{route},status="200",version="1"}}' in text
+    assert f'ae_http_errors_total{{model="dense",{route},type="value_out_of_range",version="1"}}' in text
+    assert f'ae_http_request_duration_seconds_bucket{{le="0.005",model="dense",{route},version="1"}}' in text
+    encoder = 'endpoint="encode",graph="encoder"'
+    assert f'ae_inference_batch_size_bucket{{{encoder},le="8.0",model="dense",version="1"}}' in text
+    assert f'ae_inference_duration_seconds_count{{{encoder},model="dense",version="1"}}' in text
+    assert 'ae_model_ready{model="denoise",version="1"} 1.0' in text
     # Unknown names never become label values (bounded cardinality).
     assert "no-such-model" not in text
-    assert 'ae_http_requests_total{method="GET",model="",route="/v1/models/{name}",status="404"}' in text
+    assert 'ae_http_requests_total{method="GET",model="",route="/v1/models/{name}",status="404",version=""}' in text
 
 
 class Collect(logging.Handler):

@@ -201,6 +201,8 @@ def test_provider_setting_is_reported_per_model() -> None:
             "reason": None,
             "providers": [CPU],
             "fallback": True,
+            "default_version": "1",
+            "versions": {"1": {"version": "1", "status": "ready", "reason": None, "default": True}},
         }
         assert c.post("/v1/encode", json={"inputs": [[0.0] * 784]}).status_code == 200
 

@@ -443,7 +443,7 @@ def test_a_websocket_upgrade_gets_a_json_refusal(default_server: LiveServer) -> 
 
 
 def _count(metrics: str, status: str) -> float:
-    labels = f'method="POST",model="denoise",route="/v1/models/{{name}}/denoise",status="{status}"'
+    labels = f'method="POST",model="denoise",route="/v1/models/{{name}}/denoise",status="{status}",version="1"'
     prefix = "ae_http_requests_total{" + labels + "}"
     return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines() if line.startswith(prefix))
 

@@ -11,10 +11,17 @@ from onnx import helper
 
 
 def write_encoder_model(
-    folder: Path, graph: onnx.GraphProto, description: str, x_range: list[float] | None, check: bool = True
+    folder: Path,
+    graph: onnx.GraphProto,
+    description: str,
+    x_range: list[float] | None,
+    check: bool = True,
+    name: str | None = None,
+    version: str = "1",
 ) -> None:
     """`graph` ([batch, 4] `x` -> [batch, 4] `z`) as `folder/encoder.onnx` with a card whose size and sha256 match.
-    `check=False` skips the ONNX checker (for graphs that point at external data the test leaves out)."""
+    `check=False` skips the ONNX checker (for graphs that point at external data the test leaves out); `name` and
+    `version` go in the card (the model name defaults to the folder's)."""
     folder.mkdir(parents=True)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
@@ -25,8 +32,8 @@ def write_encoder_model(
     spec = {"shape": ["batch", 4], "dtype": "float32", "layout": "N x 4", "description": ""}
     card = {
         "schema_version": 1,
-        "name": folder.name,
-        "version": "1",
+        "name": name or folder.name,
+        "version": version,
         "kind": "test",
         "description": description,
         "tasks": ["encode"],

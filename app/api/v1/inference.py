@@ -1,4 +1,5 @@
-"""Inference routes: `POST /v1/models/{name}/{task}` for every task, and `POST /v1/{task}` on the task's
+"""Inference routes: `POST /v1/models/{name}/{task}` for every task (on the model's default version),
+`POST /v1/models/{name}/versions/{version}/{task}` on a given version, and `POST /v1/{task}` on the task's
 default model: entries of the endpoint table (app/api/endpoints.py), one handler for all of them (`serve_task`),
 parse -> run -> render; the work lives in `app.api.inputs`, `app.core.tasks` and `app.api.outputs`.
 """
@@ -20,6 +21,9 @@ from app.core.preprocess import Preprocess
 from app.core.tasks import TASKS, Task, run_task
 
 ModelName = Annotated[str, Path(description="model name, as listed by `GET /v1/models`", examples=["dense"])]
+ModelVersion = Annotated[
+    str, Path(description="model version, as listed by `GET /v1/models/{name}/versions`", examples=["1"])
+]
 PreprocessQuery = Annotated[
     Preprocess,
     Query(
@@ -119,19 +123,23 @@ async def serve_task(
     *,
     task: str,
     name: str | None = None,
+    version: str | None = None,
     preprocess: Preprocess = "auto",
     invert: bool | None = None,
     **given: float | None,
 ) -> Response:
-    """Parse the request, run the task on the model (the task's default model without `name`), answer in the
-    negotiated format."""
+    """Parse the request, run the task on the model (the task's default model without `name`; its default
+    version without `version`), answer in the negotiated format."""
     registry = ctx.registry
     if name is None:
         name = ctx.settings.default_model(task)
-    entry = registry.get(name)
-    request.state.model = entry.name
-    request.state.task = task
-    entry = registry.serving(name)
+    state = request.state
+    state.model = registry.record(name).name
+    entry = registry.get(name, version)  # taken once: the default version may be swapped while this runs
+    state.model_version = str(entry.version)
+    state.task = task
+    if not entry.ready:
+        entry = registry.serving(name, version)  # the 503 with the reason
     entry.graph_for(task)  # 404 before the body is read when the model has no such task
     options = InputOptions(
         preprocess=preprocess, invert=invert, given={k: v for k, v in given.items() if v is not None}
@@ -174,6 +182,22 @@ def _endpoints(task: Task) -> list[Endpoint]:
         ),
         Endpoint(
             "POST",
+            f"/v1/models/{{name}}/versions/{{version}}/{name}",
+            f"{name}_model_version",
+            serve_task,
+            f"{task.summary} (a version)",
+            f"`POST /v1/models/{{name}}/{name}` on that version of the model (404 `model_not_found` when it has "
+            "no such version; `X-Model-Version` and the JSON's `model_version` name it). "
+            + task.description
+            + _note(name),
+            tags=["inference"],
+            params=[Param("name", ModelName), Param("version", ModelVersion), *query],
+            bound={"task": name},
+            hot=True,
+            openapi={**openapi, "operation_id": f"{name}_model_version"},
+        ),
+        Endpoint(
+            "POST",
             f"/v1/{name}",
             f"{name}_default",
             serve_task,
@@ -190,5 +214,6 @@ def _endpoints(task: Task) -> list[Endpoint]:
 
 
 ENDPOINTS = [endpoint for task in TASKS.values() for endpoint in _endpoints(task)]
-"""`POST /v1/models/{name}/{task}` and `POST /v1/{task}` for every task (app/api/endpoints.py builds the FastAPI
+"""`POST /v1/models/{name}/{task}`, `POST /v1/models/{name}/versions/{version}/{task}` and `POST /v1/{task}` for
+every task (app/api/endpoints.py builds the FastAPI
 routes and the hot path's from these)."""

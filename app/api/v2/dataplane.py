@@ -4,7 +4,8 @@ config from the card (which the registry has checked against the ONNX graph), an
 
 Naming: every graph of every model is a V2 model `<model>.<role>` (`dense.encoder`, `dense.decoder`,
 `dense.full`), and the bare model name (`dense`) is an alias of its full graph, so a client that only knows
-"the model" gets input -> reconstruction. The version is the card's version string.
+"the model" gets input -> reconstruction. Versions are the registry's (`app.core.versions`): a name without a
+version is the model's default version.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ class V2Model:
     name: str
     entry: ModelEntry
     graph: GraphSession
+    versions: tuple[str, ...] = ()
+    """Every version of the model that serves (the metadata's `versions`)."""
 
     @property
     def card(self) -> ModelCard:
@@ -56,7 +59,7 @@ class V2Model:
 
     @property
     def version(self) -> str:
-        return self.card.version
+        return str(self.entry.version)
 
 
 @dataclass(frozen=True)
@@ -88,12 +91,14 @@ def model_names(registry: ModelRegistry) -> list[str]:
 def served_models(registry: ModelRegistry) -> list[tuple[str, str]]:
     """`(V2 name, version)` of every graph that serves now (aliases included)."""
     served: list[tuple[str, str]] = []
-    for entry in registry.entries():
-        if not entry.ready or entry.card is None:
-            continue
-        if ALIAS_ROLE in entry.graphs:
-            served.append((entry.name, entry.card.version))
-        served.extend((f"{entry.name}.{role}", entry.card.version) for role in entry.graphs)
+    for record in registry.models():
+        for entry in record.versions.values():
+            if not entry.ready:
+                continue
+            version = str(entry.version)
+            if ALIAS_ROLE in entry.graphs:
+                served.append((entry.name, version))
+            served.extend((f"{entry.name}.{role}", version) for role in entry.graphs)
     return served
 
 
@@ -113,9 +118,10 @@ def locate(registry: ModelRegistry, name: str) -> tuple[ModelEntry, str]:
 
 
 def resolve(registry: ModelRegistry, name: str, version: str | None = None) -> V2Model:
-    """The V2 model to serve: 404 for an unknown name, graph or version, 503 when the model did not load."""
+    """The V2 model to serve (the default version without `version`): 404 for an unknown name, graph or version,
+    503 when that version did not load."""
     entry, role = locate(registry, name)
-    entry = registry.serving(entry.name)
+    entry = registry.serving(entry.name, version)
     card = entry.card
     assert card is not None
     graph = entry.graphs.get(role)
@@ -125,12 +131,17 @@ def resolve(registry: ModelRegistry, name: str, version: str | None = None) -> V
             + ", ".join(f"{entry.name}.{r}" for r in card.graphs),
             {"model": display_name(name)},
         )
-    if version is not None and version != card.version:
-        raise ModelNotFound(
-            f"model {display_name(name)!r} has no version {display_name(version)!r}; its version is {card.version!r}",
-            {"model": display_name(name), "version": display_name(version)},
-        )
-    return V2Model(name=name, entry=entry, graph=graph)
+    record = registry.record(entry.name)
+    versions = tuple(str(number) for number, other in record.versions.items() if other.ready)
+    return V2Model(name=name, entry=entry, graph=graph, versions=versions)
+
+
+def version_states(registry: ModelRegistry) -> dict[str, dict[str, str]]:
+    """Each model's versions (as the policy selected them) and their state."""
+    return {
+        record.name: {str(number): entry.status.value for number, entry in record.versions.items()}
+        for record in registry.models()
+    }
 
 
 def check_ready(registry: ModelRegistry) -> None:
@@ -154,7 +165,7 @@ def model_metadata(model: V2Model) -> ModelMetadataResponse:
     """Name, versions, platform and tensors (batch and other dynamic axes as -1)."""
     return ModelMetadataResponse(
         name=model.name,
-        versions=[model.version],
+        versions=list(model.versions),
         platform=PLATFORM,
         inputs=[_metadata_tensor(s) for s in model.graph.inputs],
         outputs=[_metadata_tensor(s) for s in model.graph.outputs],

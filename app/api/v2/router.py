@@ -51,7 +51,9 @@ ModelName = Annotated[
         examples=["dense.encoder"],
     ),
 ]
-ModelVersion = Annotated[str, Path(description="the card's version string", examples=["1"])]
+ModelVersion = Annotated[
+    str, Path(description="a version of the model (`GET /v1/models/{name}/versions` lists them)", examples=["1"])
+]
 
 
 def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -130,12 +132,12 @@ async def get_server_live() -> Response:
 
 @router.get("/health/ready", response_model=ServerReadyResponse, summary="Server readiness", responses=_errors(503))
 async def get_server_ready(registry: RegistryDep, lifecycle: LifecycleDep) -> Response:
-    """200 `{"ready": true}` when every required model serves, else 503 naming what is not ready (also while
-    the process drains before shutting down)."""
+    """200 `{"ready": true, "models": {name: {version: state}}}` when every required model serves (never with no
+    model), else 503 naming what is not ready (also while the process drains before shutting down)."""
     if lifecycle.draining:
         raise ModelUnavailable("not ready: shutting down (draining)", {"not_ready": {"*": "draining"}})
     dataplane.check_ready(registry)
-    return _json(ServerReadyResponse(ready=True))
+    return _json(ServerReadyResponse(ready=True, models=dataplane.version_states(registry)))
 
 
 # -- models (each route also under /versions/{version}) -----------------------------------------------------
@@ -180,9 +182,11 @@ async def infer(request: Request, ctx: AppContext, *, name: str, version: str | 
     statistics = ctx.v2_statistics
     timer = RequestTimer()
     entry, _ = dataplane.locate(registry, name)
-    request.state.model = entry.name
-    request.state.task = "v2"
+    state = request.state
+    state.model = entry.name
+    state.task = "v2"
     model = dataplane.resolve(registry, name, version)
+    state.model_version = model.version
     check_content_type(request.headers.get("content-type"))
     try:
         body = await read_body(request)
@@ -205,9 +209,9 @@ async def infer(request: Request, ctx: AppContext, *, name: str, version: str | 
         buffers, header = encode_response(model.name, model.version, request_id, outputs)
         timer.compute_output = time.perf_counter_ns() - started
     except Exception:
-        statistics.record(model.name, timer, ok=False)
+        statistics.record(model.name, model.version, timer, ok=False)
         raise
-    statistics.record(model.name, timer, ok=True)
+    statistics.record(model.name, model.version, timer, ok=True)
     return TensorResponse(buffers, header)
 
 
@@ -266,9 +270,10 @@ async def get_all_statistics(registry: RegistryDep, statistics: StatisticsDep) -
 
 @router.get("/models/{name}/stats", summary="Inference statistics (Triton)", **_STATS)
 async def get_model_statistics(name: ModelName, registry: RegistryDep, statistics: StatisticsDep) -> Response:
-    """Requests, rows, and time decoding, in the engine and encoding, for one V2 model (per worker process)."""
+    """Requests, rows, and time decoding, in the engine and encoding, for one V2 model, each version that serves
+    (per worker process)."""
     model = dataplane.resolve(registry, name)
-    return _stats_json(statistics.snapshot([(model.name, model.version)]))
+    return _stats_json(statistics.snapshot([(model.name, version) for version in model.versions]))
 
 
 @router.get("/models/{name}/versions/{version}/stats", summary="Inference statistics (Triton, a version)", **_STATS)
@@ -288,7 +293,7 @@ async def get_model_metadata(name: ModelName, registry: RegistryDep) -> Response
 
 @router.get("/models/{name}/versions/{version}", summary="Model metadata (a version)", **_METADATA)
 async def get_model_version_metadata(name: ModelName, version: ModelVersion, registry: RegistryDep) -> Response:
-    """Tensors with the protocol's datatypes; 404 unless `version` is the card's version."""
+    """Tensors with the protocol's datatypes; 404 when the model has no such version."""
     return await _metadata(registry, name, version)
 
 
@@ -339,7 +344,7 @@ ENDPOINTS = [
         "infer_version",
         infer,
         "Inference (a version)",
-        "Run that version of the model (404 unless it is the card's version).",
+        "Run that version of the model (404 when it has no such version); `model_version` names it.",
         tags=[TAG],
         params=[Param("name", ModelName), Param("version", ModelVersion)],
         hot=True,

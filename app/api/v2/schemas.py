@@ -31,8 +31,11 @@ class ServerLiveResponse(BaseModel):
 
 
 class ServerReadyResponse(BaseModel):
-    model_config = _examples({"ready": True})
+    model_config = _examples({"ready": True, "models": {"dense": {"1": "ready", "2": "failed"}}})
     ready: bool
+    models: dict[str, dict[str, str]] | None = Field(
+        default=None, description="each model's versions and their state (ready, loading, failed)"
+    )
 
 
 class ModelReadyResponse(BaseModel):

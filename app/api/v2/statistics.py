@@ -53,17 +53,17 @@ class RequestTimer:
 
 
 class InferenceStatistics:
-    """Counters per V2 model name; updated from the event loop, read by the stats route (a lock keeps a
+    """Counters per V2 model name and version; updated from the event loop, read by the stats route (a lock keeps a
     snapshot consistent if a worker thread ever records)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._models: dict[str, _ModelCounters] = {}
+        self._models: dict[tuple[str, str], _ModelCounters] = {}
 
-    def record(self, name: str, timer: RequestTimer, ok: bool) -> None:
+    def record(self, name: str, version: str, timer: RequestTimer, ok: bool) -> None:
         total = time.perf_counter_ns() - timer.started
         with self._lock:
-            counters = self._models.setdefault(name, _ModelCounters())
+            counters = self._models.setdefault((name, version), _ModelCounters())
             counters.last_inference_ms = time.time_ns() // 1_000_000
             if not ok:
                 counters.stages["fail"].add(total)
@@ -84,7 +84,7 @@ class InferenceStatistics:
         entries = []
         with self._lock:
             for name, version in models:
-                counters = self._models.get(name) or _ModelCounters()
+                counters = self._models.get((name, version)) or _ModelCounters()
                 entries.append(
                     {
                         "name": name,
