@@ -8,8 +8,9 @@
   (walking and running: normal and anomalous for `lstm-anomaly`) as `/v1` JSON bodies, and the demo's two sample
   photographs for the photograph denoiser (`camera.png`, gray, and `coffee.png`, colour): scikit-image's
   `skimage.data.camera()` (Lav Varshney) and `skimage.data.coffee()` (Rachel Michetti), both CC0 ("no copyright
-  restrictions"), downscaled (Lanczos) to 384x384 and 384x256. Both are held out of the denoiser's training
-  (`training.data.photos.HELD_OUT`), so the demo shows it on photographs it never saw.
+  restrictions"), downscaled (Lanczos) to 384x384 and 384x256, and the coffee with Gaussian noise of sigma 25
+  (seeded, 8-bit) as `coffee-noisy-25.png` and `.jpg` (quality 95) for the README. Both are held out of the
+  denoiser's training (`training.data.photos.HELD_OUT`), so the demo shows it on photographs it never saw.
 
 tests/browser/test_assets.py checks that the committed files are what this writes.
 """
@@ -81,6 +82,14 @@ def sample_photos() -> dict[str, bytes]:
         buffer = io.BytesIO()
         image.save(buffer, format="PNG", optimize=True)
         files[f"{name}.png"] = buffer.getvalue()
+        if name == "coffee":  # the README's photograph examples: the same with sigma 25 noise, as PNG and JPEG
+            clean = np.asarray(image, dtype=np.float64)
+            noise = np.random.default_rng(25).normal(0.0, 25.0, clean.shape)
+            noisy = Image.fromarray(np.clip(np.rint(clean + noise), 0, 255).astype(np.uint8))
+            for fmt, ext, options in (("PNG", "png", {"optimize": True}), ("JPEG", "jpg", {"quality": 95})):
+                buffer = io.BytesIO()
+                noisy.save(buffer, format=fmt, **options)
+                files[f"{name}-noisy-25.{ext}"] = buffer.getvalue()
     return files
 
 
