@@ -26,9 +26,19 @@ def headline(card: dict) -> tuple[str, str]:
                 f"vs NL-means {_fmt(r['nl_means']['psnr_db'])}{bm3d}, noisy {_fmt(r['noisy_input']['psnr_db'])}"
             )
 
+        def gate(sigma: str) -> str:  # the gate at each sigma: the model, blind, minus BM3D (true sigma)
+            cells = []
+            for k in ("gray", "colour"):
+                r = m["by_sigma"][sigma].get(k)
+                if r and "bm3d" in r:
+                    cells.append(f"{k} {r['model_blind']['psnr_db'] - r['bm3d']['psnr_db']:+.2f}")
+            return f"σ={sigma}: " + ", ".join(cells) if cells else ""
+
+        gates = "; ".join(g for g in (gate(sigma) for sigma in m["by_sigma"]) if g)
         return (
             f"PSNR dB at σ={m['headline_sigma']}/255, blind (held-out photos)",
-            "; ".join(kind(k) for k in ("gray", "colour") if k in s),
+            "; ".join(kind(k) for k in ("gray", "colour") if k in s)
+            + (f" (gate, model − BM3D dB: {gates})" if gates else ""),
         )
     if card["kind"] == "denoise":
         s = m["psnr_by_sigma"][f"{m['headline_sigma']:g}"]

@@ -378,11 +378,14 @@ TASKS: dict[str, Task] = {
             main_output="denoised",
             takes_images=True,
             gives_images=True,
-            default_model="denoise",
+            default_model="photo",
             summary="Denoise images",
             description="An image -> the denoised image, the same size as the upload. Fully convolutional models "
-            "run at the native size; others are resized in and out (stated in the `X-Resize` header). An image "
-            "upload is answered with a PNG unless JSON or .npy is asked for.",
+            "run at the native size (large images in tiles); others are resized in and out (stated in the "
+            "`X-Resize` header). An image upload is answered in its own format (PNG, JPEG, WebP; PNG for the "
+            "others) unless `Accept` asks for another, JSON or .npy. The short route's default is `photo`, the "
+            "photograph denoiser (gray or colour, any size; `AE_DEFAULT_DENOISE_MODEL=denoise` for the digit "
+            "denoiser).",
             examples={"denoise (one 8x8 image)": [[[[0.0] * 8] * 8]]},
             response=DenoiseResponse,
             run=_denoise,

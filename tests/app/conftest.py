@@ -35,6 +35,7 @@ EXPECTED_MODELS = {
     "lstm",
     "lstm-anomaly",
     "lstm-forecast",
+    "photo",
 }
 TASK_GRAPH = {name: task.graph for name, task in TASKS.items()}
 
@@ -98,10 +99,11 @@ class Reference:
             self._sessions[key] = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         return self._sessions[key]
 
-    def run(self, model: str, graph: str, x: np.ndarray) -> dict[str, np.ndarray]:
+    def run(self, model: str, graph: str, x: np.ndarray, **extra: np.ndarray) -> dict[str, np.ndarray]:
+        """The graph's outputs on `x` (its first input) and `extra` (its other inputs, by name)."""
         session = self.session(model, graph)
         names = [o.name for o in session.get_outputs()]
-        values = session.run(None, {session.get_inputs()[0].name: x.astype(np.float32)})
+        values = session.run(None, {session.get_inputs()[0].name: x.astype(np.float32), **extra})
         return dict(zip(names, values, strict=True))
 
 

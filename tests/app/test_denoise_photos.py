@@ -273,3 +273,19 @@ def test_large_photographs_take_turns_in_the_image_memory_budget(models: Path, t
         error = assert_error(never, 413, "payload_too_large")
         assert error["details"]["budget"] == "image memory"
         assert httpx.get(f"{server.base}/readyz").status_code == 200
+
+
+def test_the_short_route_denoises_photographs_and_the_setting_restores_digits() -> None:
+    """`/v1/denoise` uses the committed `photo` model (colour in, colour out, sigma estimated);
+    `AE_DEFAULT_DENOISE_MODEL=denoise` puts the digit denoiser back behind it."""
+    rgb = np.random.default_rng(5).integers(0, 256, (40, 56, 3), dtype=np.uint8)
+    with make_client() as client:
+        answer = client.post("/v1/denoise", content=_upload(rgb), headers={"content-type": "image/png"})
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["x-model"] == "photo" and answer.headers["x-sigma-source"] == "estimated"
+        assert _open(answer.content).mode == "RGB"
+    with make_client(default_denoise_model="denoise") as client:
+        answer = client.post("/v1/denoise", content=_upload(rgb), headers={"content-type": "image/png"})
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["x-model"] == "denoise" and "x-sigma" not in answer.headers
+        assert _open(answer.content).mode == "L"  # the digit denoiser works in gray

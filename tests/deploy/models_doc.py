@@ -45,6 +45,11 @@ DESCRIPTIONS = {
         '"reduce and predict": BiLSTM (concat), dropout, dense 64, next step of every channel',
         "`[N, T, 6]`",
     ),
+    "photo": (
+        "photograph denoiser behind `/v1/denoise`: pixel-unshuffle + noise-level map, 6 residual blocks of 64 "
+        "channels, predicts the noise; blind (σ estimated) or given σ; gray and colour; large images in tiles",
+        "`x` `[N, 3, H, W]` (gray as 3 equal channels) + `sigma` `[N]`; PNG/JPEG/WebP uploads up to 24 MP",
+    ),
 }
 
 

@@ -89,9 +89,11 @@ def test_curl_examples_run(server: str, tmp_path: Path) -> None:  # noqa: F811
         assert result.returncode == 0, f"{block}\n--- stdout\n{result.stdout[-2000:]}\n--- stderr\n{result.stderr}"
     # What the commands wrote is what the README says they write.
     sizes = {"decoded.png": (28, 28), "reconstructed.png": (28, 28), "denoised.png": (56, 56)}
+    sizes |= {"photo-denoised.png": (384, 256), "photo-denoised.jpg": (384, 256)}
     for name, size in sizes.items():
         image = Image.open(io.BytesIO((tmp_path / name).read_bytes()))
-        assert image.format == "PNG" and image.size == size, name
+        assert image.format == ("JPEG" if name.endswith(".jpg") else "PNG") and image.size == size, name
+        assert image.mode == ("RGB" if name.startswith("photo") else "L"), name
     assert json.loads((tmp_path / "digits.json").read_text())["inputs"][0].__len__() == 784
 
 
