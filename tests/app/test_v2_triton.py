@@ -45,8 +45,18 @@ def client(live: LiveServer) -> Iterator[triton.InferenceServerClient]:
 
 
 def graph_input(model: str, role: str, batch: int = 3, seed: int = 0) -> np.ndarray:
-    assert len(CARDS[model]["graphs"][role]["inputs"]) == 1
     return sample_input(model, ROLE_TASK[role], batch=batch, seed=seed)
+
+
+SIGMA = 0.1
+"""The noise level fed to graphs that take one besides their samples (the photograph denoiser's `sigma`)."""
+
+
+def extra_inputs(model: str, role: str, batch: int) -> dict[str, np.ndarray]:
+    """The graph's inputs after the first: only the photograph denoiser's `sigma` [N] exists."""
+    names = [i["name"] for i in CARDS[model]["graphs"][role]["inputs"][1:]]
+    assert set(names) <= {"sigma"}, names
+    return {name: np.full(batch, SIGMA, dtype=np.float32) for name in names}
 
 
 def infer_input(name: str, x: np.ndarray, binary: bool) -> triton.InferInput:
@@ -108,13 +118,16 @@ def test_infer_binary_matches_onnx_runtime(
 ) -> None:
     """tritonclient's defaults: binary input, every output asked for in binary (no `outputs` in the request)."""
     x = graph_input(model, role)
-    result = client.infer(v2_name, [infer_input(input_name(model, role), x, binary=True)], request_id="bin-1")
+    extra = extra_inputs(model, role, len(x))
+    tensors = [infer_input(input_name(model, role), x, binary=True)]
+    tensors += [infer_input(name, value, binary=True) for name, value in extra.items()]
+    result = client.infer(v2_name, tensors, request_id="bin-1")
     response = result.get_response()
     assert response["model_name"] == v2_name and response["model_version"] == CARDS[model]["version"]
     assert response["id"] == "bin-1"
     assert [o["name"] for o in response["outputs"]] == output_names(model, role)
     assert all("binary_data_size" in o["parameters"] for o in response["outputs"])
-    want = reference.run(model, role, x)
+    want = reference.run(model, role, x, **extra)
     for name in output_names(model, role):
         got = result.as_numpy(name)
         assert got is not None and got.dtype == np.float32 and got.shape == want[name].shape
@@ -127,11 +140,14 @@ def test_infer_json_matches_onnx_runtime_and_v1(
 ) -> None:
     """JSON in (`binary_data=False`) and JSON out; the same numbers as ONNX Runtime and as the /v1 task route."""
     x = graph_input(model, role, batch=2, seed=1)
+    extra = extra_inputs(model, role, len(x))
     outputs = [triton.InferRequestedOutput(name, binary_data=False) for name in output_names(model, role)]
-    result = client.infer(v2_name, [infer_input(input_name(model, role), x, binary=False)], outputs=outputs)
+    tensors = [infer_input(input_name(model, role), x, binary=False)]
+    tensors += [infer_input(name, value, binary=False) for name, value in extra.items()]
+    result = client.infer(v2_name, tensors, outputs=outputs)
     response = result.get_response()
     assert all("data" in o and "parameters" not in o for o in response["outputs"])
-    want = reference.run(model, role, x)
+    want = reference.run(model, role, x, **extra)
     got = {name: result.as_numpy(name) for name in output_names(model, role)}
     for name, value in got.items():
         assert value is not None
@@ -139,7 +155,8 @@ def test_infer_json_matches_onnx_runtime_and_v1(
     task, fields = V1_TASKS.get(role, ("reconstruct", ["reconstruction", "scores"]))
     if task not in CARDS[model]["tasks"]:
         return
-    v1 = httpx.post(f"{live.base}/v1/models/{model}/{task}", json={"inputs": x.tolist()}, timeout=60)
+    query = f"?sigma={SIGMA * 255:g}" if extra else ""  # /v1 takes the noise level on the 0..255 scale
+    v1 = httpx.post(f"{live.base}/v1/models/{model}/{task}{query}", json={"inputs": x.tolist()}, timeout=60)
     assert v1.status_code == 200, v1.text
     for name, field in zip(output_names(model, role), fields, strict=True):
         v1_value = np.asarray(v1.json()[field], dtype=np.float32).reshape(want[name].shape)
