@@ -46,17 +46,14 @@ def noisy_photo(width: int, height: int, sigma: float = 25.0, seed: int = 0) -> 
     """[H, W, 3] uint8: a bundled photograph resized to the size, with Gaussian noise, rounded and clipped."""
     from sklearn.datasets import load_sample_images
 
-    china = next(img for name, img in zip(*_samples(load_sample_images()), strict=True) if name.endswith("china.jpg"))
+    bunch = load_sample_images()
+    china = next(img for name, img in zip(bunch.filenames, bunch.images, strict=True) if name.endswith("china.jpg"))
     big = np.asarray(Image.fromarray(china).resize((width, height), Image.Resampling.BICUBIC), dtype=np.float32)
     rng = np.random.default_rng(seed)
     for y in range(0, height, 512):  # in bands: no full-size float64 noise array
         band = big[y : y + 512]
         band += rng.normal(0.0, sigma, band.shape).astype(np.float32)
     return np.clip(np.rint(big), 0, 255).astype(np.uint8)
-
-
-def _samples(bunch: object) -> tuple[list[str], list[np.ndarray]]:
-    return list(bunch.filenames), list(bunch.images)  # type: ignore[attr-defined]
 
 
 def png_bytes(rgb: np.ndarray) -> bytes:

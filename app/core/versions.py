@@ -91,6 +91,15 @@ def _positive_int(value: object, what: str) -> int:
     return value
 
 
+def _long_form(value: object, kind: str, key: str, placeholder: str) -> object:
+    """Triton's long form `{"<key>": value}` of a policy's argument unwrapped; the short form as it is."""
+    if not isinstance(value, dict):
+        return value
+    if set(value) != {key}:
+        raise PolicyError(f'{VERSIONS_FILE}: {kind!r} takes {{"{key}": {placeholder}}}')
+    return value[key]
+
+
 def parse_policy(raw: object) -> VersionPolicy:
     """The policy of a parsed `versions.json`; PolicyError naming the problem."""
     if not isinstance(raw, dict):
@@ -103,18 +112,10 @@ def parse_policy(raw: object) -> VersionPolicy:
     if policy == "all" or policy == {"all": {}}:
         result = VersionPolicy("all", default=default)
     elif isinstance(policy, dict) and len(policy) == 1 and "latest" in policy:
-        latest = policy["latest"]
-        if isinstance(latest, dict):
-            if set(latest) != {"num_versions"}:
-                raise PolicyError(f"{VERSIONS_FILE}: 'latest' takes {{\"num_versions\": N}}")
-            latest = latest["num_versions"]
+        latest = _long_form(policy["latest"], "latest", "num_versions", "N")
         result = VersionPolicy("latest", num_versions=_positive_int(latest, "'latest' num_versions"), default=default)
     elif isinstance(policy, dict) and len(policy) == 1 and "specific" in policy:
-        listed = policy["specific"]
-        if isinstance(listed, dict):
-            if set(listed) != {"versions"}:
-                raise PolicyError(f"{VERSIONS_FILE}: 'specific' takes {{\"versions\": [...]}}")
-            listed = listed["versions"]
+        listed = _long_form(policy["specific"], "specific", "versions", "[...]")
         if not isinstance(listed, list) or not listed:
             raise PolicyError(f"{VERSIONS_FILE}: 'specific' needs a non-empty list of versions")
         versions = tuple(sorted({_positive_int(v, "a 'specific' version") for v in listed}))
