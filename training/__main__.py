@@ -1,4 +1,5 @@
-"""Command line: `python -m training MODEL [MODEL ...] | all [--quick] [--out DIR] [--mnist-dir DIR] [--resume]`.
+"""Command line: `python -m training MODEL [MODEL ...] | all [--quick] [--out DIR | --publish MODELS_DIR]
+[--mnist-dir DIR] [--resume]`.
 
 `all` is the digit and sequence models (minutes); `photo` trains for hours and is named on its own.
 """
@@ -26,7 +27,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="MODEL",
         help=f"one or more of: {', '.join(registry.MODELS)}, or all (= {', '.join(registry.ALL)})",
     )
-    p.add_argument("--out", type=Path, default=Path("models"), help="models directory (default: models/)")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument(
+        "--out", type=Path, default=Path("models"), help="models directory; replaces MODEL/ there (default: models/)"
+    )
+    out.add_argument(
+        "--publish",
+        type=Path,
+        metavar="MODELS_DIR",
+        help="write each model as its next version, MODELS_DIR/MODEL/<n>/, renamed into place when complete "
+        "(a running service in poll mode picks it up; nothing already there is touched)",
+    )
     p.add_argument("--mnist-dir", type=Path, help="directory with the full MNIST IDX files (used whenever given)")
     p.add_argument("--quick", action="store_true", help="tiny subset, one epoch: exercises the pipeline in seconds")
     p.add_argument("--seed", type=int, default=0, help="data split seed")
@@ -61,15 +72,17 @@ def main(argv: list[str] | None = None) -> int:
             cfg = make_config(name, args.quick, overrides if len(names) == 1 else None)
             if args.resume:
                 cfg.resume = True
-            card = run(name, args.out, cfg, data)
+            card = run(name, args.publish or args.out, cfg, data, publish=args.publish is not None)
             summary[name] = {
+                "version": card["version"],
                 "seconds": card["training"]["seconds"],
                 "gates": [(g["name"], g["passed"]) for g in card["metrics"]["gates"]],
             }
     except (registry.UnknownModelError, DataError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    write_models_readme(args.out)
+    if args.publish is None:
+        write_models_readme(args.out)
     print(json.dumps(summary, indent=2))
     return 0
 

@@ -6,6 +6,7 @@ import dataclasses
 import datetime as dt
 import json
 import logging
+import os
 import platform
 import shutil
 import time
@@ -18,6 +19,7 @@ from pydantic import ValidationError
 
 from app.core.cards import CARD_FILE, CardError, ModelCard
 from app.core.tasks import check_card
+from app.core.versions import FLAT_VERSION, version_number
 from training import registry
 from training.export import export_graph
 from training.spec import DataOptions
@@ -25,6 +27,18 @@ from training.spec import DataOptions
 log = logging.getLogger("training")
 
 CARD_SCHEMA_VERSION = 1
+
+
+def _sync_tree(folder: Path) -> None:
+    """fsync every file, then the folder: the rename that publishes it must not outrun its contents."""
+    for path in folder.iterdir():
+        with open(path, "rb") as fh:
+            os.fsync(fh.fileno())
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def check_written_card(card: dict) -> None:
@@ -54,8 +68,22 @@ def make_config(name: str, quick: bool = False, overrides: dict | None = None):
     return cfg
 
 
-def run(name: str, out_root: Path, cfg=None, data: DataOptions | None = None) -> dict:
-    """Train `name`, export into `out_root/name/` (replacing what was there) and return its card."""
+def next_version(model_folder: Path) -> int:
+    """The version a publish writes: one above every version on disk (the flat layout counts as 1; so does any
+    integer-named folder, finished or not, so a copy in progress is never overwritten); 1 for a new model."""
+    taken = [FLAT_VERSION] if (model_folder / CARD_FILE).is_file() else []
+    if model_folder.is_dir():
+        taken += [n for n in (version_number(p.name) for p in model_folder.iterdir()) if n is not None]
+    return max(taken, default=0) + 1
+
+
+def run(name: str, out_root: Path, cfg=None, data: DataOptions | None = None, publish: bool = False) -> dict:
+    """Train `name`, export into `out_root/name/` (replacing what was there) and return its card.
+
+    `publish`: leave what is there alone and write the model as its next version, `out_root/name/<n>/`: the files
+    go to a dot-folder beside it (which a serving repository ignores) that is renamed to `<n>` once complete, so
+    a service polling the folder never sees half a model.
+    """
     module = registry.get(name)
     cfg = cfg if cfg is not None else make_config(name)
     data = data or DataOptions()
@@ -66,7 +94,13 @@ def run(name: str, out_root: Path, cfg=None, data: DataOptions | None = None) ->
 
     # Export into a fresh staging folder, then swap: a failed export never leaves a half-written model.
     out_dir = out_root / name
-    staging = out_root / f".{name}.staging"
+    version = 1
+    if publish:
+        version = next_version(out_dir)
+        out_dir = out_root / name / str(version)
+        staging = out_root / name / f".tmp-{version}-{os.getpid()}"
+    else:
+        staging = out_root / f".{name}.staging"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     graphs = {g.name: export_graph(g, staging) for g in trained.graphs}
@@ -77,7 +111,7 @@ def run(name: str, out_root: Path, cfg=None, data: DataOptions | None = None) ->
     card = {
         "schema_version": CARD_SCHEMA_VERSION,
         "name": name,
-        "version": "1",
+        "version": str(version),
         "kind": trained.kind,
         "description": trained.description,
         "tasks": trained.tasks,
@@ -96,7 +130,7 @@ def run(name: str, out_root: Path, cfg=None, data: DataOptions | None = None) ->
         "artifacts": sorted(trained.artifacts),
         "provenance": {
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "command": f"python -m training {name}",
+            "command": f"python -m training {name}" + (f" --publish {out_root}" if publish else ""),
             "torch": torch.__version__,
             "onnx": onnx.__version__,
             "onnxruntime": onnxruntime.__version__,
@@ -105,8 +139,16 @@ def run(name: str, out_root: Path, cfg=None, data: DataOptions | None = None) ->
     }
     check_written_card(card)
     (staging / CARD_FILE).write_text(json.dumps(card, indent=2, allow_nan=False) + "\n")
-    shutil.rmtree(out_dir, ignore_errors=True)
-    staging.rename(out_dir)
+    if publish:
+        _sync_tree(staging)
+        try:
+            os.rename(staging, out_dir)  # atomic; fails rather than replace a folder that appeared meanwhile
+        except OSError as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise ValueError(f"could not publish {out_dir}: {exc}") from exc
+    else:
+        shutil.rmtree(out_dir, ignore_errors=True)
+        staging.rename(out_dir)
     log.info("%s: trained in %.1f s, written to %s", name, train_seconds, out_dir)
     for gate in failed:
         log.warning("%s: quality gate NOT met: %s (value %.4g, target %.4g)", name, gate.name, gate.value, gate.target)

@@ -15,7 +15,9 @@ import torch
 from app.core.noise import estimate_sigma
 from training import registry
 from training.__main__ import main
+from training.data import debian_photos, photos
 from training.data.photos import (
+    DEBIAN_PHOTOS,
     HELD_OUT,
     TRAIN_PHOTOS,
     PatchSampler,
@@ -47,6 +49,52 @@ def test_held_out_photos_are_never_in_the_training_list():
     held_chw = [a.transpose(2, 0, 1) for h in held for a in {h.image.shape[2]: h.image, 1: to_gray(h.image)}.values()]
     for img in sampler.gray + sampler.colour:
         assert not any(img.shape == h.shape and np.array_equal(img, h) for h in held_chw)
+
+
+def _fake_debian_root(root: Path, names: list[str], size: tuple[int, int] = (2600, 1500)) -> None:
+    """Writes camera-sized JPEGs where the Debian packages keep the listed photographs."""
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    for name in names:
+        path = root / DEBIAN_PHOTOS[name][1].partition(":")[2]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        base = rng.integers(0, 256, (size[1] // 50, size[0] // 50, 3), dtype=np.uint8)
+        Image.fromarray(base).resize(size, Image.BILINEAR).save(path, quality=92)
+
+
+def test_debian_photographs_are_reduced_and_missing_ones_skipped(tmp_path, monkeypatch, caplog):
+    from PIL import Image
+
+    assert not set(DEBIAN_PHOTOS) & (set(HELD_OUT) | set(TRAIN_PHOTOS))
+    assert photos.DEBIAN_PACKAGES == ("lomiri-wallpapers-20.04", "mate-backgrounds", "plasma-workspace-wallpapers")
+    present = ["wp_aqua", "wp_volna"]
+    _fake_debian_root(tmp_path, present)
+    monkeypatch.setattr(photos, "DEBIAN_ROOTS", (str(tmp_path / "nowhere"), str(tmp_path)))
+    with caplog.at_level("WARNING", logger="training.data"):
+        loaded = load_train_photos()
+    bundled = load_train_photos(debian=False)
+    assert [p.name for p in loaded] == [p.name for p in bundled] + present
+    for p in loaded[len(bundled) :]:
+        # 2600 x 1500 reduced by 3 (the smallest integer factor to a long side <= 1280), in [0, 1], colour.
+        assert p.image.shape == (500, 867, 3) and p.image.dtype == np.float32 and p.is_colour
+        assert p.image.min() >= 0.0 and p.image.max() <= 1.0
+    assert f"2 of {len(DEBIAN_PHOTOS)} Debian wallpaper photographs found" in caplog.text
+    assert "make photo-data" in caplog.text
+    # Card provenance names what was used and where it came from.
+    prov = photos.provenance(loaded)
+    assert sorted(prov["debian_photos"]) == present
+    assert prov["debian_photos"]["wp_volna"].startswith("plasma-workspace-wallpapers:usr/share/wallpapers/Volna/")
+    assert set(prov["debian_packages"]) == set(photos.DEBIAN_PACKAGES)
+    assert photos.reduce_to(Image.new("RGB", (1280, 720))).size == (1280, 720)  # small enough: unchanged
+
+
+def test_fetching_the_debian_photographs_reports_a_clear_error_without_apt(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no apt-get, no dpkg-deb
+    assert debian_photos.main(["--root", str(tmp_path / "root")]) == 1
+    assert "apt-get is not available" in capsys.readouterr().err
+    with pytest.raises(photos.DataError, match="apt-get is not available here"):
+        debian_photos.fetch(tmp_path / "root")
 
 
 def test_patches_gray_have_identical_channels_and_colour_do_not():
@@ -219,6 +267,20 @@ def test_resume_continues_exactly_from_the_saved_step(tmp_path):
     exp_a = a["optimizer"]["state"][0]["exp_avg_sq"]
     assert torch.equal(exp_a, b["optimizer"]["state"][0]["exp_avg_sq"])
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_resume_with_new_photographs_measures_the_best_again(tmp_path, caplog):
+    """Adding training photographs changes the validation patches: the resumed run re-measures its best on the new
+    ones instead of comparing later steps with a number from other patches."""
+    bundled = load_train_photos(debian=False)
+    photo.train_loop(_quick_cfg(tmp_path, "c.pt"), bundled[:3], run_steps=3)
+    assert torch.load(tmp_path / "c.pt", weights_only=False)["photos"] == [p.name for p in bundled[:3]]
+    with caplog.at_level("INFO", logger="training"):
+        resumed = photo.train_loop(_quick_cfg(tmp_path, "c.pt", resume=True), bundled[:4])
+    assert resumed.finished and resumed.step == 6
+    assert "training photographs changed (3 -> 4); best so far re-measured" in caplog.text
+    saved = torch.load(tmp_path / "c.pt", weights_only=False)
+    assert saved["photos"] == [p.name for p in bundled[:4]] and saved["best"]["step"] >= 3
 
 
 def test_cli_resume(tmp_path, capsys):

@@ -86,6 +86,40 @@ def test_quick_dense_from_mnist_idx_dir(tmp_path, capsys):
     assert "reference_hinton_salakhutdinov_2006" in card["metrics"]
 
 
+def test_publish_writes_the_next_version_whole_and_serves_it(tmp_path, capsys):
+    """`--publish MODELS_DIR`: version 1 in an empty folder, then 2 beside the flat model... never over a version
+    folder already there (even half-copied), no staging folder left, and the service serves what was published."""
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+    from app.settings import Settings
+
+    models = tmp_path / "models"
+    assert main(["dense", "--quick", "--publish", str(models)]) == 0
+    assert json.loads(capsys.readouterr().out)["dense"]["version"] == "1"
+    first = json.loads((models / "dense" / "1" / CARD_FILE).read_text())
+    assert first["version"] == "1" and first["provenance"]["command"].endswith(f"--publish {models}")
+    assert not (models / "README.md").exists()  # a publish writes nothing but the version folder
+    (models / "dense" / "3").mkdir()  # a copy by hand in progress (no card yet): its number is taken
+    assert main(["dense", "--quick", "--publish", str(models)]) == 0
+    assert json.loads((models / "dense" / "4" / CARD_FILE).read_text())["version"] == "4"
+    assert sorted(p.name for p in (models / "dense").iterdir()) == ["1", "3", "4"]  # no .tmp-* left
+    with TestClient(create_app(Settings(models_dir=models, log_level="warning"))) as client:
+        listed = client.get("/v1/models/dense/versions").json()
+        assert [v["version"] for v in listed["versions"]] == ["4"]  # the default policy: latest 1
+        answer = client.post("/v1/models/dense/encode", json={"inputs": [[0.0] * 784]})
+        assert answer.status_code == 200 and answer.headers["x-model-version"] == "4"
+    # The flat layout counts as version 1.
+    flat = tmp_path / "flat"
+    run("dense", flat, make_config("dense", quick=True))
+    run("dense", flat, make_config("dense", quick=True), publish=True)
+    assert json.loads((flat / "dense" / "2" / CARD_FILE).read_text())["version"] == "2"
+    with pytest.raises(SystemExit) as exited:  # one or the other
+        main(["dense", "--quick", "--out", str(flat), "--publish", str(flat)])
+    assert exited.value.code == 2
+    assert "not allowed with" in capsys.readouterr().err
+
+
 def test_cli_rejects_unknown_model(tmp_path, capsys):
     assert main(["desne", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err

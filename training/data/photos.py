@@ -1,7 +1,13 @@
 """Natural photographs bundled inside packages (no download at run time), for the `photo` denoiser.
 
 Sources: scikit-image's `skimage.data` (only the images shipped in the wheel; entries that need a download are
-skipped) and scikit-learn's `load_sample_images()` (china, flower).
+skipped), scikit-learn's `load_sample_images()` (china, flower), and the photographs among the desktop wallpapers
+of three Debian packages (`DEBIAN_PHOTOS`: mate-backgrounds, plasma-workspace-wallpapers, lomiri-wallpapers-20.04;
+drawings and renders left out), fetched by `python -m training.data.debian_photos` (`make photo-data`) into
+`runs/data/debian` or read from /usr/share when the packages are installed. Those are 1.7-24 MP camera JPEGs and
+PNGs; each is reduced by the smallest integer factor that brings its long side to at most 1280 px (box filter),
+which averages away most of the camera's own noise and the JPEG blocks. Without them the model trains on the
+bundled images alone (with a warning).
 
 Held out, never trained on: camera and coins (gray), coffee and flower (colour). Everything the model is
 trained or validated on comes from `TRAIN_PHOTOS`; the quality gate is measured only on `HELD_OUT`.
@@ -17,10 +23,15 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from training.data.errors import DataError
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 log = logging.getLogger("training.data")
 
@@ -42,6 +53,31 @@ TRAIN_PHOTOS: dict[str, tuple[str, str]] = {
     "cell": ("skimage", "cell"),
     "china": ("sklearn", "china.jpg"),
 }
+# Photographs among Debian's desktop wallpapers: name -> ("debian", "package:path under the package's root").
+DEBIAN_PHOTOS: dict[str, tuple[str, str]] = {
+    f"wp_{name.lower()}": ("debian", f"{package}:{path}")
+    for package, folder, names in (
+        (
+            "mate-backgrounds",
+            "usr/share/backgrounds/mate/nature/{}.jpg",
+            "Aqua Blinds Dune Garden LadyBird RainDrops Storm TwoWings Wood YellowFlower",
+        ),
+        (
+            "plasma-workspace-wallpapers",
+            "usr/share/wallpapers/{}/contents/images/2560x1440.jpg",
+            "BytheWater ColdRipple EveningGlow FallenLeaf Grey Kite OneStandsOut Path summer_1am DarkestHour",
+        ),
+        ("plasma-workspace-wallpapers", "usr/share/wallpapers/{}/contents/images/2560x1600.jpg", "ColorfulCups"),
+        ("plasma-workspace-wallpapers", "usr/share/wallpapers/{}/contents/images/5120x2880.jpg", "Volna"),
+        ("lomiri-wallpapers-20.04", "usr/share/backgrounds/{}.jpg", "Kleiber_by_Lukas_Baubkus"),
+    )
+    for name in names.split()
+    for path in [folder.format(name)]
+}
+DEBIAN_PACKAGES = tuple(sorted({loader.partition(":")[0] for _, loader in DEBIAN_PHOTOS.values()}))
+# Where the packages' files are looked for, in order: the fetched copy, then the installed packages.
+DEBIAN_ROOTS = ("runs/data/debian", "/")
+MAX_LONG_SIDE = 1280
 HELD_OUT: dict[str, tuple[str, str]] = {
     "camera": ("skimage", "camera"),
     "coins": ("skimage", "coins"),
@@ -75,7 +111,27 @@ def _to_float(img: np.ndarray) -> np.ndarray:
     return img
 
 
+def reduce_to(img: Image.Image, max_long_side: int = MAX_LONG_SIDE) -> Image.Image:
+    """Box-filter reduction by the smallest integer factor that brings the long side to <= `max_long_side`."""
+    factor = -(-max(img.size) // max_long_side)
+    return img.reduce(factor) if factor > 1 else img
+
+
+def _load_debian(loader: str, roots: tuple[str, ...]) -> np.ndarray:
+    from PIL import Image
+
+    package, _, rel = loader.partition(":")
+    for root in roots:
+        path = Path(root) / rel
+        if path.is_file():
+            with Image.open(path) as img:
+                return np.asarray(reduce_to(img.convert("RGB")))
+    raise DataError(f"{rel} not found (Debian package {package}; run `make photo-data`)")
+
+
 def _load(name: str, source: str, loader: str) -> np.ndarray:
+    if source == "debian":
+        return _load_debian(loader, DEBIAN_ROOTS)
     if source == "skimage":
         try:
             import skimage.data as skdata
@@ -100,7 +156,7 @@ def _load(name: str, source: str, loader: str) -> np.ndarray:
     raise DataError(f"unknown photo source {source!r} for {name}")
 
 
-def load_photos(names: dict[str, tuple[str, str]], skip_missing: bool = False) -> list[Photo]:
+def load_photos(names: dict[str, tuple[str, str]], skip_missing: bool = False, quiet: bool = False) -> list[Photo]:
     photos = []
     for name, (source, loader) in names.items():
         try:
@@ -108,14 +164,26 @@ def load_photos(names: dict[str, tuple[str, str]], skip_missing: bool = False) -
         except DataError:
             if not skip_missing:
                 raise
-            log.warning("photo %s is not available here; training without it", name)
+            if not quiet:
+                log.warning("photo %s is not available here; training without it", name)
     return photos
 
 
-def load_train_photos() -> list[Photo]:
+def load_train_photos(debian: bool = True) -> list[Photo]:
+    """The bundled training photographs, then (with `debian`) the Debian wallpaper photographs that are present."""
     photos = load_photos(TRAIN_PHOTOS, skip_missing=True)
     if len(photos) < 5:
         raise DataError(f"only {len(photos)} training photographs could be loaded")
+    if debian:
+        extra = load_photos(DEBIAN_PHOTOS, skip_missing=True, quiet=True)
+        if len(extra) < len(DEBIAN_PHOTOS):
+            log.warning(
+                "%d of %d Debian wallpaper photographs found (run `make photo-data` to fetch %s)",
+                len(extra),
+                len(DEBIAN_PHOTOS),
+                ", ".join(DEBIAN_PACKAGES),
+            )
+        photos += extra
     return photos
 
 
@@ -130,13 +198,38 @@ def provenance(photos: list[Photo]) -> dict:
             versions[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
             versions[dist] = None
+    debian = sorted(p.name for p in photos if p.name in DEBIAN_PHOTOS)
     return {
-        "source": "photographs bundled in scikit-image (skimage.data) and scikit-learn (load_sample_images)",
+        "source": "photographs bundled in scikit-image (skimage.data) and scikit-learn (load_sample_images), and "
+        "photographs among Debian's desktop wallpapers (training/data/photos.py DEBIAN_PHOTOS), each reduced by the "
+        f"smallest integer factor to a long side <= {MAX_LONG_SIDE} px",
         "packages": versions,
+        "debian_packages": debian_versions() if debian else {},
+        "debian_photos": {name: DEBIAN_PHOTOS[name][1] for name in debian},
         "train_photos": {p.name: list(p.image.shape) for p in photos},
         "held_out_photos": {name: f"{src}:{loader}" for name, (src, loader) in HELD_OUT.items()},
         "held_out_rule": "camera, coins (gray), coffee, flower (colour) are never trained or validated on",
     }
+
+
+def debian_versions() -> dict[str, str | None]:
+    """The fetched packages' versions (recorded by training.data.debian_photos), else the installed ones."""
+    import json
+    import subprocess
+
+    recorded = Path(DEBIAN_ROOTS[0]) / "versions.json"
+    if recorded.is_file():
+        return json.loads(recorded.read_text())
+    versions: dict[str, str | None] = {}
+    for package in DEBIAN_PACKAGES:
+        try:
+            out = subprocess.run(
+                ["dpkg-query", "-W", "-f=${Version}", package], capture_output=True, text=True, check=False
+            )
+            versions[package] = out.stdout.strip() or None
+        except OSError:
+            versions[package] = None
+    return versions
 
 
 def to_gray(img: np.ndarray) -> np.ndarray:

@@ -56,7 +56,6 @@ from training.data.photos import (
     HELD_OUT,
     HELD_OUT_COLOUR,
     HELD_OUT_GRAY,
-    TRAIN_PHOTOS,
     PatchSampler,
     Photo,
     load_held_out,
@@ -266,6 +265,7 @@ def train_loop(cfg: Config, photos: list[Photo], run_steps: int | None = None) -
     sampler = PatchSampler(photos, patch, cfg.gray_fraction, seed=cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     val = make_val_set(photos, cfg, cfg.quick_patch if quick else cfg.val_patch, 6 if quick else cfg.val_patches)
+    names = [p.name for p in photos]
     step, seconds, history = 0, 0.0, []
     best_val, best_step, best_state = -math.inf, 0, copy.deepcopy(net.state_dict())
     if saved is not None:
@@ -277,8 +277,29 @@ def train_loop(cfg: Config, photos: list[Photo], run_steps: int | None = None) -
         step, seconds, history = saved["step"], saved["train_seconds"], saved["history"]
         best_val, best_step, best_state = saved["best"]["val_psnr"], saved["best"]["step"], saved["best"]["model"]
         log.info("photo: resumed from %s at step %d (%.1f min of training)", ckpt, step, seconds / 60)
+        if saved.get("photos") != names:
+            # New training photographs: the validation patches (cut from them) changed, so the best so far is
+            # measured again on the new ones before later steps are compared with it.
+            best_val, best_step, best_state = val_psnr(net, val), step, copy.deepcopy(net.state_dict())
+            log.info(
+                "photo: training photographs changed (%d -> %d); best so far re-measured: %.2f dB at step %d",
+                len(saved.get("photos") or []),
+                len(names),
+                best_val,
+                step,
+            )
     total_steps = cfg.quick_steps if quick else cfg.steps
     plan = dataclasses.replace(cfg, steps=total_steps, minutes=0.0 if quick else cfg.minutes)
+    rewarm = None  # (from step, from lr): a resumed run whose longer plan raises the LR warms up to it again
+    if saved is not None and step >= cfg.warmup_steps:
+        planned = learning_rate(cfg, step, progress_of(plan, step, seconds))
+        if planned > 1.5 * saved["scheduler"]["lr"]:
+            # Jumping straight from the end of a cosine (1e-5) to ~5e-4 killed the network in under 100 steps
+            # (every ReLU dead, output = input); a linear warm-up over `warmup_steps` does not.
+            rewarm = (step, saved["scheduler"]["lr"])
+            log.info(
+                "photo: longer plan: LR warms up from %.2e to %.2e over %d steps", rewarm[1], planned, cfg.warmup_steps
+            )
 
     def payload(finished: bool) -> dict:
         return {
@@ -300,6 +321,7 @@ def train_loop(cfg: Config, photos: list[Photo], run_steps: int | None = None) -
             "best": {"val_psnr": best_val, "step": best_step, "model": best_state},
             "history": history,
             "config": dataclasses.asdict(cfg),
+            "photos": names,
             "finished": finished,
         }
 
@@ -313,6 +335,8 @@ def train_loop(cfg: Config, photos: list[Photo], run_steps: int | None = None) -
             return LoopState(net, step, seconds, best_val, best_step, history, False)
         t0 = time.monotonic()
         lr = learning_rate(cfg, step, progress_of(plan, step, seconds))
+        if rewarm is not None and step - rewarm[0] < cfg.warmup_steps:
+            lr = rewarm[1] + (lr - rewarm[1]) * (step - rewarm[0] + 1) / cfg.warmup_steps
         for group in opt.param_groups:
             group["lr"] = lr
         clean, is_gray = sampler.sample(cfg.batch_size)
@@ -655,7 +679,7 @@ def train(cfg: Config, data: DataOptions) -> Trained:
             "patches": f"{cfg.quick_patch if cfg.quick else cfg.patch} px, 8 flips/rotations, "
             f"{cfg.gray_fraction:.0%} gray; sigma uniform in [0, {cfg.sigma_max:g}]/255, "
             f"{cfg.zero_sigma_fraction:.0%} at 0",
-            "train_photo_names": sorted(TRAIN_PHOTOS),
+            "train_photo_names": sorted(p.name for p in photos),
         },
         fit=fit,
         preprocessing={
