@@ -89,6 +89,18 @@ def test_debian_photographs_are_reduced_and_missing_ones_skipped(tmp_path, monke
     assert photos.reduce_to(Image.new("RGB", (1280, 720))).size == (1280, 720)  # small enough: unchanged
 
 
+def test_a_held_out_photograph_under_another_name_and_size_is_caught():
+    from PIL import Image
+
+    train, held = load_train_photos(), load_held_out()
+    assert photos.near_duplicates(train, held) == []  # the bundled and (when fetched) Debian photographs
+    camera = next(h for h in held if h.name == "camera").image[:, :, 0]
+    smaller = np.asarray(Image.fromarray((camera * 255).astype(np.uint8)).resize((300, 300)), np.float32) / 255
+    disguised = photos.Photo("wp_disguised", np.rot90(smaller)[:, :, None].repeat(3, axis=2).copy())
+    (pair,) = photos.near_duplicates([*train[:3], disguised], held)
+    assert pair[:2] == ("wp_disguised", "camera") and pair[2] > 0.95
+
+
 def test_fetching_the_debian_photographs_reports_a_clear_error_without_apt(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("PATH", str(tmp_path))  # no apt-get, no dpkg-deb
     assert debian_photos.main(["--root", str(tmp_path / "root")]) == 1

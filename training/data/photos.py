@@ -212,6 +212,30 @@ def provenance(photos: list[Photo]) -> dict:
     }
 
 
+def _thumbnail(img: np.ndarray, side: int = 48) -> np.ndarray:
+    from PIL import Image
+
+    gray = to_gray(img)[:, :, 0]
+    small = np.asarray(Image.fromarray(gray).resize((side, side), Image.BILINEAR), dtype=np.float64)
+    small -= small.mean()
+    return small / (np.linalg.norm(small) or 1.0)
+
+
+def near_duplicates(train: list[Photo], held: list[Photo], threshold: float = 0.95) -> list[tuple[str, str, float]]:
+    """(train name, held-out name, correlation) of pairs whose gray 48 x 48 thumbnails correlate above
+    `threshold` in any of the 8 flips/rotations: a held-out photograph that came back under another name or
+    size (the Debian wallpapers are not ours; names alone prove nothing)."""
+    held_thumbs = [(h.name, _thumbnail(h.image)) for h in held]
+    found = []
+    for t in train:
+        thumb = _thumbnail(t.image)
+        for name, h in held_thumbs:
+            best = max(float((_dihedral(thumb, k) * h).sum()) for k in range(8))
+            if best > threshold:
+                found.append((t.name, name, best))
+    return found
+
+
 def debian_versions() -> dict[str, str | None]:
     """The fetched packages' versions (recorded by training.data.debian_photos), else the installed ones."""
     import json

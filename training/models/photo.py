@@ -60,6 +60,7 @@ from training.data.photos import (
     Photo,
     load_held_out,
     load_train_photos,
+    near_duplicates,
     provenance,
 )
 from training.export import GraphSpec, TensorSpec
@@ -539,6 +540,9 @@ def train(cfg: Config, data: DataOptions) -> Trained:
     leaked = {p.name for p in photos} & set(HELD_OUT)
     if leaked:
         raise ValueError(f"held-out photographs in the training set: {sorted(leaked)}")
+    same = near_duplicates(photos, load_held_out())
+    if same:
+        raise ValueError(f"training photographs that are held-out ones under another name: {same}")
     if cfg.quick:
         photos = photos[: cfg.quick_photos]
     state = train_loop(cfg, photos)
