@@ -94,7 +94,8 @@ WORKDIR /srv
 COPY app ./app
 COPY models ./models
 USER 10001:10001
-EXPOSE 8000
+# HTTP, and gRPC (AE_GRPC_PORT; `python -m app --host 0.0.0.0` binds it on every interface too)
+EXPOSE 8000 8001
 STOPSIGNAL SIGTERM
 # Liveness (the process answers); readiness is /readyz. Python, because the image has no curl.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \

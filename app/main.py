@@ -19,9 +19,10 @@ from app.api.context import AppContext
 from app.api.docs import install_docs
 from app.api.endpoints import Endpoint, add_routes
 from app.api.errors import install_error_handlers
-from app.api.v1 import bench, health, inference, models
+from app.api.v1 import bench, control, health, inference, models
 from app.api.v1.demo import install_demo
 from app.api.v2 import router as v2_router_module
+from app.api.v2.repository import router as v2_repository_router
 from app.api.v2.router import router as v2_router
 from app.api.v2.statistics import InferenceStatistics
 from app.asgi.admission import Admission, AdmissionMiddleware
@@ -31,6 +32,7 @@ from app.asgi.methods import MethodsMiddleware
 from app.asgi.request_context import RequestContextMiddleware
 from app.asgi.security import security_middleware
 from app.core.budget import MemoryBudget
+from app.core.control import ModelControl
 from app.core.engine import InferenceEngine
 from app.core.registry import ModelRegistry
 from app.core.service import InferenceService
@@ -62,6 +64,9 @@ Autoencoders exported to ONNX, served with ONNX Runtime.
 * **Open Inference Protocol** (KServe V2 / Triton HTTP) under `/v2`: every graph is a model `<model>.<role>`
   (`dense.encoder`, `dense.decoder`, `dense.full`; `dense` = its full graph); JSON or binary tensors
   (`Inference-Header-Content-Length`), so tritonclient, the KServe SDK and perf tools work unmodified.
+* **Model control** (`AE_MODEL_CONTROL=explicit|poll`): Triton's and MLServer's repository extension
+  (`POST /v2/repository/index`, `/v2/repository/models/{name}/load|unload`) and
+  `POST /v1/models/{name}/versions/{v}/load|unload|promote`, with the API key when one is set.
 * **Operations**: `/healthz`, `/readyz`, `/metrics`; every response carries `X-Request-ID`.
 """
 
@@ -134,6 +139,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine = InferenceEngine(parts.metrics, settings, parts.inference_memory)
         registry = ModelRegistry(settings, engine, parts.metrics)
         offload = Offload.from_settings(settings)
+        trimmer = MallocTrimmer(settings.malloc_trim_seconds, offload, parts.metrics)
         context = AppContext(
             settings=settings,
             metrics=parts.metrics,
@@ -145,9 +151,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             registry=registry,
             service=InferenceService(engine, settings, offload),
             offload=offload,
-            trimmer=MallocTrimmer(settings.malloc_trim_seconds, offload, parts.metrics),
+            trimmer=trimmer,
             v2_statistics=InferenceStatistics(),
             limits=engine.limits,
+            # load / unload / promote at run time, and the repository poll (AE_MODEL_CONTROL)
+            control=ModelControl(settings, registry, engine, trimmer.trim_now if trimmer.enabled else None),
         )
         app.state.context = context
         await anyio.to_thread.run_sync(registry.load_all)
@@ -157,8 +165,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # Measured at 1-row encode under load: p99 50 -> 14 ms, +10 % requests/s.
             gc.collect()
             gc.freeze()
+        # gRPC (AE_GRPC_PORT, app/server/grpc_server.py): the same context and engine, in this event loop.
+        grpc_server = None
+        if settings.grpc_port:
+            # Imported only when gRPC serves: its protobuf descriptors (Triton's `inference.*`) go into the
+            # process-wide pool, where a second definition of the same names (KServe's SDK) would be refused.
+            from app.server.grpc_server import start_grpc_server
+
+            grpc_server = await start_grpc_server(settings, context)
+        if grpc_server is not None:
+            parts.lifecycle.add_drain_callback(grpc_server.on_drain)  # health NOT_SERVING once the drain starts
         parts.lifecycle.install()  # SIGTERM: drain, close idle connections, cut off at the deadline
         context.trimmer.start()  # freed memory back to the OS every AE_MALLOC_TRIM_SECONDS (app/runtime/memory.py)
+        context.control.start()  # AE_MODEL_CONTROL=poll: watch the models directory
         readiness = registry.readiness()
         log.info(
             "service started",
@@ -167,6 +186,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "ready": readiness.ready,
                 "models": {r.name: {str(v): e.status.value for v, e in r.versions.items()} for r in registry.models()},
                 "not_ready": readiness.not_ready,
+                "grpc_port": grpc_server.port if grpc_server is not None else None,
             },
         )
         try:
@@ -174,7 +194,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # head limits here).
             yield {HEAD_LIMITS_STATE: HeadLimits.from_settings(settings)}
         finally:
+            if grpc_server is not None:  # stop accepting; RPCs in flight get the rest of the grace period
+                await grpc_server.stop(parts.lifecycle.remaining_grace())
             parts.lifecycle.uninstall()
+            await context.control.stop()
             await context.trimmer.stop()
             if settings.gc_freeze:
                 gc.unfreeze()  # what this app leaves behind may be collected again (tests run many apps)
@@ -199,6 +222,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(models.router)
     app.include_router(v2_router)
+    app.include_router(control.router)
+    app.include_router(v2_repository_router)
     add_routes(app, endpoints)
     if settings.docs:
         install_docs(app)

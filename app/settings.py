@@ -72,6 +72,19 @@ class Settings(_TaskDefaults, BaseSettings):  # type: ignore[misc, valid-type]
     required_models: CommaList | None = None
     """Models that must be loaded for `/readyz` to answer 200. Unset: every card found (strict readiness)."""
 
+    model_control: Literal["none", "poll", "explicit"] = "none"
+    """How the models may change while the service runs, as Triton's model-control modes (every mode loads the
+    repository at start-up). `none`: never; `POST /v2/repository/index` answers, load, unload and promote are
+    refused (403). `poll`: the repository is also watched every `repository_poll_seconds` and what changed in it
+    is loaded or unloaded; the API works too. `explicit`: only the API (`/v2/repository/models/{name}/load`,
+    `.../unload`, `POST /v1/models/{name}/versions/{v}/load|unload|promote`). The API acts on one worker of one
+    replica: with `workers` > 1 it is refused (409); set `api_key` when it is on. See app/README.md."""
+
+    repository_poll_seconds: float = Field(default=15.0, gt=0.0)
+    """With `model_control=poll`: seconds between two looks at the models directory (Triton's
+    `--repository-poll-secs`). A folder refused once is retried only when its files change (names, sizes,
+    modification times)."""
+
     providers: CommaList | None = None
     """ONNX Runtime execution providers in order of preference. Unset: CUDA when the runtime offers it,
     then CPU. Providers the runtime does not offer are skipped and reported."""
@@ -330,6 +343,19 @@ class Settings(_TaskDefaults, BaseSettings):  # type: ignore[misc, valid-type]
     """Time from SIGTERM to exit: the drain, then in-flight requests finish (anything still running when it is
     up is cancelled). Keep it below the orchestrator's kill deadline (Kubernetes: terminationGracePeriodSeconds,
     30 s by default). `python -m app --timeout-graceful-shutdown` overrides it."""
+
+    # -- gRPC (app/server/grpc_server.py) ------------------------------------------------------------------------
+    grpc_port: int = Field(default=8001, ge=0, le=65535)
+    """Port of the gRPC server (Triton's `inference.GRPCInferenceService`, health, reflection), served by every
+    worker process in the same event loop as HTTP (`python -m app --grpc-port` overrides). 0: no gRPC."""
+
+    grpc_host: str = "127.0.0.1"
+    """Address the gRPC server binds. `python -m app --host H` sets it to H unless it is set in the environment
+    (containers: 0.0.0.0)."""
+
+    grpc_max_message_bytes: int = Field(default=96 * 1024 * 1024, ge=1024)
+    """Largest gRPC request message, in bytes (RESOURCE_EXHAUSTED beyond, refused by gRPC before the message is
+    read): as `max_body_bytes`, 96 MiB. Answers are not limited here (the request limits bound them)."""
 
     @field_validator("workers")
     @classmethod

@@ -131,7 +131,8 @@ def start_ours(name: str, description: str, run_dir: Path, workers: int, env: di
     """`python -m app` with production settings (plus `env`), logs to a file; returns once /readyz is 200.
     `checkout`: the source tree whose code runs (another commit's work tree, for an A/B between commits)."""
     port = free_port()
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "AE_BENCH_ENDPOINTS": "1", **env}
+    # No gRPC listener (AE_GRPC_PORT=0): several servers run at once here and would all want port 8001.
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "AE_BENCH_ENDPOINTS": "1", "AE_GRPC_PORT": "0", **env}
     command = [sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
     log_path = run_dir / f"{name}.log"
     started = time.monotonic()

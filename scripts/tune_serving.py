@@ -86,7 +86,7 @@ def get(url: str) -> tuple[int, str]:
 
 def start(models: Path, env: dict[str, str], workers: int) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
-    environ = {**os.environ, "AE_LOG_LEVEL": "warning", **env}
+    environ = {**os.environ, "AE_LOG_LEVEL": "warning", "AE_GRPC_PORT": "0", **env}  # HTTP only: no port 8001 clash
     command = [sys.executable, "-m", "app", "--port", str(port), "--models-dir", str(models), "--workers", str(workers)]
     process = subprocess.Popen(command, cwd=REPO, env=environ, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"

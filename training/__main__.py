@@ -1,5 +1,6 @@
 """Command line: `python -m training MODEL [MODEL ...] | all [--quick] [--out DIR | --publish MODELS_DIR]
-[--mnist-dir DIR] [--resume]`.
+[--mnist-dir DIR] [--resume]`, and `python -m training fit --data PATH --name NAME ...` (your own data:
+`training/fit/`, `python -m training fit --help`).
 
 `all` is the digit and sequence models (minutes); `photo` trains for hours and is named on its own.
 """
@@ -20,7 +21,11 @@ from training.spec import DataOptions
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m training", description="Train, export and card autoencoders.")
+    p = argparse.ArgumentParser(
+        prog="python -m training",
+        description="Train, export and card autoencoders.",
+        epilog="Your own data (vectors, images, series): python -m training fit --help",
+    )
     p.add_argument(
         "models",
         nargs="+",
@@ -52,6 +57,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["fit"]:  # `python -m training fit ...`: your own data (training/fit/)
+        from training.fit.cli import main as fit_main
+
+        return fit_main(argv[1:])
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("training").setLevel(logging.DEBUG if args.verbose else logging.INFO)

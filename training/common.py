@@ -25,6 +25,9 @@ class TrainConfig:
     batch_size: int = 64
     lr: float = 2e-3
     weight_decay: float = 1e-5
+    # "adamw-onecycle": AdamW, one-cycle cosine schedule (ours); "adam": Adam at a constant lr, no weight decay
+    # (Keras' `Adam(lr=...)`, as the seed documents' models are written).
+    optimizer: str = "adamw-onecycle"
     seed: int = 0
     # Quick mode: a tiny subset and one epoch, to exercise the whole pipeline in seconds.
     quick: bool = False
@@ -61,11 +64,18 @@ def fit(
     cfg: TrainConfig,
     steps_per_epoch: int,
 ) -> FitResult:
-    """AdamW with one-cycle cosine schedule; keeps the weights of the epoch with the best validation loss."""
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=cfg.lr, total_steps=max(1, cfg.epochs * steps_per_epoch), pct_start=0.15
-    )
+    """`cfg.optimizer` (AdamW with a one-cycle cosine schedule, or plain Adam at a constant lr); keeps the weights
+    of the epoch with the best validation loss."""
+    sched: torch.optim.lr_scheduler.LRScheduler | None = None
+    if cfg.optimizer == "adam":
+        opt: torch.optim.Optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    elif cfg.optimizer == "adamw-onecycle":
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        sched = torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=cfg.lr, total_steps=max(1, cfg.epochs * steps_per_epoch), pct_start=0.15
+        )
+    else:
+        raise ValueError(f"unknown optimizer {cfg.optimizer!r}: adamw-onecycle or adam")
     best, best_state, best_epoch = math.inf, copy.deepcopy(model.state_dict()), 0
     history = []
     start = time.perf_counter()
@@ -79,7 +89,8 @@ def fit(
             loss = loss_fn(model, batch)
             loss.backward()
             opt.step()
-            sched.step()
+            if sched is not None:
+                sched.step()
             total += loss.item() * len(batch[0])
             count += len(batch[0])
         model.eval()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import json
@@ -22,7 +23,7 @@ from app.core.tasks import check_card
 from app.core.versions import FLAT_VERSION, version_number
 from training import registry
 from training.export import export_graph
-from training.spec import DataOptions
+from training.spec import DataOptions, Trained
 
 log = logging.getLogger("training")
 
@@ -91,7 +92,21 @@ def run(name: str, out_root: Path, cfg=None, data: DataOptions | None = None, pu
     start = time.perf_counter()
     trained = module.train(cfg, data)
     train_seconds = time.perf_counter() - start
+    training = {
+        "config": dataclasses.asdict(cfg),
+        "best_epoch": trained.fit.best_epoch,
+        "best_val_loss": trained.fit.best_val_loss,
+        "seconds": round(train_seconds, 1),
+        "quick": cfg.quick,
+    }
+    command = f"python -m training {name}" + (f" --publish {out_root}" if publish else "")
+    return write_model(name, out_root, trained, training=training, command=command, publish=publish)
 
+
+def write_model(name: str, out_root: Path, trained: Trained, *, training: dict, command: str, publish: bool) -> dict:
+    """Export `trained`'s graphs and write its card into `out_root/name/` (replacing what was there), or with
+    `publish` as its next version `out_root/name/<n>/` (see `run`); returns the card. The card is validated as the
+    service will read it before anything is moved into place; a failure leaves no staging folder behind."""
     # Export into a fresh staging folder, then swap: a failed export never leaves a half-written model.
     out_dir = out_root / name
     version = 1
@@ -102,12 +117,40 @@ def run(name: str, out_root: Path, cfg=None, data: DataOptions | None = None, pu
     else:
         staging = out_root / f".{name}.staging"
     shutil.rmtree(staging, ignore_errors=True)
+    created = [p for p in (out_root, staging.parent) if not p.exists()]
     staging.mkdir(parents=True)
+    try:
+        card = _write_staging(name, version, trained, staging, training, command)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        for folder in reversed(created):  # folders this call made, so a failure leaves the tree as it was
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+    if publish:
+        _sync_tree(staging)
+        try:
+            os.rename(staging, out_dir)  # atomic; fails rather than replace a folder that appeared meanwhile
+        except OSError as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise ValueError(f"could not publish {out_dir}: {exc}") from exc
+    else:
+        shutil.rmtree(out_dir, ignore_errors=True)
+        staging.rename(out_dir)
+    log.info("%s: trained in %.1f s, written to %s", name, training["seconds"], out_dir)
+    for gate in trained.gates:
+        if not gate.passed:
+            log.warning(
+                "%s: quality gate NOT met: %s (value %.4g, target %.4g)", name, gate.name, gate.value, gate.target
+            )
+    return card
+
+
+def _write_staging(name: str, version: int, trained: Trained, staging: Path, training: dict, command: str) -> dict:
+    """The graphs, artefacts and card of one model, written into `staging`; returns the card."""
     graphs = {g.name: export_graph(g, staging) for g in trained.graphs}
     for file_name, payload in trained.artifacts.items():
         (staging / file_name).write_bytes(payload)
-
-    failed = [g for g in trained.gates if not g.passed]
     card = {
         "schema_version": CARD_SCHEMA_VERSION,
         "name": name,
@@ -119,18 +162,12 @@ def run(name: str, out_root: Path, cfg=None, data: DataOptions | None = None, pu
         "preprocessing": trained.preprocessing,
         **trained.sections,
         "metrics": {**trained.metrics, "gates": [g.to_card() for g in trained.gates]},
-        "training": {
-            "config": dataclasses.asdict(cfg),
-            "best_epoch": trained.fit.best_epoch,
-            "best_val_loss": trained.fit.best_val_loss,
-            "seconds": round(train_seconds, 1),
-            "quick": cfg.quick,
-        },
+        "training": training,
         "data": trained.data,
         "artifacts": sorted(trained.artifacts),
         "provenance": {
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "command": f"python -m training {name}" + (f" --publish {out_root}" if publish else ""),
+            "command": command,
             "torch": torch.__version__,
             "onnx": onnx.__version__,
             "onnxruntime": onnxruntime.__version__,
@@ -139,17 +176,4 @@ def run(name: str, out_root: Path, cfg=None, data: DataOptions | None = None, pu
     }
     check_written_card(card)
     (staging / CARD_FILE).write_text(json.dumps(card, indent=2, allow_nan=False) + "\n")
-    if publish:
-        _sync_tree(staging)
-        try:
-            os.rename(staging, out_dir)  # atomic; fails rather than replace a folder that appeared meanwhile
-        except OSError as exc:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise ValueError(f"could not publish {out_dir}: {exc}") from exc
-    else:
-        shutil.rmtree(out_dir, ignore_errors=True)
-        staging.rename(out_dir)
-    log.info("%s: trained in %.1f s, written to %s", name, train_seconds, out_dir)
-    for gate in failed:
-        log.warning("%s: quality gate NOT met: %s (value %.4g, target %.4g)", name, gate.name, gate.value, gate.target)
     return card

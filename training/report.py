@@ -69,6 +69,85 @@ def headline(card: dict) -> tuple[str, str]:
     )
 
 
+def _pair_measure(card: dict) -> tuple[str, float, str]:
+    """(measure, value, baseline text) on which a seed design and ours are compared."""
+    m = card["metrics"]
+    if card["kind"] == "denoise":
+        head = m["psnr_by_sigma"][f"{m['headline_sigma']:g}"]
+        return (
+            f"PSNR dB at σ={m['headline_sigma']:g} (higher is better)",
+            head["model_psnr_db"],
+            f"3×3 median {_fmt(head['median3x3_psnr_db'])}, noisy {_fmt(head['noisy_input_psnr_db'])}",
+        )
+    if card["kind"] == "lstm-forecast":
+        return (
+            "next-step MSE, standardised",
+            m["test_mse_standardized"],
+            f"persistence {_fmt(m['baselines']['persistence_mse_standardized'])}",
+        )
+    key = "test_mse_per_pixel" if "test_mse_per_pixel" in m else "test_mse_standardized"
+    base = ", ".join(f"{name.replace('_', ' ')} {_fmt(v)}" for name, v in m["baselines"].items())
+    return ("test MSE " + ("per pixel" if key == "test_mse_per_pixel" else "standardised"), m[key], base)
+
+
+def seed_pairs(cards: list[dict]) -> list[str]:
+    """The seed documents' designs beside ours: one row per pair, one paragraph per pair, from the cards."""
+    by_name = {c["name"]: c for c in cards}
+    pairs = [(c, by_name.get(c["metrics"]["seed"]["ours"])) for c in cards if "seed" in c["metrics"]]
+    if not pairs:
+        return []
+    lines = [
+        "## The seed documents' designs beside ours",
+        "",
+        "Each `*-seed` model is a design of `../shared/seeds/` as written (its card and module say where the seed "
+        "leaves a choice open and what was taken); the same data, split and test set as ours.",
+        "",
+        "| seed design | ours | measure | seed | ours | baselines (seed's; ours) |",
+        "|---|---|---|---|---|---|",
+    ]
+    notes = []
+    for seed, ours in pairs:
+        measure, seed_value, seed_base = _pair_measure(seed)
+        if ours is None:
+            lines.append(f"| `{seed['name']}` | — | {measure} | {_fmt(seed_value)} | — | {seed_base} |")
+            continue
+        _, ours_value, ours_base = _pair_measure(ours)
+        lines.append(
+            f"| `{seed['name']}` | `{ours['name']}` | {measure} | {_fmt(seed_value)} | **{_fmt(ours_value)}** | "
+            f"{seed_base}; {ours_base} |"
+        )
+        higher = measure.startswith("PSNR")
+        better = ours_value > seed_value if higher else ours_value < seed_value
+        change = (
+            f"{ours_value - seed_value:+.2f} dB"
+            if higher
+            else f"× {ours_value / seed_value:.2f}"
+            if seed_value
+            else "n/a"
+        )
+        notes.append(
+            f"- **`{ours['name']}` vs `{seed['name']}`** ({seed['metrics']['seed']['source']}). Seed: "
+            f"{seed['description']}. Ours: {ours['description']}. {measure}: {_fmt(seed_value)} → "
+            f"{_fmt(ours_value)} ({change}; ours {'better' if better else 'not better'})."
+        )
+    ablation = [c for c, _ in pairs if "ablation_single_conv2d" in c["metrics"]]
+    for card in ablation:
+        a = card["metrics"]["ablation_single_conv2d"]
+        rows = ", ".join(
+            f"σ={sigma}: {_fmt(r['single_conv2d_psnr_db'])} dB vs noisy {_fmt(r['noisy_input_psnr_db'])} "
+            f"({r['gain_over_noisy_db']:+.2f})"
+            for sigma, r in a["by_sigma"].items()
+        )
+        model = card["metrics"]["psnr_by_sigma"]
+        full = ", ".join(f"σ={sigma}: {_fmt(r['model_psnr_db'])}" for sigma, r in model.items())
+        notes.append(
+            f"- **The seed's ablation** (`{card['name']}` card, `ablation_single_conv2d`): {a['claim']}. Measured, "
+            f"a single Conv2D (1 filter 3×3 + sigmoid) trained the same way: {rows}; the full `{card['name']}`: "
+            f"{full}."
+        )
+    return [*lines, "", *notes, ""]
+
+
 def write_models_readme(models_dir: Path) -> Path:
     cards = [json.loads(p.read_text()) for p in sorted(models_dir.glob(f"*/{CARD_FILE}"))]
     lines = [
@@ -88,8 +167,8 @@ def write_models_readme(models_dir: Path) -> Path:
             f"| `{card['name']}` | {', '.join(card['tasks'])} | {measure} | {result} | {gate_text} | "
             f"{card['training']['seconds']:.0f} s |"
         )
+    lines += ["", *seed_pairs(cards)]
     lines += [
-        "",
         "Each folder holds the exported ONNX graphs (`encoder.onnx`, `decoder.onnx`, `full.onnx` where the split "
         "makes sense) and `card.json`: tensor specs, value ranges, sha256 of every file, the ONNX Runtime vs "
         "PyTorch parity figure, training config, data provenance, metrics and the anomaly threshold.",

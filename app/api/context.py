@@ -16,6 +16,7 @@ from starlette.requests import HTTPConnection
 if TYPE_CHECKING:
     from app.api.v2.statistics import InferenceStatistics
     from app.core.budget import MemoryBudget
+    from app.core.control import ModelControl
     from app.core.engine import InferenceEngine
     from app.core.registry import ModelRegistry
     from app.core.service import InferenceService
@@ -44,6 +45,7 @@ class AppContext:
     trimmer: MallocTrimmer
     v2_statistics: InferenceStatistics
     limits: Limits
+    control: ModelControl
 
 
 def context_of(connection: HTTPConnection) -> AppContext:

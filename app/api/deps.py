@@ -12,6 +12,7 @@ from fastapi import Depends, Request
 
 from app.api.context import AppContext, context_of
 from app.api.v2.statistics import InferenceStatistics
+from app.core.control import ModelControl
 from app.core.engine import InferenceEngine
 from app.core.registry import ModelRegistry
 from app.core.service import InferenceService
@@ -52,6 +53,10 @@ async def get_statistics(request: Request) -> InferenceStatistics:
     return context_of(request).v2_statistics
 
 
+async def get_control(request: Request) -> ModelControl:
+    return context_of(request).control
+
+
 ContextDep = Annotated[AppContext, Depends(get_context)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
@@ -60,3 +65,4 @@ MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 EngineDep = Annotated[InferenceEngine, Depends(get_engine)]
 LifecycleDep = Annotated[Lifecycle, Depends(get_lifecycle)]
 StatisticsDep = Annotated[InferenceStatistics, Depends(get_statistics)]
+ControlDep = Annotated[ModelControl, Depends(get_control)]

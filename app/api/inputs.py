@@ -22,7 +22,14 @@ from app.api.context import AppContext, context_of
 from app.api.formats import JSON, MULTIPART, NPY, json_tensor, media_type, npy_tensor
 from app.core.budget import IMAGE_MEMORY_STATE, Reservation, request_reservation
 from app.core.errors import BadRequest, InvalidInput, PayloadTooLarge, UnsupportedMediaType
-from app.core.images import DECODE_BYTES_PER_PIXEL, PHOTO_BYTES_PER_PIXEL, DecodedImage, decode_image, header_size
+from app.core.images import (
+    DECODE_BYTES_PER_PIXEL,
+    PHOTO_BYTES_PER_PIXEL,
+    DecodedImage,
+    decode_image,
+    header_size,
+    resize,
+)
 from app.core.preprocess import Preprocess, prepare_image
 from app.core.registry import ModelEntry
 from app.core.tasks import TASKS, InputBatch
@@ -134,9 +141,15 @@ async def reserve_decoding(
 
 
 def takes_images(entry: ModelEntry, task: str) -> bool:
+    """Whether image uploads are accepted: the task takes images and the model has an image form, either any size
+    (fully convolutional) or a height and width to resize to (`model_image_target`); e.g. a vector model fitted
+    on a table has none."""
     card = entry.card
     assert card is not None
-    return TASKS[task].takes_images and card.input.layout in ("vector", "image") and card.input.image is not None
+    image = card.input.image
+    if not TASKS[task].takes_images or card.input.layout not in ("vector", "image") or image is None:
+        return False
+    return card.input.fully_convolutional or bool(image.height and image.width)
 
 
 async def _multipart_files(request: Request, body: bytes, settings: Settings) -> list[tuple[str | None, bytes]]:
@@ -230,20 +243,40 @@ async def read_inputs(
     return await ctx.offload.run(_image_batch, entry, task, uploads, options, limits)
 
 
-def _colour_sample(decoded: DecodedImage, min_side: int, field_name: str) -> tuple[np.ndarray, dict[str, Any]]:
-    """A decoded upload as a colour model's [3, H, W] sample: RGB as it is, gray as 3 identical channels."""
+def _colour_sample(
+    decoded: DecodedImage, mode: Preprocess, target: tuple[int, int] | None, min_side: int, field_name: str
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """A decoded upload as a colour model's [3, H, W] sample: RGB as it is, gray as 3 identical channels; resized
+    bilinearly, channel by channel, to a fixed-size model's `target` (H, W) as gray uploads are (`prepare_image`),
+    never for a fully convolutional model (`target` None)."""
     pixels = decoded.pixels
     height, width = pixels.shape[:2]
-    if min(height, width) < min_side:
+    if mode == "auto":
+        mode = "resize" if target is not None else "none"
+    resized = None
+    if target is not None and (height, width) != target:
+        if mode == "none":
+            raise InvalidInput(
+                f"{field_name}: image is {width}x{height} but the model takes {target[1]}x{target[0]}; leave out "
+                "preprocess=none to have it resized",
+                {"field": field_name, "size": [width, height], "model_size": [target[1], target[0]]},
+            )
+        planes = pixels.transpose(2, 0, 1) if decoded.is_colour else pixels[None]
+        out = np.stack([resize(np.ascontiguousarray(plane), *target) for plane in planes])
+        pixels = out.transpose(1, 2, 0) if decoded.is_colour else out[0]
+        resized = {"from": [width, height], "to": [target[1], target[0]], "method": "bilinear"}
+        height, width = target
+    elif min(height, width) < min_side:
         raise InvalidInput(
             f"{field_name}: image is {width}x{height}; this model needs at least {min_side} pixels per side",
             {"field": field_name, "min_side": min_side},
         )
     # Views, not copies: a 24-megapixel photograph is 288 MiB of float32 pixels; tiles are cut from the view.
     sample = pixels.transpose(2, 0, 1) if decoded.is_colour else np.broadcast_to(pixels[None], (3, height, width))
-    steps = {
-        "preprocess": "none",
-        "inverted": False,
+    steps: dict[str, Any] = {"preprocess": mode, "inverted": False}
+    if resized is not None:
+        steps["resized"] = resized
+    steps |= {
         "model_size": [width, height],
         "channels": "rgb" if decoded.is_colour else "gray, as 3 identical channels (answered gray)",
         "bits": decoded.bits,
@@ -284,7 +317,7 @@ def _image_batch(
             colour=colour,
         )
         if colour:
-            pixels, steps = _colour_sample(decoded, min_side, field_name)
+            pixels, steps = _colour_sample(decoded, options.preprocess, target, min_side, field_name)
             reports.append(decoded.report(steps))
             samples.append(pixels)
             continue

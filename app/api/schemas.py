@@ -174,7 +174,9 @@ class VersionState(BaseModel):
 
     version: str
     status: Literal["loading", "ready", "failed"]
-    reason: str | None = Field(description="why the version does not serve")
+    reason: str | None = Field(
+        description="why the version does not serve (or, while it serves, why a newer copy of it was refused)"
+    )
     default: bool = Field(description="the version requests that name none get")
 
 
@@ -204,6 +206,39 @@ class ModelVersions(BaseModel):
     requested_default: str | None = Field(description="`versions.json`'s `default`, if it gives one")
     on_disk: list[str] = Field(description="every version found in the models directory, selected or not")
     versions: list[VersionState] = Field(description="the versions the policy selected, ascending")
+    problem: str | None = Field(
+        default=None,
+        description="why the model's `versions.json` was refused (at start-up every version fails with it; at run "
+        "time the model serves as before)",
+    )
+
+
+class ModelControlResponse(BaseModel):
+    """What a load, unload or promote left: the model's versions as they now serve."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "dense",
+                    "action": "promote",
+                    "version": "2",
+                    "loaded": True,
+                    "default_version": "2",
+                    "versions": [
+                        {"version": "1", "status": "ready", "reason": None, "default": False},
+                        {"version": "2", "status": "ready", "reason": None, "default": True},
+                    ],
+                }
+            ]
+        }
+    )
+    name: str
+    action: Literal["load", "unload", "promote"]
+    version: str | None = Field(description="the version acted on (none: every version of the model)")
+    loaded: bool = Field(description="whether the model is still loaded (false: its last version was unloaded)")
+    default_version: str | None = Field(description="what `/v1/models/{name}/{task}` runs now (none: nothing serves)")
+    versions: list[VersionState] = Field(description="the versions now loaded or failed, ascending")
 
 
 class ModelSummary(BaseModel):

@@ -2,7 +2,9 @@
 
 - `ApiKeyMiddleware` (`AE_API_KEY` set): every request needs `Authorization: Bearer <key>` (compared in constant
   time), except the paths in `AE_API_KEY_EXEMPT_PATHS` (health and metrics by default, so probes and scrapers need
-  no secret). A missing or wrong key is a 401 with `WWW-Authenticate: Bearer`, in the route's error shape.
+  no secret). A missing or wrong key is a 401 with `WWW-Authenticate: Bearer`, in the route's error shape. The
+  calls that change what serves (load, unload, promote: `is_control_path`) need the key whatever the exemptions
+  say.
 - CORS (`AE_CORS_ORIGINS` set): Starlette's CORS middleware for the listed origins, methods GET/POST, the request
   headers our clients send, and our informative response headers exposed. Unset: no CORS headers at all, so
   browsers on other origins cannot read the answers (closed by default). A refused preflight is a JSON 400.
@@ -11,6 +13,7 @@
 from __future__ import annotations
 
 import hmac
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -38,6 +41,17 @@ CORS_EXPOSE_HEADERS = (
     "X-Preprocess",
     "X-Inverted",
 )
+
+
+CONTROL_PATH = re.compile(
+    r"^/v2/repository/models/[^/]+/(load|unload)$|^/v1/models/[^/]+/versions/[^/]+/(load|unload|promote)$"
+)
+"""The model-control calls that change what serves (app/api/v2/repository.py, app/api/v1/control.py)."""
+
+
+def is_control_path(path: str) -> bool:
+    """Whether `path` loads, unloads or promotes a model: never exempt from the API key."""
+    return CONTROL_PATH.match(path) is not None
 
 
 def path_matches(path: str, patterns: Sequence[str]) -> bool:
@@ -71,7 +85,8 @@ class ApiKeyMiddleware:
         self.exempt = list(exempt_paths)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or path_matches(route_path(scope), self.exempt):
+        path = route_path(scope)
+        if scope["type"] != "http" or (path_matches(path, self.exempt) and not is_control_path(path)):
             await self.app(scope, receive, send)
             return
         token = bearer_token(scope)

@@ -31,7 +31,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -85,6 +85,9 @@ class GraphSession:
     (`app.core.registry.measure_receptive_radius`); what large images are tiled with. None: not tileable."""
     version: int = 1
     """The model version the graph belongs to (`app.core.versions`): versions never share a queue or a batch."""
+    generation: int = 0
+    """Which load of the version this is (the registry counts loads): while a reloaded version's old copy finishes
+    its requests, the two copies keep separate queues (`InferenceEngine._queue_for`)."""
 
     @property
     def inputs(self) -> list[TensorSpec]:
@@ -403,6 +406,10 @@ class _GraphQueue:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+            # The cancelled task keeps its CancelledError, whose traceback holds the dispatcher's frame, which
+            # holds this queue: dropped here, the queue (and the session of an unloaded version) is freed at once
+            # rather than at the collector's next full pass.
+            self._task = None
         while self.waiting:
             request = self.waiting.popleft()
             if not request.future.done():
@@ -455,6 +462,10 @@ class InferenceEngine:
         self.memory = memory  # the inference memory budget (app/core/budget.py); None: unbounded
         self.limits = Limits.from_settings(self._settings)
         self._queues: dict[tuple[str, int, str], _GraphQueue] = {}
+        self._older: dict[tuple[tuple[str, int, str], int], _GraphQueue] = {}
+        """Queues of older copies of a reloaded version, by key and generation, until they are retired."""
+        self._retired: set[int] = set()
+        """Generations of graphs retired (unloaded): a straggler still holding one is refused, not queued."""
         self._executor: ThreadPoolExecutor | None = None
         self._slots: asyncio.Semaphore | None = None
 
@@ -486,7 +497,7 @@ class InferenceEngine:
         )
         queue = self._queues.get(graph.key)
         if queue is None or queue.graph is not graph:
-            queue = self._queues[graph.key] = _GraphQueue(self, graph, self.policy(graph))
+            queue = self._queue_for(graph)
         rows = int(next(iter(feeds.values())).shape[0]) if feeds else 0
         chunk = self._chunk_rows(graph, rows, values)
         if chunk >= rows:
@@ -496,6 +507,39 @@ class InferenceEngine:
             part = {name: array[start : start + chunk] for name, array in feeds.items()}
             parts.append(await self._submit(queue, part, endpoint, sum(int(a.size) for a in part.values())))
         return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+
+    def _queue_for(self, graph: GraphSession) -> _GraphQueue:
+        """The queue of `graph` when it is not the current one of its key: a new load of the version takes the key
+        over, and requests that still hold an older copy (a reload being swapped in) keep their own queue, so the
+        two never replace each other's queue on every request."""
+        if graph.generation in self._retired:
+            raise ModelUnavailable(
+                f"{graph.label} version {graph.version} was unloaded while this request was on its way; retry",
+                {"model": graph.model, "version": str(graph.version)},
+            )
+        current = self._queues.get(graph.key)
+        if current is not None and current.graph.generation > graph.generation:
+            older = self._older.get((graph.key, graph.generation))
+            if older is None or older.graph is not graph:
+                older = self._older[(graph.key, graph.generation)] = _GraphQueue(self, graph, self.policy(graph))
+            return older
+        if current is not None and current.graph.generation < graph.generation:
+            self._older[(graph.key, current.graph.generation)] = current
+        queue = self._queues[graph.key] = _GraphQueue(self, graph, self.policy(graph))
+        return queue
+
+    async def retire(self, graphs: Iterable[GraphSession]) -> None:
+        """Close the queues of graphs that no longer serve (an unloaded or replaced version whose requests have
+        all finished): their dispatchers stop and nothing keeps the sessions any more."""
+        for graph in graphs:
+            self._retired.add(graph.generation)
+            queues = [self._older.pop((graph.key, graph.generation), None)]
+            current = self._queues.get(graph.key)
+            if current is not None and current.graph is graph:
+                queues.append(self._queues.pop(graph.key))
+            for queue in queues:
+                if queue is not None:
+                    await queue.aclose()
 
     def _chunk_rows(self, graph: GraphSession, rows: int, values: int) -> int:
         """Rows per ONNX Runtime call for a request: all of them, unless its working memory would exceed a quarter
@@ -537,7 +581,8 @@ class InferenceEngine:
 
     async def aclose(self) -> None:
         """Stop the dispatchers, fail whatever still waits, wait for running calls, release the threads."""
-        queues, self._queues = list(self._queues.values()), {}
+        queues = [*self._queues.values(), *self._older.values()]
+        self._queues, self._older = {}, {}
         for queue in queues:
             await queue.aclose()
         if self._executor is not None:

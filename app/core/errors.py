@@ -105,3 +105,27 @@ class InferenceTimeout(ServiceError):
     """The request's inference deadline passed (waiting in the queue plus computing); its slot is freed."""
 
     status, type = 504, "inference_timeout"
+
+
+class ModelControlDisabled(ServiceError):
+    """Load, unload and promote are refused: the service runs with `AE_MODEL_CONTROL=none` (as Triton's 403)."""
+
+    status, type = 403, "model_control_disabled"
+
+
+class ModelNotLoaded(ServiceError):
+    """The version exists on disk but does not serve here (promote needs a loaded version)."""
+
+    status, type = 409, "model_not_loaded"
+
+
+class SeveralWorkers(ServiceError):
+    """The model-control API would act on one worker process of several: refused."""
+
+    status, type = 409, "several_workers"
+
+
+class ModelLoadFailed(ServiceError):
+    """A version on disk was refused at load (the reason says why); what served before still serves."""
+
+    status, type = 422, "model_load_failed"

@@ -7,15 +7,24 @@ failed warm-up, a malformed `versions.json`) is recorded as failed with the reas
 Entries are kept per (name, version); each model has a default version (what a request that names none gets),
 swapped by one assignment. Requests look models up by name and version in the registry's own table only: no
 filesystem path is ever built from a request.
+
+At run time (`app.core.control`: the model-control API and the repository poll) versions are loaded into fresh
+entries off the event loop, then swapped in by `install` and taken out by `remove`, each one synchronous step
+on the event loop (a request sees the model before or after, never half of it). A model is replaced as a new
+`ModelRecord` object, never edited in place; the entries taken out are handed back for the caller to drain
+(requests in flight on them finish) and free.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
+import itertools
 import logging
 import math
 import time
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -39,7 +48,16 @@ from app.core.engine import DEFAULT_WORK_BYTES_PER_VALUE, GraphSession, Inferenc
 from app.core.errors import ModelNotFound, ModelUnavailable, TaskNotSupported
 from app.core.providers import ProviderPlan, ProviderReport, plan_providers, report_providers
 from app.core.tasks import TASKS, check_card
-from app.core.versions import FLAT_VERSION, PolicyError, VersionPolicy, read_policy, version_folders, version_number
+from app.core.versions import (
+    FLAT_VERSION,
+    Fingerprint,
+    PolicyError,
+    VersionPolicy,
+    read_policy,
+    snapshot,
+    version_folders,
+    version_number,
+)
 from app.runtime.memory import measure_growth
 from app.runtime.metrics import Metrics
 from app.settings import Settings
@@ -78,10 +96,20 @@ class ModelEntry:
     graphs: dict[str, GraphSession] = field(default_factory=dict)
     providers: ProviderReport | None = None
     load_seconds: float | None = None
+    refused: str | None = None
+    """Why a newer copy of this version was refused while this one kept serving (a reload that failed)."""
+    in_flight: int = 0
+    """Requests using this entry now (the inference handlers count them): an unloaded version's sessions are
+    freed once it is back to 0."""
 
     @property
     def ready(self) -> bool:
         return self.status is ModelStatus.READY
+
+    @property
+    def note(self) -> str | None:
+        """Why the version does not serve, or why a newer copy of it was refused while it serves."""
+        return self.reason or self.refused
 
     def graph_for(self, task: str) -> GraphSession:
         """The session serving `task`; raises TaskNotSupported when the model does not offer it."""
@@ -98,9 +126,9 @@ class ModelEntry:
 class ModelRecord:
     """A model: its versions (the policy's selection, each with its state), the policy, and the default version.
 
-    `default` is the version a request that names none gets: `versions.json`'s `default` when it serves, else the
-    highest version that serves, else None. It is one attribute, so a later swap (promote, a new version loaded)
-    is atomic for every request."""
+    `default` is the version a request that names none gets: the promoted version (`pinned`) when it serves, else
+    `versions.json`'s `default` when it serves, else the highest version that serves, else None. It is one
+    attribute, so a swap (promote, a version loaded or unloaded) is atomic for every request."""
 
     name: str
     folder: Path
@@ -108,12 +136,31 @@ class ModelRecord:
     versions: dict[int, ModelEntry] = field(default_factory=dict)
     on_disk: list[int] = field(default_factory=list)
     default: int | None = None
+    pinned: int | None = None
+    """The version promoted at run time (in memory only: a restart reads `versions.json` again)."""
+    required: bool = True
+    """Readiness requires the model (every model found at start-up; one loaded at run time once it serves)."""
+    problem: str | None = None
+    """Why the last change of the model's folder (a malformed `versions.json`) was refused, if it was."""
+    snapshot: dict[str, Fingerprint] = field(default_factory=dict)
+    """What the model's folder held when it was read (app/core/versions.py `snapshot`), for the poll."""
+
+    def note(self, entry: ModelEntry) -> str | None:
+        """Why a version does not serve, or what was refused while it serves: a newer copy of it, or the folder's
+        `versions.json`."""
+        if entry.note is None and entry.ready and self.problem is not None:
+            return f"the model's versions.json was refused (it serves as before): {self.problem}"
+        return entry.note
 
     def choose_default(self) -> None:
-        """Point `default` at the requested default if it serves, else at the highest version that serves."""
+        """Point `default` at the promoted version if it serves, else at the requested default if it serves, else
+        at the highest version that serves."""
         ready = [number for number, entry in self.versions.items() if entry.ready]
-        wanted = self.policy.default
-        self.default = wanted if wanted in ready else (max(ready) if ready else None)
+        for wanted in (self.pinned, self.policy.default):
+            if wanted is not None and wanted in ready:
+                self.default = wanted
+                return
+        self.default = max(ready) if ready else None
 
     @property
     def representative(self) -> ModelEntry:
@@ -298,34 +345,48 @@ class ModelRegistry:
         self._metrics = metrics
         self._entries: dict[str, ModelRecord] = {}
         self._scan_problem: str | None = None
+        self._released: set[str] = set()
+        """Models taken out at run time (unloaded, or their folder removed): no longer required for readiness."""
+        self._generations = itertools.count(1)
+        self._measured: dict[str, tuple[float, int | None]] = {}
+        """Working memory per value and receptive radius, by graph sha256: measured once per graph (a reload of
+        the same file under load would otherwise measure the requests' memory too)."""
+        self._runtime: tuple[ProviderPlan, ort.SessionOptions] | None = None
         self.loaded = False
 
     # -- loading -------------------------------------------------------------------------------------------
     def load_all(self) -> None:
         """Find, verify, open and warm every model (blocking; run it once, from the lifespan)."""
         root = self._settings.models_dir
-        plan = plan_providers(self._settings.providers, ort.get_available_providers())
-        for note in plan.notes:
-            log.warning("providers: %s", note)
-        options = session_options(self._settings)
         for folder in self._model_folders(root):
-            record = self._discover(folder)
+            record = self.discover(folder)
             self._entries[record.name] = record
-            for entry in record.versions.values():
-                if entry.status is ModelStatus.LOADING:
-                    self._load_version(entry, plan, options)
+            self.load_entries(record.versions.values())
             record.choose_default()
-            if self._metrics is not None:
-                for entry in record.versions.values():
-                    labels = (entry.name, str(entry.version))
-                    self._metrics.model_ready.labels(*labels).set(1 if entry.ready else 0)
-                    self._metrics.model_load_seconds.labels(*labels).set(entry.load_seconds or 0.0)
+            self._publish_metrics(record.versions.values())
         self.loaded = True
 
-    def _discover(self, folder: Path) -> ModelRecord:
+    def _runtime_plan(self) -> tuple[ProviderPlan, ort.SessionOptions]:
+        """The execution providers and session options every session is opened with (decided once)."""
+        if self._runtime is None:
+            plan = plan_providers(self._settings.providers, ort.get_available_providers())
+            for note in plan.notes:
+                log.warning("providers: %s", note)
+            self._runtime = (plan, session_options(self._settings))
+        return self._runtime
+
+    def load_entries(self, entries: Iterable[ModelEntry]) -> None:
+        """Verify, open and warm every entry still LOADING (blocking: at start-up, or in a thread at run time)."""
+        plan, options = self._runtime_plan()
+        for entry in entries:
+            if entry.status is ModelStatus.LOADING:
+                self._load_version(entry, plan, options)
+
+    def discover(self, folder: Path, only: int | None = None) -> ModelRecord:
         """The model's versions on disk and the ones its policy selects (entries still LOADING), or every version
-        FAILED with the reason when `versions.json` is malformed or selects what is not there."""
-        record = ModelRecord(name=folder.name, folder=folder)
+        FAILED with the reason when `versions.json` is malformed or selects what is not there. `only`: that one
+        version, whatever the policy (an explicit load; a malformed `versions.json` is then only noted)."""
+        record = ModelRecord(name=folder.name, folder=folder, snapshot=snapshot(folder))
         on_disk = version_folders(folder)
         record.on_disk = list(on_disk)
         try:
@@ -339,6 +400,9 @@ class ModelRegistry:
                 f"{folder.name}/versions.json: default version {record.policy.default} is not one the policy "
                 f"serves ({', '.join(map(str, selected)) or 'none'})"
             )
+        record.problem = problem
+        if only is not None:
+            selected, problem = [only], None
         for number in selected:
             entry = ModelEntry(name=folder.name, folder=on_disk.get(number, folder / str(number)), version=number)
             record.versions[number] = entry
@@ -352,9 +416,114 @@ class ModelRegistry:
                 entry.reason = (
                     f"version 1 is both the files in {folder.name}/ and the folder {folder.name}/1/: keep one"
                 )
-        if problem is not None:
-            log.error("model versions refused", extra={"model": folder.name, "reason": problem})
+        if record.problem is not None:
+            log.error("model versions refused", extra={"model": folder.name, "reason": record.problem})
         return record
+
+    # -- run-time changes (app/core/control.py; on the event loop, each one synchronous step) ------------------
+    def install(
+        self,
+        candidate: ModelRecord,
+        loaded: Iterable[ModelEntry],
+        deselect: Collection[int] = (),
+        reset_pin: bool = False,
+    ) -> list[ModelEntry]:
+        """Swap freshly loaded versions into the model `candidate` describes (as `discover` read its folder) and
+        return the entries taken out, for the caller to drain and free.
+
+        A version that loaded replaces its older copy; one that failed is recorded with its reason, except that an
+        older copy that serves keeps serving (its `refused` says why the new one was not taken). The versions in
+        `deselect` (no longer on disk or no longer selected by the policy) are taken out only if the model still
+        serves without them. `reset_pin`: forget a promotion (the model was loaded anew from its folder)."""
+        current = self._entries.get(candidate.name)
+        versions = dict(current.versions) if current is not None else {}
+        retired: list[ModelEntry] = []
+        for fresh in loaded:
+            old = versions.get(fresh.version)
+            if fresh.ready or old is None or not old.ready:
+                versions[fresh.version] = fresh
+                if old is not None:
+                    retired.append(old)
+            else:
+                old.refused = f"a new copy of this version was refused (this one still serves): {fresh.reason}"
+        if any(entry.ready for number, entry in versions.items() if number not in deselect):
+            retired.extend(versions.pop(number) for number in deselect if number in versions)
+        keep_policy = candidate.problem is not None and current is not None
+        record = ModelRecord(
+            name=candidate.name,
+            folder=candidate.folder,
+            policy=current.policy if keep_policy and current is not None else candidate.policy,
+            versions=dict(sorted(versions.items())),
+            on_disk=candidate.on_disk,
+            pinned=None if reset_pin or current is None or current.pinned not in versions else current.pinned,
+            required=current.required if current is not None else False,
+            problem=candidate.problem,
+            snapshot=candidate.snapshot,
+        )
+        record.choose_default()
+        if record.default is not None:
+            record.required = True
+            self._released.discard(record.name)
+        self._entries[record.name] = record
+        self._publish_metrics(record.versions.values(), retired)
+        return retired
+
+    def remove(self, name: str, numbers: Collection[int]) -> tuple[list[ModelEntry], bool]:
+        """Take versions out of a model; the entries taken out (to drain and free) and whether the model is gone
+        (no version of it serves any more: it is removed, and no longer required for readiness). The default
+        falls back as at start-up when it was taken out: `versions.json`'s default if it serves, else the
+        highest version that serves."""
+        current = self._entries.get(name)
+        if current is None:
+            return [], False
+        retired = [entry for number, entry in current.versions.items() if number in numbers]
+        versions = {number: entry for number, entry in current.versions.items() if number not in numbers}
+        if not any(entry.ready for entry in versions.values()):
+            retired.extend(versions.values())
+            self._entries = {key: record for key, record in self._entries.items() if key != name}
+            self._released.add(name)
+            self._publish_metrics((), retired)
+            return retired, True
+        record = dataclasses.replace(current, versions=versions)
+        if record.pinned in numbers:
+            record.pinned = None
+        record.choose_default()
+        self._entries[name] = record
+        self._publish_metrics((), retired)
+        return retired, False
+
+    def promote(self, name: str, number: int) -> ModelRecord:
+        """Make a serving version the model's default (in memory only)."""
+        record = dataclasses.replace(self.record(name), pinned=number)
+        record.choose_default()
+        self._entries[name] = record
+        return record
+
+    def refuse(self, name: str, problem: str, snapshot_: dict[str, Fingerprint]) -> None:
+        """Note why a change of the model's folder was refused while it serves as before."""
+        current = self._entries.get(name)
+        if current is not None:
+            self._entries[name] = dataclasses.replace(current, problem=problem, snapshot=snapshot_)
+
+    def _publish_metrics(self, serving: Iterable[ModelEntry], retired: Iterable[ModelEntry] = ()) -> None:
+        """`ae_model_ready` and `ae_model_load_seconds` of the versions now in place; a version taken out has
+        neither any more."""
+        if self._metrics is None:
+            return
+        placed = set()
+        for entry in serving:
+            labels = (entry.name, str(entry.version))
+            placed.add(labels)
+            self._metrics.model_ready.labels(*labels).set(1 if entry.ready else 0)
+            self._metrics.model_load_seconds.labels(*labels).set(entry.load_seconds or 0.0)
+        for entry in retired:
+            labels = (entry.name, str(entry.version))
+            record = self._entries.get(entry.name)
+            if labels in placed or (record is not None and entry.version in record.versions):
+                continue
+            for gauge in (self._metrics.model_ready, self._metrics.model_load_seconds):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(*labels)
 
     def _load_version(self, entry: ModelEntry, plan: ProviderPlan, options: ort.SessionOptions) -> None:
         """Verify, open and warm one version; FAILED with the reason for anything that goes wrong."""
@@ -461,6 +630,7 @@ class ModelRegistry:
                 session=session,
                 serving=card.serving,
                 version=entry.version,
+                generation=next(self._generations),
             )
             report = report_providers(plan, session.get_providers())
             if entry.providers is None or (report.fallback and not entry.providers.fallback):
@@ -471,8 +641,13 @@ class ModelRegistry:
             feeds = warmup_feeds(card, graph.card)
             try:
                 self._engine.run_blocking(graph, feeds, "warmup")
-                work = measure_working_memory(self._engine, graph, feeds)
-                radius = measure_receptive_radius(self._engine, graph) if card.input.fully_convolutional else None
+                known = self._measured.get(graph.card.sha256)
+                if known is None:
+                    work = measure_working_memory(self._engine, graph, feeds)
+                    radius = measure_receptive_radius(self._engine, graph) if card.input.fully_convolutional else None
+                    self._measured[graph.card.sha256] = (work, radius)
+                else:
+                    work, radius = known
             except Exception as exc:
                 raise LoadError(f"graph {graph.role}: warm-up failed: {exc}") from exc
             entry.graphs[graph_name] = dataclasses.replace(graph, work_bytes_per_value=work, receptive_radius=radius)
@@ -492,6 +667,10 @@ class ModelRegistry:
 
     def knows(self, name: str) -> bool:
         return name in self._entries
+
+    def find(self, name: str) -> ModelRecord | None:
+        """The model with its versions, or None when it is not loaded."""
+        return self._entries.get(name)
 
     def record(self, name: str) -> ModelRecord:
         """The model with its versions; ModelNotFound when no such card exists."""
@@ -537,10 +716,14 @@ class ModelRegistry:
         one model)."""
         if not self.loaded:
             return Readiness(False, list(self._settings.required_models or []), {"*": "models are loading"})
-        required = list(self._settings.required_models) if self._settings.required_models else self.names()
+        if self._settings.required_models:
+            required = [name for name in self._settings.required_models if name not in self._released]
+        else:
+            required = [name for name, record in self._entries.items() if record.required]
         not_ready: dict[str, str] = {}
         if not required:
-            not_ready["*"] = self._scan_problem or "no models"
+            unloaded = "no model serves: every model was unloaded" if self._released else "no models"
+            not_ready["*"] = self._scan_problem or unloaded
         for name in required:
             record = self._entries.get(name)
             if record is None:

@@ -215,7 +215,11 @@ def _back_to_uploads(parts: list[np.ndarray], batch: InputBatch) -> list[np.ndar
     restored = []
     for image, report in zip(images, batch.images, strict=True):
         if image.shape[0] == 3:  # a colour model: colour answers colour, a gray upload gets gray back
-            restored.append(np.ascontiguousarray(image if report.colour else image.mean(axis=0, keepdims=True)))
+            planes = image if report.colour else image.mean(axis=0, keepdims=True)
+            if report.resized_from is not None:
+                width, height = report.resized_from
+                planes = np.stack([resize(np.ascontiguousarray(p, dtype=np.float32), height, width) for p in planes])
+            restored.append(np.ascontiguousarray(planes))
             continue
         pixels = image[0]
         if report.inverted:

@@ -135,10 +135,15 @@ def _accepted_shapes(card: ModelCard, sample_spec: list[int | str]) -> list[list
     if all(isinstance(d, int) for d in sample_spec) and len(sample_spec) > 1:
         shapes.append([math.prod(int(d) for d in sample_spec)])
     image = card.input.image
-    if card.input.layout in ("vector", "image") and image is not None:
-        hw: list[int | str] = [image.height or "height", image.width or "width"]
-        if hw != sample_spec[-2:] or len(sample_spec) != 2:
-            shapes.append(hw)
+    # [H, W] when the card gives both sides, or when the graph's channel axis of 1 may be left out (any-size gray
+    # images, `_target_sample_shape`); an image section without a size offers no [height, width] of its own.
+    hw: list[int | str] | None = None
+    if card.input.layout in ("vector", "image") and image is not None and image.height and image.width:
+        hw = [image.height, image.width]
+    elif len(sample_spec) == 3 and sample_spec[0] == 1 and not all(isinstance(d, int) for d in sample_spec):
+        hw = list(sample_spec[1:])
+    if hw is not None and (hw != sample_spec[-2:] or len(sample_spec) != 2):
+        shapes.append(hw)
     return [s for i, s in enumerate(shapes) if s not in shapes[:i]]
 
 

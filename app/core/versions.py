@@ -13,11 +13,16 @@ and the default version:
 
 (`{"latest": 2}` and `{"specific": [1, 3]}` are accepted too). No file: the latest version only, which is then
 the default. Without `default`, the default is the highest version that loaded.
+
+`snapshot` is what the repository poll (`app.core.control`) compares: the names, sizes and modification times of a
+model folder's files and of its version folders' files, read without opening a file. Hidden folders
+(`.tmp-3/`) are a publisher's work in progress, renamed to their number once complete.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -142,3 +147,61 @@ def read_policy(model_folder: Path) -> VersionPolicy:
     except ValueError as exc:
         raise PolicyError(f"{VERSIONS_FILE} is not valid JSON: {exc}") from exc
     return parse_policy(raw)
+
+
+# -- what the repository holds now, for the poll (app/core/control.py) -------------------------------------------
+Fingerprint = tuple[tuple[str, int, int], ...]
+"""Names, sizes and modification times (ns) of the regular files of one folder: a change in any of them (a file
+written, replaced, renamed, touched) changes the fingerprint, without reading a byte."""
+FLAT_KEY = ""
+"""The snapshot key of the flat layout's files (version 1 directly in the model folder)."""
+
+
+def fingerprint(folder: Path) -> Fingerprint:
+    """The fingerprint of the regular files directly in `folder` (subfolders left out)."""
+    found = []
+    try:
+        with os.scandir(folder) as entries:
+            for item in entries:
+                try:
+                    if not item.is_file():
+                        continue
+                    info = item.stat()
+                except OSError:  # vanished while we looked: the next look sees the change
+                    continue
+                found.append((item.name, info.st_size, info.st_mtime_ns))
+    except OSError:
+        return ()
+    return tuple(sorted(found))
+
+
+def snapshot(model_folder: Path) -> dict[str, Fingerprint]:
+    """What a model folder holds now: the fingerprint of `versions.json`, of the flat layout's files (key ""), and
+    of every folder with a version's name (`<n>/`, with or without a card yet). Hidden folders (a publisher's
+    `.tmp-<n>/`, not complete yet) are left out."""
+    found: dict[str, Fingerprint] = {}
+    files = fingerprint(model_folder)
+    policy = tuple(item for item in files if item[0] == VERSIONS_FILE)
+    if policy:
+        found[VERSIONS_FILE] = policy
+    flat = tuple(item for item in files if item[0] != VERSIONS_FILE)
+    if flat:
+        found[FLAT_KEY] = flat
+    for number, path in numbered_folders(model_folder).items():
+        found[str(number)] = fingerprint(path)
+    return found
+
+
+def numbered_folders(model_folder: Path) -> dict[int, Path]:
+    """Every `<n>/` folder of the model, holding a card or not (a folder without one is a version being
+    written, or one copied by hand without the dot-folder step)."""
+    found: dict[int, Path] = {}
+    try:
+        children = list(model_folder.iterdir())
+    except OSError:
+        return found
+    for path in children:
+        number = version_number(path.name)
+        if number is not None and path.is_dir():
+            found[number] = path
+    return dict(sorted(found.items()))

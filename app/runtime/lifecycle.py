@@ -24,6 +24,7 @@ import asyncio
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterable
 from types import FrameType
 from typing import Any
@@ -52,6 +53,19 @@ class Lifecycle:
         self._previous: SignalHandler | None = None
         self._handler: SignalHandler | None = None
         self._timers: list[asyncio.TimerHandle] = []
+        self.signalled_at: float | None = None
+        """`time.monotonic()` of the first SIGTERM (None before)."""
+
+    def add_drain_callback(self, callback: Callable[[], object]) -> None:
+        """Call `callback` (on the event loop) when the drain starts, e.g. the gRPC health turning NOT_SERVING."""
+        self._on_drain.append(callback)
+
+    def remaining_grace(self) -> float:
+        """Seconds left of the grace period before the cut-off (all of it when no SIGTERM came)."""
+        total = max(0.0, self.graceful_timeout_seconds - CUTOFF_MARGIN_SECONDS)
+        if self.signalled_at is None:
+            return total
+        return max(0.0, total - (time.monotonic() - self.signalled_at))
 
     def start_draining(self) -> None:
         """Readiness answers 503 and answers close their connections from now on (requests are still served)."""
@@ -86,6 +100,7 @@ class Lifecycle:
         return True
 
     def _begin(self, loop: asyncio.AbstractEventLoop, previous: SignalHandler, signum: int) -> None:
+        self.signalled_at = time.monotonic()
         self.start_draining()
         cutoff = max(0.0, self.graceful_timeout_seconds - CUTOFF_MARGIN_SECONDS)
         self._timers.append(loop.call_later(cutoff, self.cut_off_running))

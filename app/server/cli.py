@@ -1,5 +1,6 @@
-"""The command line, `python -m app [--host H] [--port P] [--workers N] [--models-dir DIR] [--log-level L]`: run the
-service with uvicorn. Everything else comes from the environment (`AE_*`, see app/settings.py)."""
+"""The command line, `python -m app [--host H] [--port P] [--grpc-port G] [--workers N] [--models-dir DIR]
+[--log-level L]`: run the service with uvicorn (HTTP, and gRPC in the same event loop).
+Everything else comes from the environment (`AE_*`, see app/settings.py)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, help=f"worker processes (default {ENV_PREFIX}WORKERS or 1)")
     p.add_argument("--models-dir", type=Path, help=f"models directory (default {ENV_PREFIX}MODELS_DIR or models/)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="log level")
+    p.add_argument("--grpc-port", type=int, help=f"gRPC port, 0 for none (default {ENV_PREFIX}GRPC_PORT or 8001)")
     p.add_argument("--root-path", default="", help="path prefix when served behind a proxy")
     p.add_argument(
         "--timeout-graceful-shutdown",
@@ -49,10 +51,12 @@ def main(argv: list[str] | None = None) -> int:
         "MODELS_DIR": args.models_dir,
         "LOG_LEVEL": args.log_level,
         "GRACEFUL_TIMEOUT_SECONDS": args.timeout_graceful_shutdown,
+        "GRPC_PORT": args.grpc_port,
     }
     for key, value in overrides.items():
         if value is not None:
             os.environ[f"{ENV_PREFIX}{key}"] = str(value)
+    os.environ.setdefault(f"{ENV_PREFIX}GRPC_HOST", args.host)  # gRPC listens where HTTP does, unless told
     get_settings.cache_clear()
     settings = get_settings()
     # SIGTERM first drains (app/runtime/lifecycle.py, AE_DRAIN_SECONDS), then uvicorn closes the listener and gives the

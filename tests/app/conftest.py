@@ -26,6 +26,9 @@ from app.settings import Settings
 REPO = Path(__file__).resolve().parents[2]
 MODELS_DIR = Path(os.environ.get("AE_MODELS_DIR", REPO / "models")).resolve()
 TOLERANCE = 1e-5
+# The apps and servers the tests start serve no gRPC unless a test asks for it (`--grpc-port`, tests/app/test_grpc.py):
+# many apps at once, and other test runs on this machine, would all bind the default port 8001.
+os.environ.setdefault("AE_GRPC_PORT", "0")
 EXPECTED_MODELS = {
     "dense",
     "dense-shallow",
@@ -36,6 +39,13 @@ EXPECTED_MODELS = {
     "lstm-anomaly",
     "lstm-forecast",
     "photo",
+    # The seed documents' designs as written (issue 18).
+    "dense-seed",
+    "conv-dense-latent-seed",
+    "conv-seed",
+    "noise-cancel-seed",
+    "lstm-seed",
+    "lstm-forecast-seed",
 }
 TASK_GRAPH = {name: task.graph for name, task in TASKS.items()}
 

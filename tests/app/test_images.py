@@ -4,6 +4,9 @@ digit's PNG to exactly the array training used."""
 from __future__ import annotations
 
 import io
+import json
+import shutil
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -11,7 +14,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from app.core.images import decode_image
-from tests.app.conftest import TOLERANCE, Reference, png_bytes
+from tests.app.conftest import MODELS_DIR, TOLERANCE, Reference, assert_error, png_bytes
+from tests.app.tiny_models import write_fixed_colour_model
 
 LIMITS = {"max_pixels": 10_000_000, "max_side": 10_000}
 
@@ -190,3 +194,104 @@ def test_every_format_through_the_service(client: TestClient, reference: Referen
     assert body["inputs"][0]["format"] == fmt
     want = reference.run("conv", "encoder", want_pixels[None, None])["z"]
     np.testing.assert_allclose(np.asarray(body["latent"]), want, atol=TOLERANCE)
+
+
+# -- models without a sized image form; fixed-size colour models ----------------------------------------------------
+@pytest.fixture(scope="module")
+def odd_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    """`table`: the dense MNIST model as a vector model with no image form (a table's rows have none);
+    `table-sizeless`: the same with an image section that gives no size (what `training fit` used to write);
+    `colour8`: a fixed-size 8x8 colour model that shows the service what it was fed."""
+    from app.main import create_app
+    from app.settings import Settings
+
+    models = tmp_path_factory.mktemp("models")
+    for name, image in (("table", None), ("table-sizeless", {"channels": 1})):
+        shutil.copytree(MODELS_DIR / "dense", models / name)
+        card = json.loads((models / name / "card.json").read_text())
+        card["name"] = name
+        card["input"].pop("image")
+        if image is not None:
+            card["input"]["image"] = image
+        (models / name / "card.json").write_text(json.dumps(card))
+    write_fixed_colour_model(models / "colour8", 8)
+    with TestClient(create_app(Settings(models_dir=models, log_level="warning", grpc_port=0))) as test_client:
+        yield test_client
+
+
+def resized_planes(planes: np.ndarray, height: int, width: int) -> np.ndarray:
+    """[C, H, W] pixels in [0, 1] resized as Pillow does it (mode F, bilinear), channel by channel."""
+    out = [Image.fromarray(p.astype(np.float32)).resize((width, height), Image.Resampling.BILINEAR) for p in planes]
+    return np.clip(np.stack([np.asarray(o, dtype=np.float32) for o in out]), 0, 1)
+
+
+@pytest.mark.parametrize("model", ["table", "table-sizeless"])
+def test_a_vector_model_without_an_image_size_loads_and_refuses_images(odd_client: TestClient, model: str) -> None:
+    x = np.random.default_rng(3).uniform(0, 1, size=(2, 784)).astype(np.float32)
+    assert odd_client.post(f"/v1/models/{model}/encode", json={"inputs": x.tolist()}).status_code == 200
+    data = png_bytes(np.zeros((28, 28), np.uint8))
+    upload = odd_client.post(f"/v1/models/{model}/encode", files={"file": ("a.png", data, "image/png")})
+    error = assert_error(upload, 415, "unsupported_media_type")
+    assert f"model {model!r} takes vectors, not images" in error["message"], error
+    raw = odd_client.post(f"/v1/models/{model}/reconstruct", content=data, headers={"content-type": "image/png"})
+    assert "not images" in assert_error(raw, 415)["message"]
+    # No [height, width] alternative in the shape error: the card gives no size.
+    error = assert_error(
+        odd_client.post(f"/v1/models/{model}/encode", json={"inputs": x.reshape(2, 28, 28).tolist()}), 422
+    )
+    assert error["message"].endswith(f"model {model!r} takes [784]"), error
+    assert error["details"]["accepted_sample_shapes"] == [[784]]
+
+
+def test_shape_errors_offer_height_width_only_where_it_is_accepted(client: TestClient) -> None:
+    """`photo` ([3, height, width], no size in its card) takes no [H, W]; `denoise` ([1, height, width]) does,
+    its channel axis of 1 left out; `dense` (28x28 in its card) takes [28, 28]."""
+    for model, accepted in (
+        ("photo", [[3, "height", "width"]]),
+        ("denoise", [[1, "height", "width"], ["height", "width"]]),
+        ("dense", [[784], [28, 28]]),
+    ):
+        task = "encode" if model == "dense" else "denoise"
+        bad = client.post(f"/v1/models/{model}/{task}", json={"inputs": [[0.5] * 5]})
+        error = assert_error(bad, 422)
+        assert error["details"]["accepted_sample_shapes"] == accepted, (model, error)
+        assert error["message"].endswith(f"takes {' or '.join(str(s) for s in accepted)}")
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_colour_uploads_to_a_fixed_size_colour_model_are_resized_like_gray_ones(
+    odd_client: TestClient, mode: str
+) -> None:
+    rgb = np.random.default_rng(4).integers(0, 256, size=(10, 12, 3), dtype=np.uint8)
+    data = png_bytes(rgb, mode)
+    body = odd_client.post("/v1/models/colour8/encode", files={"file": ("c.png", data, "image/png")})
+    assert body.status_code == 200, body.text
+    report = body.json()["inputs"][0]
+    assert report["size"] == [12, 10] and report["model_size"] == [8, 8] and report["preprocess"] == "resize"
+    assert report["resized"] == {"from": [12, 10], "to": [8, 8], "method": "bilinear"}
+    pixels = decode_image(data, colour=True, **LIMITS).pixels
+    planes = pixels.transpose(2, 0, 1) if mode == "RGB" else np.repeat(pixels[None], 3, axis=0)
+    want = resized_planes(planes, 8, 8).reshape(1, -1)
+    np.testing.assert_allclose(np.asarray(body.json()["latent"]), want, atol=TOLERANCE)
+    # As for a gray model: preprocess=none keeps the size and so is refused; an upload of the model's size is not
+    # resized; denoise answers at the upload's size (resized in and out, stated in X-Resize).
+    refused = odd_client.post("/v1/models/colour8/encode?preprocess=none", files={"file": ("c.png", data, "image/png")})
+    assert "image is 12x10 but the model takes 8x8" in assert_error(refused, 422)["message"]
+    native = png_bytes(rgb[:8, :8], mode)
+    same = odd_client.post("/v1/models/colour8/encode", files={"file": ("n.png", native, "image/png")}).json()
+    assert "resized" not in same["inputs"][0] and same["inputs"][0]["model_size"] == [8, 8]
+    denoised = odd_client.post(
+        "/v1/models/colour8/denoise", files={"file": ("c.png", data, "image/png")}, headers={"accept": "image/png"}
+    )
+    assert denoised.status_code == 200, denoised.text
+    assert denoised.headers["x-resize"] == "bilinear 12x10 -> 8x8 -> 12x10"
+    answer = Image.open(io.BytesIO(denoised.content))
+    assert answer.size == (12, 10) and answer.mode == mode
+
+
+def test_any_size_colour_models_are_not_resized(client: TestClient) -> None:
+    rgb = np.random.default_rng(5).integers(0, 256, size=(30, 44, 3), dtype=np.uint8)
+    files = {"file": ("p.png", png_bytes(rgb), "image/png")}
+    body = client.post("/v1/models/photo/denoise", files=files, headers={"accept": "application/json"}).json()
+    report = body["inputs"][0]
+    assert report["model_size"] == [44, 30] and "resized" not in report and report["preprocess"] == "none"

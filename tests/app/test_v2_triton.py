@@ -131,7 +131,8 @@ def test_infer_binary_matches_onnx_runtime(
     for name in output_names(model, role):
         got = result.as_numpy(name)
         assert got is not None and got.dtype == np.float32 and got.shape == want[name].shape
-        np.testing.assert_allclose(got, want[name], rtol=0, atol=TOLERANCE)
+        # rtol too: the seed designs' codes reach ~20, where batching changes the last float32 bits (2e-6 relative)
+        np.testing.assert_allclose(got, want[name], rtol=TOLERANCE, atol=TOLERANCE)
 
 
 @pytest.mark.parametrize(("v2_name", "model", "role"), v2_params())

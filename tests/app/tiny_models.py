@@ -123,3 +123,47 @@ def write_sigma_denoiser(folder: Path) -> None:
         },
     }
     (folder / "card.json").write_text(json.dumps(card))
+
+
+def write_fixed_colour_model(folder: Path, side: int) -> None:
+    """A fixed-size colour model: `x` [batch, 3, side, side] -> `z` (the pixels flattened, `encoder.onnx`) and
+    -> `denoised` (the pixels as they are, `full.onnx`), so a test sees exactly the tensor the model was fed."""
+    from onnx import TensorProto
+
+    folder.mkdir(parents=True)
+    image = ["batch", 3, side, side]
+    pixels = {"dtype": "float32", "range": [0.0, 1.0], "layout": "NCHW, 3 channels", "description": ""}
+    graphs = {}
+    for role, op, out, out_shape in (
+        ("encoder", "Flatten", "z", ["batch", 3 * side * side]),
+        ("full", "Identity", "denoised", image),
+    ):
+        graph = helper.make_graph(
+            [helper.make_node(op, ["x"], [out])],
+            f"colour_{role}",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, image)],
+            [helper.make_tensor_value_info(out, TensorProto.FLOAT, out_shape)],
+        )
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        model.ir_version = 8
+        onnx.checker.check_model(model)
+        data = model.SerializeToString()
+        (folder / f"{role}.onnx").write_bytes(data)
+        graphs[role] = {
+            "file": f"{role}.onnx",
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "bytes": len(data),
+            "inputs": [{"name": "x", "shape": image, **pixels}],
+            "outputs": [{"name": out, "shape": out_shape, **pixels}],
+        }
+    card = {
+        "schema_version": 1,
+        "name": folder.name,
+        "version": "1",
+        "kind": "test",
+        "description": f"test model: {side}x{side} colour images",
+        "tasks": ["encode", "denoise"],
+        "graphs": graphs,
+        "input": {"layout": "image", "range": [0.0, 1.0], "image": {"height": side, "width": side, "channels": 3}},
+    }
+    (folder / "card.json").write_text(json.dumps(card))

@@ -45,6 +45,33 @@ DESCRIPTIONS = {
         '"reduce and predict": BiLSTM (concat), dropout, dense 64, next step of every channel',
         "`[N, T, 6]`",
     ),
+    "dense-seed": (
+        "seed 000 as written: each image standardised over its own pixels, 784 → 256 → 32 ReLU → 256 → 784 linear, "
+        "MSE, Adam 0.01, 3,000 images",
+        "`[N, 784]` pixels (standardised inside the graph)",
+    ),
+    "conv-dense-latent-seed": (
+        "seed 000's CNN as written: conv 10 5×5, max-pool 5×5 stride 1, Dense 196 to 14×14, transposed conv, "
+        "conv 4×4 linear, MSE",
+        "`[N, 1, 28, 28]`",
+    ),
+    "conv-seed": (
+        "seed 003's convolutional pyramid: conv 16/8/8 with 2×2 pools to 4×4×8, nearest upsample + conv 8/8/16, "
+        "sigmoid, cross-entropy",
+        "`[N, 1, 28, 28]`",
+    ),
+    "noise-cancel-seed": (
+        "seed 000's noise canceller: conv 10 3×3, max-pool 2×2 stride 1, transposed conv 10 3×3, conv + sigmoid",
+        "`[N, 1, H, W]`, any size",
+    ),
+    "lstm-seed": (
+        "seed 000's LSTM autoencoder: two bidirectional LSTMs (sum merge), per-step Dense; 3 features per step",
+        "`[N, T, 6]` raw sensor units",
+    ),
+    "lstm-forecast-seed": (
+        "seed 000's reduce-and-predict: BiLSTM (concat), dropout 0.1, dense 64 ReLU, dropout 0.1, dense",
+        "`[N, T, 6]`",
+    ),
     "photo": (
         "photograph denoiser behind `/v1/denoise`: pixel-unshuffle + noise-level map, 6 residual blocks of 64 "
         "channels, predicts the noise; blind (σ estimated) or given σ; gray and colour; large images in tiles",
@@ -57,6 +84,8 @@ def measured() -> dict[str, tuple[str, str]]:
     """(measure, result) per model, from models/README.md's table."""
     rows = {}
     for line in MODELS_README.read_text().splitlines():
+        if line.startswith("## "):  # the first table only (the seed comparison follows under its own heading)
+            break
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         match = re.fullmatch(r"`([a-z0-9-]+)`", cells[0]) if len(cells) >= 4 else None
         if match:

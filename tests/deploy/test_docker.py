@@ -138,7 +138,9 @@ def test_serve_stage_runs_the_service_as_configured(dockerfile: Dockerfile, rout
     command = json.loads(serve.all("CMD")[-1].args)
     assert command[:3] == ["python", "-m", "app"]
     port = command[command.index("--port") + 1]
-    assert serve.all("EXPOSE")[-1].args == port and command[command.index("--host") + 1] == "0.0.0.0"
+    exposed = serve.all("EXPOSE")[-1].args.split()
+    assert exposed == [port, str(Settings.model_fields["grpc_port"].default)]  # HTTP, gRPC
+    assert command[command.index("--host") + 1] == "0.0.0.0"
     health = serve.all("HEALTHCHECK")[-1].args
     probe = re.search(r"http://127\.0\.0\.1:(\d+)(/\S*?)'", health)
     assert probe, health
@@ -217,8 +219,9 @@ def test_compose_api_service(compose: dict[str, Any], routes: set[str], monkeypa
     for name in ("api", "api-gpu"):
         api = services[name]
         assert "ports" not in api, f"{name} must not publish ports: nginx does"
-        assert api["expose"] == ["8000"]
+        assert api["expose"] == ["8000", "8001"]
         settings = settings_from(api["environment"], monkeypatch)
+        assert settings.grpc_port == 8001, f"{name}: gRPC on the exposed port"
         mounts = [v for v in api["volumes"] if v.endswith(f":{settings.models_dir}:ro")]
         assert len(mounts) == 1, f"{name}: the models directory must be mounted read-only at AE_MODELS_DIR"
         test = api["healthcheck"]["test"]
@@ -257,12 +260,16 @@ def test_nginx_balances_the_replicas(compose: dict[str, Any]) -> None:
     services = compose["services"]
     nginx = services["nginx"]
     assert nginx["image"].startswith("nginx:"), "the official nginx image"
-    (published,) = nginx["ports"]
+    published, published_grpc = nginx["ports"]
     container_port = published.rsplit(":", 1)[1]
     conf = nginx_conf()
     assert re.search(rf"^\s*listen {container_port};", conf, re.M)
-    upstream = re.search(r"^\s*server (\S+):(\d+) resolve;", conf, re.M)
-    assert upstream and upstream.group(1) == "api" and [upstream.group(2)] == services["api"]["expose"]
+    upstreams = re.findall(r"^\s*server (\S+):(\d+) resolve;", conf, re.M)
+    assert upstreams == [("api", port) for port in services["api"]["expose"]]
+    # gRPC: its own HTTP/2 (h2c) listener passed to the replicas' gRPC port
+    grpc_port = published_grpc.rsplit(":", 1)[1]
+    assert re.search(rf"^\s*listen {grpc_port} http2;", conf, re.M)
+    assert "grpc_pass grpc://ae_grpc;" in conf and "upstream ae_grpc {" in conf
     assert "./deploy/nginx/default.conf:/etc/nginx/conf.d/default.conf:ro" in nginx["volumes"]
     # nginx's limits leave the service's own (JSON) answers in charge.
     defaults = Settings()
@@ -281,6 +288,7 @@ def test_nginx_config_syntax(tmp_path: Path) -> None:
     if nginx is None:
         pytest.skip("no nginx binary here (Debian: apt-get install nginx-light); the compose image is nginx:1.28")
     conf = nginx_conf().replace("server api:8000 resolve;", "server 127.0.0.1:8000;")
+    conf = conf.replace("server api:8001 resolve;", "server 127.0.0.1:8001;")
     conf = conf.replace("resolver 127.0.0.11 valid=5s ipv6=off;", "")
     (tmp_path / "default.conf").write_text(conf)
     main = f"""

@@ -37,7 +37,15 @@ def test_kinds() -> None:
         "PodDisruptionBudget",
         "Service",
     ]
-    assert [(d["apiVersion"], d["kind"]) for d in KSERVE] == [("serving.kserve.io/v1beta1", "InferenceService")]
+    assert [(d["apiVersion"], d["kind"], d["metadata"]["name"]) for d in KSERVE] == [
+        ("serving.kserve.io/v1beta1", "InferenceService", "ae-serve-grpc"),  # inferenceservice-grpc.yaml
+        ("serving.kserve.io/v1beta1", "InferenceService", "ae-serve"),  # inferenceservice.yaml (HTTP)
+    ]
+
+
+def kserve(name: str) -> dict[str, Any]:
+    (service,) = [d for d in KSERVE if d["kind"] == "InferenceService" and d["metadata"]["name"] == name]
+    return service
 
 
 LOADED_BYTES = 256 * 1024**2  # one worker with every committed model loaded, idle (README.md, "Kubernetes")
@@ -49,7 +57,7 @@ def test_deployment(dockerfile: Dockerfile, routes: set[str], monkeypatch: pytes
     assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
     pod = deployment["spec"]["template"]["spec"]
     (container,) = pod["containers"]
-    (port,) = container["ports"]
+    port, _grpc = container["ports"]  # the gRPC port: test_deployment_serves_grpc_on_its_named_port
     assert port["containerPort"] == image_port(dockerfile) and port["name"] == "http"
     probes = {kind: container[f"{kind}Probe"]["httpGet"] for kind in ("startup", "liveness", "readiness")}
     assert probes["liveness"]["path"] == "/healthz" and probes["readiness"]["path"] == "/readyz"
@@ -86,9 +94,11 @@ def test_service_hpa_and_budget_select_the_deployment() -> None:
     labels = deployment["spec"]["template"]["metadata"]["labels"]
     service = only(K8S, "Service")
     assert service["spec"]["selector"].items() <= labels.items()
-    (port,) = service["spec"]["ports"]
-    container_ports = [p["name"] for c in deployment["spec"]["template"]["spec"]["containers"] for p in c["ports"]]
-    assert port["targetPort"] in container_ports
+    http, grpc = service["spec"]["ports"]
+    containers = deployment["spec"]["template"]["spec"]["containers"]
+    container_ports = {p["name"]: p["containerPort"] for c in containers for p in c["ports"]}
+    assert http["targetPort"] == "http" and grpc["targetPort"] == "grpc"
+    assert grpc["port"] == container_ports["grpc"] == 8001 and grpc["appProtocol"] == "kubernetes.io/h2c"
     hpa = only(K8S, "HorizontalPodAutoscaler")
     target = hpa["spec"]["scaleTargetRef"]
     assert (target["kind"], target["name"]) == ("Deployment", deployment["metadata"]["name"])
@@ -99,7 +109,7 @@ def test_service_hpa_and_budget_select_the_deployment() -> None:
 
 
 def test_kserve_custom_v2_predictor(dockerfile: Dockerfile, routes: set[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    service = only(KSERVE, "InferenceService")
+    service = kserve("ae-serve")
     (container,) = service["spec"]["predictor"]["containers"]
     assert container["name"] == "kserve-container"
     command = container["command"] + container["args"]
@@ -115,3 +125,30 @@ def test_kserve_custom_v2_predictor(dockerfile: Dockerfile, routes: set[str], mo
         assert route_exists(routes, path), f"the app has no route for {path}"
     settings = settings_from(env_of(container), monkeypatch)
     assert service["spec"]["predictor"]["timeout"] > settings.inference_timeout_seconds
+
+
+def test_deployment_serves_grpc_on_its_named_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    (container,) = only(K8S, "Deployment")["spec"]["template"]["spec"]["containers"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    settings = settings_from(env_of(container), monkeypatch)
+    assert ports["grpc"] == settings.grpc_port == 8001
+
+
+def test_kserve_grpc_predictor(dockerfile: Dockerfile, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gRPC InferenceService: its one routed port is named h2c and is the service's --grpc-port; the probes
+    use the standard gRPC health service on it; the rest as the HTTP one."""
+    service = kserve("ae-serve-grpc")
+    (container,) = service["spec"]["predictor"]["containers"]
+    assert container["name"] == "kserve-container"
+    command = container["command"] + container["args"]
+    assert command[:3] == ["python", "-m", "app"] and command[command.index("--host") + 1] == "0.0.0.0"
+    grpc_port = int(command[command.index("--grpc-port") + 1])
+    assert grpc_port != int(command[command.index("--port") + 1])
+    assert container["ports"] == [{"name": "h2c", "containerPort": grpc_port, "protocol": "TCP"}]
+    assert container["readinessProbe"]["grpc"] == {"port": grpc_port, "service": "inference.GRPCInferenceService"}
+    assert container["livenessProbe"]["grpc"] == {"port": grpc_port}
+    settings = settings_from(env_of(container), monkeypatch)
+    assert service["spec"]["predictor"]["timeout"] > settings.inference_timeout_seconds
+    assert settings.workers == 1
+    http = kserve("ae-serve")["spec"]["predictor"]["containers"][0]
+    assert container["image"] == http["image"] and container["resources"] == http["resources"]

@@ -73,7 +73,11 @@ KNOWN_GAPS = {
         for kind in ("gray", "colour")
         for s in (15, 25)
         for what in ("NL-means (true sigma) + 0.5 dB", "BM3D (true sigma)")
-    }
+    },
+    # The seed documents' designs as written (issue 18) measured against our gates: that they fall short is the
+    # finding (models/README.md sets each beside ours), not a defect to train away.
+    "noise-cancel-seed": {"PSNR at sigma 0.5 >= 3x3 median + 5 dB"},
+    "lstm-seed": {"test MSE below per-step PCA-3"},
 }
 
 
@@ -100,7 +104,14 @@ def test_files_match_card(name):
     assert {p.name for p in (MODELS_DIR / name).iterdir()} == expected
 
 
-@pytest.mark.parametrize("name", ["dense", "dense-shallow", "conv", "conv-dense-latent"])
+# Seed 000's designs train on each image standardised over its own pixels: their decoder returns standardised
+# values, which `full` maps back with the input's own mean and std.
+STANDARDIZED_SEEDS = ("dense-seed", "conv-dense-latent-seed")
+
+
+@pytest.mark.parametrize(
+    "name", ["dense", "dense-shallow", "conv", "conv-dense-latent", "dense-seed", "conv-dense-latent-seed", "conv-seed"]
+)
 def test_mnist_reconstruction_metrics_hold(name, mnist):
     card = card_of(name)
     m = card["metrics"]
@@ -116,38 +127,49 @@ def test_mnist_reconstruction_metrics_hold(name, mnist):
     assert np.allclose(scores, ((recon - x) ** 2).reshape(len(x), -1).mean(1), atol=1e-6)
     # encoder -> decoder equals the full graph.
     z = run_batched(session(name, "encoder"), x)
-    assert np.allclose(run_batched(session(name, "decoder"), z), recon, atol=1e-5)
+    decoded = run_batched(session(name, "decoder"), z)
+    if name in STANDARDIZED_SEEDS:
+        flat = x.reshape(len(x), -1)
+        mean, std = flat.mean(1), flat.std(1)
+        decoded = decoded * std.reshape(-1, *[1] * (x.ndim - 1)) + mean.reshape(-1, *[1] * (x.ndim - 1))
+        assert card["metrics"]["train_images"] == 3000  # "mnist.data[:3000]"
+    assert np.allclose(decoded, recon, atol=1e-4)
     if name == "dense":
         assert test_mse <= 0.7 * pca_mse
 
 
-def test_denoise_metrics_hold(mnist):
-    m = card_of("denoise")["metrics"]
-    sess = session("denoise", "full")
+@pytest.mark.parametrize("name", ["denoise", "noise-cancel-seed"])
+def test_denoise_metrics_hold(name, mnist):
+    m = card_of(name)["metrics"]
+    sess = session(name, "full")
     for i, (sigma, expected) in enumerate(m["psnr_by_sigma"].items()):
         noisy = add_noise(mnist.test.x, float(sigma), seed=3000 + i)  # the seeds training reports with
         got = psnr(mnist.test.x, run_batched(sess, noisy[:, None])[:, 0])
         assert got == pytest.approx(expected["model_psnr_db"], abs=1e-3)
-        if float(sigma) == 0.5:
+        if float(sigma) == 0.5 and name == "denoise":
             assert got >= psnr(mnist.test.x, median3x3(noisy)) + 5.0
             assert got > expected["gaussian_blur_psnr_db"]
 
 
-def test_denoise_keeps_any_size():
-    sess = session("denoise", "full")
+@pytest.mark.parametrize("name", ["denoise", "noise-cancel-seed"])
+def test_denoise_keeps_any_size(name):
+    sess = session(name, "full")
     for h, w in ((28, 28), (30, 45), (5, 7), (101, 64)):
         out = sess.run(None, {"x": np.random.default_rng(h).random((2, 1, h, w), dtype=np.float32)})[0]
         assert out.shape == (2, 1, h, w)
 
 
-def test_lstm_metrics_hold(motions):
+@pytest.mark.parametrize("name", ["lstm", "lstm-seed"])
+def test_lstm_metrics_hold(name, motions):
     _, test, _ = motions
-    card = card_of("lstm")
-    scores = run_batched(session("lstm", "full"), test.x, output=1)
+    card = card_of(name)
+    scores = run_batched(session(name, "full"), test.x, output=1)
     # All test series have the same length, so the mean of per-series scores is the test MSE.
     assert float(scores.mean()) == pytest.approx(card["metrics"]["test_mse_standardized"], rel=1e-4)
-    assert card["metrics"]["test_mse_standardized"] < card["metrics"]["baselines"]["per_step_pca_3_mse_standardized"]
-    z = run_batched(session("lstm", "encoder"), test.x)
+    if name == "lstm":
+        pca = card["metrics"]["baselines"]["per_step_pca_3_mse_standardized"]
+        assert card["metrics"]["test_mse_standardized"] < pca
+    z = run_batched(session(name, "encoder"), test.x)
     assert z.shape == (40, 100, 3)  # a real bottleneck: 3 numbers per step for 6 channels
 
 
@@ -163,10 +185,12 @@ def test_lstm_anomaly_auc_holds(motions):
     assert roc_auc(scores, is_anomaly) == pytest.approx(card["metrics"]["roc_auc"], abs=1e-6)
 
 
-def test_lstm_forecast_beats_persistence(motions):
+@pytest.mark.parametrize("name", ["lstm-forecast", "lstm-forecast-seed"])
+def test_lstm_forecast_beats_persistence(name, motions):
     _, test, _ = motions
-    card = card_of("lstm-forecast")
+    card = card_of(name)
     x, y = make_pairs(test.x, card["forecast"]["window"], card["forecast"]["horizon"])
-    pred = run_batched(session("lstm-forecast", "full"), x)
+    pred = run_batched(session(name, "full"), x)
     assert mse(pred, y) == pytest.approx(card["metrics"]["test_mse_raw_units"], rel=1e-4)
-    assert card["metrics"]["test_mse_standardized"] < card["metrics"]["baselines"]["persistence_mse_standardized"]
+    if name == "lstm-forecast":
+        assert card["metrics"]["test_mse_standardized"] < card["metrics"]["baselines"]["persistence_mse_standardized"]

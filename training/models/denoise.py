@@ -21,8 +21,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from training.baselines import add_noise, gaussian_blur, median3x3, psnr, tune_gaussian_blur
-from training.common import TrainConfig, batches, fit, predict, random_affine, seed_everything
-from training.data.mnist import load_mnist
+from training.common import FitResult, TrainConfig, batches, fit, predict, random_affine, seed_everything
+from training.data.mnist import Split, load_mnist
 from training.export import GraphSpec, TensorSpec
 from training.spec import DataOptions, Gate, Trained
 
@@ -90,13 +90,27 @@ def _grid_png(rows: list[np.ndarray], scale: int = 3) -> bytes:
 
 
 def train(cfg: Config, data: DataOptions) -> Trained:
+    return train_digit_denoiser(
+        DenoiseAE(cfg.channels, cfg.deep_channels),
+        cfg,
+        data,
+        description="Fully convolutional denoising autoencoder for grayscale digits (any size): "
+        f"trained with Gaussian noise sigma in [{cfg.sigma_min:g}, {cfg.sigma_max:g}] clipped to [0, 1]",
+        min_side=MIN_SIDE,
+        in_graph="reflect-pad H and W to a multiple of 4, crop the output back to the input size",
+    )
+
+
+def fit_denoiser(net: nn.Module, cfg: Config, data: DataOptions) -> tuple[FitResult, dict, Split, dict]:
+    """Train `net` on noisy -> clean digits (BCE on its sigmoid output, the epoch with the best validation PSNR
+    at `cfg.sigma` kept); returns the fit, the test PSNR per reported sigma beside the baselines, the test split
+    and the data's provenance."""
     gen = seed_everything(cfg.seed, cfg.threads)
     mnist = load_mnist(data.mnist_dir, data.seed)
     train_set, val, test = mnist.train, mnist.val, mnist.test
     if cfg.quick:
         train_set, val, test = (s.head(cfg.quick_samples) for s in (train_set, val, test))
     x_train = torch.from_numpy(train_set.x[:, None])
-    net = DenoiseAE(cfg.channels, cfg.deep_channels)
 
     def train_batches(epoch: int):
         for idx in batches(len(x_train), cfg.batch_size, gen):
@@ -133,6 +147,21 @@ def train(cfg: Config, data: DataOptions) -> Trained:
             "gaussian_blur_sigma_tuned_on_val": blur_sigma,
             "all_black_psnr_db": psnr(test.x, np.zeros_like(test.x)),
         }
+    return result, per_sigma, test, mnist.provenance
+
+
+def train_digit_denoiser(
+    net: nn.Module,
+    cfg: Config,
+    data: DataOptions,
+    *,
+    description: str,
+    min_side: int,
+    in_graph: str,
+    extra_metrics: dict | None = None,
+) -> Trained:
+    """`fit_denoiser`, then gates, samples, the exported graph and the card sections of a digit denoiser."""
+    result, per_sigma, test, mnist_provenance = fit_denoiser(net, cfg, data)
     head = per_sigma.get(f"{cfg.sigma:g}")
     gates = []
     if head is not None:
@@ -159,7 +188,7 @@ def train(cfg: Config, data: DataOptions) -> Trained:
         "x",
         ("batch", 1, "height", "width"),
         value_range=(0.0, 1.0),
-        layout=f"NCHW, 1 channel, any height and width >= {MIN_SIDE}",
+        layout=f"NCHW, 1 channel, any height and width >= {min_side}",
         description="noisy grayscale pixels in [0, 1], white ink on black as in MNIST",
     )
     y_spec = TensorSpec(
@@ -178,8 +207,7 @@ def train(cfg: Config, data: DataOptions) -> Trained:
     ]
     return Trained(
         kind="denoise",
-        description="Fully convolutional denoising autoencoder for grayscale digits (any size): "
-        f"trained with Gaussian noise sigma in [{cfg.sigma_min:g}, {cfg.sigma_max:g}] clipped to [0, 1]",
+        description=description,
         tasks=["denoise"],
         graphs=[GraphSpec("full", net, [x_spec], [y_spec], parity, description="noisy image -> denoised image")],
         metrics={
@@ -188,19 +216,20 @@ def train(cfg: Config, data: DataOptions) -> Trained:
             "psnr": "mean over test images of per-image PSNR, peak 1.0",
             "test_images": len(test),
             "best_val_psnr_db": -result.best_val_loss,
+            **(extra_metrics or {}),
         },
         gates=gates,
-        data=mnist.provenance,
+        data=mnist_provenance,
         fit=result,
         preprocessing={
             "client": "grayscale, pixel / 255, white ink on black (invert dark-on-light images); any size",
-            "in_graph": "reflect-pad H and W to a multiple of 4, crop the output back to the input size",
+            "in_graph": in_graph,
         },
         sections={
             "input": {
                 "layout": "image",
                 "range": [0.0, 1.0],
-                "image": {"height": None, "width": None, "channels": 1, "min_side": MIN_SIDE},
+                "image": {"height": None, "width": None, "channels": 1, "min_side": min_side},
                 "fully_convolutional": True,
                 "polarity": "white ink on a black background (invert dark-on-light scans first)",
             },

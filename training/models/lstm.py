@@ -64,9 +64,10 @@ class SequenceAE(nn.Module):
     def __init__(self, mean: np.ndarray, std: np.ndarray, hidden: int, latent: int):
         super().__init__()
         channels = len(mean)
+        self.latent = latent
         self.norm = Standardizer(mean, std)
-        self.encoder = Encoder(self.norm, channels, hidden, latent)
-        self.decoder = Decoder(self.norm, channels, hidden, latent)
+        self.encoder: nn.Module = Encoder(self.norm, channels, hidden, latent)
+        self.decoder: nn.Module = Decoder(self.norm, channels, hidden, latent)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         r = self.decoder(self.encoder(x))
@@ -77,11 +78,13 @@ class SequenceAE(nn.Module):
         return ((r - x) / self.norm.std).pow(2).mean()
 
 
-def fit_sequence_ae(cfg: Config, x_train: np.ndarray, x_val: np.ndarray) -> tuple[SequenceAE, object]:
+def fit_sequence_ae(
+    cfg: Config, x_train: np.ndarray, x_val: np.ndarray, make: type[SequenceAE] = SequenceAE
+) -> tuple[SequenceAE, object]:
     """Train on random crops of the training series; select on the validation series' error."""
     gen = seed_everything(cfg.seed, cfg.threads)
     flat = x_train.reshape(-1, x_train.shape[2])
-    model = SequenceAE(flat.mean(0), flat.std(0), cfg.hidden, cfg.latent)
+    model = make(flat.mean(0), flat.std(0), cfg.hidden, cfg.latent)
     xt = torch.from_numpy(x_train)
     xv = torch.from_numpy(x_val)
 
@@ -125,7 +128,7 @@ def sequence_tensors(channels: int, latent: int) -> tuple[TensorSpec, TensorSpec
 
 def sequence_graphs(model: SequenceAE, sample: np.ndarray) -> list[GraphSpec]:
     """encoder / decoder / full graphs with parity at batch 1, an odd batch and another sequence length."""
-    channels, latent = sample.shape[2], model.encoder.rnn2.hidden
+    channels, latent = sample.shape[2], model.latent
     x, z, r, s = sequence_tensors(channels, latent)
     parity_x = [(sample[:1],), (sample[:5],), (sample[:3, :37],)]
     with torch.no_grad():
@@ -169,12 +172,25 @@ def sequence_section(channels: list[str], window: int, stride: int) -> dict:
 
 
 def train(cfg: Config, data: DataOptions) -> Trained:
+    return train_sequence_ae(
+        cfg,
+        data,
+        SequenceAE,
+        "Bidirectional LSTM sequence autoencoder: {channels} channels -> {latent} latent features per time step "
+        "(feature reduction) -> reconstruction",
+    )
+
+
+def train_sequence_ae(
+    cfg: Config, data: DataOptions, make: type[SequenceAE], description: str, extra_metrics: dict | None = None
+) -> Trained:
+    """Fit `make` on BasicMotions and describe it; `description` may name `{channels}` and `{latent}`."""
     train_set, test_set, provenance = load_basic_motions()
     tr_idx, va_idx = split_train_val(train_set.y, cfg.val_fraction, data.seed)
     x_train, x_val, x_test = train_set.x[tr_idx], train_set.x[va_idx], test_set.x
     if cfg.quick:
         x_train, x_val, x_test = x_train[:8], x_val[:4], x_test[:8]
-    model, result = fit_sequence_ae(cfg, x_train, x_val)
+    model, result = fit_sequence_ae(cfg, x_train, x_val, make)
 
     recon = predict(lambda t: model(t)[0], x_test)
     std = model.norm.std.numpy()
@@ -184,8 +200,7 @@ def train(cfg: Config, data: DataOptions) -> Trained:
     channels = provenance["channels"]
     return Trained(
         kind="lstm",
-        description=f"Bidirectional LSTM sequence autoencoder: {len(channels)} channels -> {cfg.latent} latent "
-        "features per time step (feature reduction) -> reconstruction",
+        description=description.format(channels=len(channels), latent=cfg.latent),
         tasks=["encode", "decode", "reconstruct", "score"],
         graphs=sequence_graphs(model, x_test),
         metrics={
@@ -194,6 +209,7 @@ def train(cfg: Config, data: DataOptions) -> Trained:
             "baselines": {f"per_step_pca_{cfg.latent}_mse_standardized": pca_err},
             "ratio_to_pca": test_err / pca_err,
             "test_series": len(x_test),
+            **(extra_metrics or {}),
         },
         gates=[Gate(f"test MSE below per-step PCA-{cfg.latent}", test_err, pca_err)],
         data={

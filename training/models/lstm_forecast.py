@@ -27,6 +27,8 @@ class Config(TrainConfig):
     hidden: int = 64
     dense: int = 64
     dropout: float = 0.2
+    dropout_after_dense: float = 0.0  # the seed's second Dropout (after Dense 64 ReLU); 0: none (ours)
+    predict_change: bool = True  # predict the change from the last step (ours) or the value itself (the seed)
     epochs: int = 60
     batch_size: int = 64
     lr: float = 3e-3
@@ -35,14 +37,25 @@ class Config(TrainConfig):
 
 
 class Forecaster(nn.Module):
-    def __init__(self, mean: np.ndarray, std: np.ndarray, hidden: int, dense: int, dropout: float):
+    def __init__(
+        self,
+        mean: np.ndarray,
+        std: np.ndarray,
+        hidden: int,
+        dense: int,
+        dropout: float,
+        dropout_after_dense: float = 0.0,
+        predict_change: bool = True,
+    ):
         super().__init__()
         channels = len(mean)
         self.norm = Standardizer(mean, std)
         self.hidden = hidden
+        self.predict_change = predict_change
         self.lstm = nn.LSTM(channels, hidden, batch_first=True, bidirectional=True)
+        second = [nn.Dropout(dropout_after_dense)] if dropout_after_dense else []
         self.head = nn.Sequential(
-            nn.Dropout(dropout), nn.Linear(2 * hidden, dense), nn.ReLU(), nn.Linear(dense, channels)
+            nn.Dropout(dropout), nn.Linear(2 * hidden, dense), nn.ReLU(), *second, nn.Linear(dense, channels)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -50,8 +63,10 @@ class Forecaster(nn.Module):
         out, _ = self.lstm(z)
         # Concat merge of the two directions' final states: forward at the last step, backward at the first.
         summary = torch.cat([out[:, -1, : self.hidden], out[:, 0, self.hidden :]], dim=1)
-        # The head predicts the change from the last observed step (in standardised units).
-        return self.norm.inverse(z[:, -1, :] + self.head(summary))
+        # Ours: the head predicts the change from the last observed step (in standardised units).
+        if self.predict_change:
+            return self.norm.inverse(z[:, -1, :] + self.head(summary))
+        return self.norm.inverse(self.head(summary))
 
 
 def make_pairs(x: np.ndarray, window: int, horizon: int) -> tuple[np.ndarray, np.ndarray]:
@@ -64,6 +79,16 @@ def make_pairs(x: np.ndarray, window: int, horizon: int) -> tuple[np.ndarray, np
 
 
 def train(cfg: Config, data: DataOptions) -> Trained:
+    return train_forecaster(
+        cfg,
+        data,
+        description="Reduce and predict: bidirectional LSTM (concat), dropout, dense 64, dense output forecasting "
+        "the change to the next step of all {channels} channels",
+    )
+
+
+def train_forecaster(cfg: Config, data: DataOptions, description: str, extra_metrics: dict | None = None) -> Trained:
+    """Fit a `Forecaster` of `cfg` on BasicMotions windows; `description` may name `{channels}`."""
     gen = seed_everything(cfg.seed, cfg.threads)
     train_set, test_set, provenance = load_basic_motions()
     tr_idx, va_idx = split_train_val(train_set.y, cfg.val_fraction, data.seed)
@@ -72,7 +97,9 @@ def train(cfg: Config, data: DataOptions) -> Trained:
         series = {k: v[:4] for k, v in series.items()}
     pairs = {k: make_pairs(v, cfg.window, cfg.horizon) for k, v in series.items()}
     flat = series["train"].reshape(-1, series["train"].shape[2])
-    model = Forecaster(flat.mean(0), flat.std(0), cfg.hidden, cfg.dense, cfg.dropout)
+    model = Forecaster(
+        flat.mean(0), flat.std(0), cfg.hidden, cfg.dense, cfg.dropout, cfg.dropout_after_dense, cfg.predict_change
+    )
     std = model.norm.std
     xt, yt = (torch.from_numpy(a) for a in pairs["train"])
     xv, yv = (torch.from_numpy(a) for a in pairs["val"])
@@ -105,8 +132,7 @@ def train(cfg: Config, data: DataOptions) -> Trained:
     section = sequence_section(channels, window=cfg.window, stride=1)
     return Trained(
         kind="lstm-forecast",
-        description="Reduce and predict: bidirectional LSTM (concat), dropout, dense 64, dense output forecasting "
-        f"the next step of all {len(channels)} channels",
+        description=description.format(channels=len(channels)),
         tasks=["predict"],
         graphs=[GraphSpec("full", model, [x_spec], [y_spec], parity, dynamo=False, description="window -> next step")],
         metrics={
@@ -115,6 +141,7 @@ def train(cfg: Config, data: DataOptions) -> Trained:
             "baselines": {"persistence_mse_standardized": persistence_err},
             "ratio_to_persistence": model_err / persistence_err,
             "test_windows": len(x_test),
+            **(extra_metrics or {}),
         },
         gates=[Gate("test MSE below persistence (last value)", model_err, persistence_err)],
         data={

@@ -144,12 +144,17 @@ async def serve_task(
     options = InputOptions(
         preprocess=preprocess, invert=invert, given={k: v for k, v in given.items() if v is not None}
     )
-    batch = await read_inputs(request, entry, task, options, ctx)
-    fmt = choose_format(entry, task, batch, request.headers.get("accept"))
-    result = await run_task(ctx.service, entry, task, batch)
-    if fmt in IMAGE_FORMATS:  # encoding a PNG, JPEG or WebP takes milliseconds per megapixel: off the loop
-        return await ctx.offload.run(render, result, fmt)
-    return render(result, fmt)
+    # Counted in (no await since the lookup): an unload waits for this request before it frees the sessions.
+    entry.in_flight += 1
+    try:
+        batch = await read_inputs(request, entry, task, options, ctx)
+        fmt = choose_format(entry, task, batch, request.headers.get("accept"))
+        result = await run_task(ctx.service, entry, task, batch)
+        if fmt in IMAGE_FORMATS:  # encoding a PNG, JPEG or WebP takes milliseconds per megapixel: off the loop
+            return await ctx.offload.run(render, result, fmt)
+        return render(result, fmt)
+    finally:
+        entry.in_flight -= 1
 
 
 def _note(task: str) -> str:

@@ -36,7 +36,7 @@ def version_states(record: ModelRecord) -> list[VersionState]:
     """Each version the policy selected, ascending, with its state and whether it is the default."""
     return [
         VersionState(
-            version=str(number), status=entry.status.value, reason=entry.reason, default=number == record.default
+            version=str(number), status=entry.status.value, reason=record.note(entry), default=number == record.default
         )
         for number, entry in record.versions.items()
     ]
@@ -104,6 +104,7 @@ async def list_model_versions(name: ModelName, registry: RegistryDep, request: R
         requested_default=None if record.policy.default is None else str(record.policy.default),
         on_disk=[str(number) for number in record.on_disk],
         versions=version_states(record),
+        problem=record.problem,
     )
 
 

@@ -33,7 +33,7 @@ from app.core.validation import Limits, fit_array
 from app.settings import Settings
 
 SERVER_NAME = "ae-serve"
-EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics"]
+EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics", "model_repository"]
 PLATFORM = "onnxruntime_onnx"
 BACKEND = "onnxruntime"
 ALIAS_ROLE = "full"

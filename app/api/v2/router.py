@@ -120,7 +120,7 @@ def _json(body: Any, status: int = 200) -> Response:
 @router.get("", response_model=ServerMetadataResponse, summary="Server metadata")
 async def get_server_metadata() -> Response:
     """Name, version and the protocol extensions offered (`binary_tensor_data`, `model_configuration`,
-    `statistics`)."""
+    `statistics`, `model_repository`)."""
     return _json(dataplane.server_metadata())
 
 
@@ -188,6 +188,8 @@ async def infer(request: Request, ctx: AppContext, *, name: str, version: str | 
     model = dataplane.resolve(registry, name, version)
     state.model_version = model.version
     check_content_type(request.headers.get("content-type"))
+    # Counted in (no await since the lookup): an unload waits for this request before it frees the sessions.
+    model.entry.in_flight += 1
     try:
         body = await read_body(request)
         header_length = request.headers.get(HEADER_LENGTH)
@@ -211,6 +213,8 @@ async def infer(request: Request, ctx: AppContext, *, name: str, version: str | 
     except Exception:
         statistics.record(model.name, model.version, timer, ok=False)
         raise
+    finally:
+        model.entry.in_flight -= 1
     statistics.record(model.name, model.version, timer, ok=True)
     return TensorResponse(buffers, header)
 

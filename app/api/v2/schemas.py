@@ -6,9 +6,9 @@ JSON); these models document them, and the tests validate real responses against
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, RootModel
 
 
 def _examples(*examples: dict[str, Any]) -> ConfigDict:
@@ -241,3 +241,44 @@ class ModelStatisticsResponse(BaseModel):
         }
     )
     model_stats: list[ModelStatistics]
+
+
+# -- model repository (Triton's and MLServer's extension) ---------------------------------------------------
+class RepositoryIndexRequest(BaseModel):
+    """The optional body of `POST /v2/repository/index` (tritonclient sends none)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"ready": True}, {}]})
+    ready: bool = Field(default=False, description="true: only the versions that serve")
+
+
+class RepositoryIndexEntry(BaseModel):
+    """One version of one model in the repository."""
+
+    model_config = _examples(
+        {"name": "dense", "version": "2", "state": "READY", "reason": ""},
+        {"name": "dense", "version": "3", "state": "UNAVAILABLE", "reason": "graph full: sha256 of full.onnx is ..."},
+    )
+    name: str = Field(description="the model name (what load and unload take)")
+    version: str
+    state: Literal["READY", "UNAVAILABLE", "LOADING"]
+    reason: str = Field(
+        description="why the version does not serve (empty when it does, unless a newer copy of it was refused)"
+    )
+
+
+class RepositoryIndexResponse(RootModel[list[RepositoryIndexEntry]]):
+    """Every version of every model found in the repository or loaded."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [[{"name": "dense", "version": "1", "state": "READY", "reason": ""}]]}
+    )
+
+
+class RepositoryModelRequest(BaseModel):
+    """The optional body of load and unload (tritonclient sends `{}` and `{"parameters": {"unload_dependents":
+    false}}`). Triton's `config` and `file:` overrides are refused: publish the version folder instead."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{}, {"parameters": {"unload_dependents": False}}]})
+    parameters: dict[str, Any] | None = Field(
+        default=None, description="`unload_dependents` (accepted, nothing depends on a model here)"
+    )
