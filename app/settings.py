@@ -94,6 +94,17 @@ class Settings(_TaskDefaults, BaseSettings):  # type: ignore[misc, valid-type]
     host's core count) divided by `workers` x the ONNX calls in flight per worker (`inference_concurrency`), at
     least 1, so that the concurrent ONNX calls of every worker together do not oversubscribe the CPUs."""
 
+    lone_intra_op_threads: int = Field(default=0, ge=0)
+    """Intra-op threads of a second ONNX Runtime session each image graph gets on the CPU, for a call that runs
+    alone in its worker process (no other ONNX call in flight) on at least `lone_min_values` input values: a lone
+    photograph then uses every core of its worker instead of `intra_op_threads` (measured in bench/README.md).
+    Under load calls overlap and take the ordinary sessions. 0: the usable CPUs divided by `workers`; a value not
+    above the resolved `intra_op_threads` means no second session."""
+
+    lone_min_values: int = Field(default=16384, ge=1)
+    """Input values from which a lone call takes the `lone_intra_op_threads` session (16 Ki: a 128x128 image);
+    smaller calls finish before extra threads would pay for waking up."""
+
     inter_op_threads: int = Field(default=1, ge=1)
     """Threads ONNX Runtime uses to run independent operators in parallel (sequential mode uses 1)."""
 
@@ -393,6 +404,11 @@ class Settings(_TaskDefaults, BaseSettings):  # type: ignore[misc, valid-type]
         if self.inference_concurrency:
             return self.inference_concurrency
         return max(1, usable_cpus() // self.workers)
+
+    def ort_lone_threads(self) -> int:
+        """Intra-op threads of the lone-call sessions; 0 when there are none (no more threads than the others)."""
+        threads = self.lone_intra_op_threads or max(1, usable_cpus() // max(self.workers, 1))
+        return threads if threads > self.ort_intra_op_threads() else 0
 
     def ort_intra_op_threads(self) -> int:
         """The intra-op thread count actually used (resolves 0 = automatic)."""

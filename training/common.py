@@ -126,3 +126,25 @@ def predict(fn: Callable[[torch.Tensor], torch.Tensor], x: np.ndarray, batch_siz
     """Run `fn` over a numpy array in chunks and return a numpy array."""
     out = [fn(torch.from_numpy(np.ascontiguousarray(x[i : i + batch_size]))) for i in range(0, len(x), batch_size)]
     return torch.cat(out).numpy()
+
+
+# Quantiles of the validation scores a card names, and the size of the grid it stores for any other.
+CARD_QUANTILES = (0.5, 0.9, 0.95, 0.99, 0.999)
+QUANTILE_GRID = 1001
+
+
+def anomaly_section(val_scores: np.ndarray, score: str, rule: str, quantile: float = 0.99, **extra: object) -> dict:
+    """A card's `anomaly` section: the threshold at `quantile` of the validation scores, the named quantiles and
+    a grid of them (0, 0.001, ..., 1), from which the service answers a request's `quantile=` (app/core/cards.py)."""
+    scores = np.asarray(val_scores, dtype=np.float64)
+    grid = np.quantile(scores, np.linspace(0.0, 1.0, QUANTILE_GRID))
+    return {
+        "score": score,
+        "threshold": float(np.quantile(scores, quantile)),
+        "threshold_rule": rule,
+        "quantile": quantile,
+        "validation_quantiles": {f"{q:g}": float(np.quantile(scores, q)) for q in CARD_QUANTILES},
+        "validation_score_quantiles": [float(f"{v:.7g}") for v in grid],
+        "validation_samples": len(scores),
+        **extra,
+    }

@@ -157,6 +157,14 @@ class GraphInfo(BaseModel):
     inputs: list[TensorInfo]
     outputs: list[TensorInfo]
     opset: int | None
+    intra_op_threads: int | None = Field(
+        default=None, description="intra-op threads of the graph's ONNX Runtime session (null: not loaded)"
+    )
+    lone_intra_op_threads: int | None = Field(
+        default=None,
+        description="intra-op threads of its lone-call session, which a large call running alone in its process "
+        "takes (AE_LONE_INTRA_OP_THREADS); null: it has none",
+    )
 
 
 class ProvidersInfo(BaseModel):

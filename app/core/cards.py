@@ -133,9 +133,50 @@ class InputSection(_Open):
 
 
 class AnomalySection(_Open):
+    """How `score` flags anomalies: the training's threshold, and (cards written since `training fit`) the
+    validation scores' quantiles a request may pick another threshold from."""
+
     score: str = ""
     threshold: float
     threshold_rule: str = ""
+    quantile: float | None = Field(default=None, ge=0.0, le=1.0)
+    """The quantile of the validation scores `threshold` is."""
+    validation_quantiles: dict[str, float] = {}
+    """Named quantiles of the validation scores ("0.99": value)."""
+    validation_score_quantiles: list[float] = []
+    """The validation scores' quantiles at 0, 1/(n-1), ..., 1 (n = the list's length): any quantile by
+    interpolation."""
+
+    @field_validator("validation_quantiles")
+    @classmethod
+    def _quantile_keys(cls, value: dict[str, float]) -> dict[str, float]:
+        for key in value:
+            try:
+                q = float(key)
+            except ValueError:
+                raise ValueError(f"validation_quantiles: key {key!r} is not a number") from None
+            if not 0.0 <= q <= 1.0:
+                raise ValueError(f"validation_quantiles: key {key!r} is not in [0, 1]")
+        return value
+
+    def threshold_at(self, quantile: float) -> float | None:
+        """The validation scores' `quantile`: a named one exactly, else interpolated on the stored grid; None
+        when the card records neither."""
+        for key, value in self.validation_quantiles.items():
+            if math.isclose(float(key), quantile, rel_tol=0.0, abs_tol=1e-12):
+                return float(value)
+        grid = self.validation_score_quantiles
+        if len(grid) < 2:
+            return None
+        return float(np.interp(quantile, np.linspace(0.0, 1.0, len(grid)), grid))
+
+    def quantiles_offered(self) -> str:
+        """What `?quantile=` accepts on this card, said in an error message."""
+        if len(self.validation_score_quantiles) >= 2:
+            return "any quantile in [0, 1]"
+        if self.validation_quantiles:
+            return "one of " + ", ".join(sorted(self.validation_quantiles, key=float))
+        return "none: the card records no validation quantiles (pass threshold= instead)"
 
 
 class ForecastSection(_Open):

@@ -77,6 +77,9 @@ class GraphSession:
     card: GraphCard
     session: ort.InferenceSession
     serving: ServingSection | None = None
+    lone_session: ort.InferenceSession | None = None
+    """The same graph with more intra-op threads (`Settings.lone_intra_op_threads`), for a large call that runs
+    alone in its process (`InferenceEngine.lone`); None: the graph has only `session`."""
     work_bytes_per_value: float = DEFAULT_WORK_BYTES_PER_VALUE
     """ONNX Runtime's working memory (activations, outputs, scratch) per input value, measured at load
     (`app.core.registry.measure_working_memory`); what a request reserves from the inference memory budget."""
@@ -191,6 +194,9 @@ class _Batch:
     requests: list[_Request]
     run_options: ort.RunOptions = field(default_factory=ort.RunOptions)
     terminated: bool = False
+    lone: bool = False
+    """Runs on the graph's `lone_session`: no other ONNX Runtime call was in flight in the process when it
+    started."""
 
     @property
     def rows(self) -> int:
@@ -369,11 +375,15 @@ class _GraphQueue:
         return batch
 
     def _launch(self, batch: _Batch, loop: asyncio.AbstractEventLoop) -> None:
-        self.engine.observe_queue_wait(self.graph, [loop.time() - r.enqueued for r in batch.requests])
+        engine = self.engine
+        engine.observe_queue_wait(self.graph, [loop.time() - r.enqueued for r in batch.requests])
+        batch.lone = engine.lone(self.graph, sum(r.values for r in batch.requests))
+        engine.calls_in_flight += 1
         try:
-            job = loop.run_in_executor(self.engine.executor(), self.engine.compute_batch, self.graph, batch)
+            job = loop.run_in_executor(engine.executor(), engine.compute_batch, self.graph, batch)
         except RuntimeError:  # the executor is shut down: the service is stopping
-            self.engine.slots().release()
+            engine.calls_in_flight -= 1
+            engine.slots().release()
             _settle(batch, ModelUnavailable("the service is shutting down"))
             _release(batch)
             return
@@ -382,6 +392,7 @@ class _GraphQueue:
 
     def _finished(self, job: asyncio.Future[list[Outputs | ServiceError]], batch: _Batch) -> None:
         self._running.discard(job)
+        self.engine.calls_in_flight -= 1
         self.engine.slots().release()
         try:
             if job.cancelled():
@@ -468,6 +479,10 @@ class InferenceEngine:
         """Generations of graphs retired (unloaded): a straggler still holding one is refused, not queued."""
         self._executor: ThreadPoolExecutor | None = None
         self._slots: asyncio.Semaphore | None = None
+        self.calls_in_flight = 0
+        """ONNX Runtime calls running now in this process (counted on the event loop, at launch and finish)."""
+        self.lone_calls = 0
+        """Calls that ran on a lone-call session, since start (reported with the engine's settings)."""
 
     @property
     def retry_after_seconds(self) -> int:
@@ -483,6 +498,16 @@ class InferenceEngine:
     def concurrency(self) -> int:
         """ONNX Runtime calls in flight at most in this process."""
         return self._settings.ort_concurrency()
+
+    def lone(self, graph: GraphSession, values: int) -> bool:
+        """Whether a call of `values` input values on `graph` takes its lone-call session: it has one, the call is
+        large enough (`lone_min_values`) and nothing else runs in the process now. A call that starts while a lone
+        one runs takes the ordinary session: for its duration the CPUs hold one thread more than they have,
+        which costs the lone call some speed but never makes the other wait."""
+        if graph.lone_session is None or self.calls_in_flight or values < self._settings.lone_min_values:
+            return False
+        self.lone_calls += 1
+        return True
 
     def policy(self, graph: GraphSession) -> BatchPolicy:
         """The batching, queue and deadline knobs in force for `graph`."""
@@ -565,16 +590,21 @@ class InferenceEngine:
             memory.release(need)
 
     def run_blocking(
-        self, graph: GraphSession, feeds: Mapping[str, np.ndarray], endpoint: str, shrink_arena: bool = False
+        self,
+        graph: GraphSession,
+        feeds: Mapping[str, np.ndarray],
+        endpoint: str,
+        shrink_arena: bool = False,
+        lone: bool = False,
     ) -> Outputs:
         """Run `graph` on `feeds` in the calling thread, outside the queue (the warm-up at load); `shrink_arena`:
-        give ONNX Runtime's arena memory back afterwards."""
+        give ONNX Runtime's arena memory back afterwards; `lone`: on its lone-call session."""
         axes = self._check_inputs(graph, feeds)
         options = None
         if shrink_arena and self.arena:
             options = ort.RunOptions()
             options.add_run_config_entry(ARENA_SHRINKAGE, "cpu:0")
-        outputs = self._session_run(graph, feeds, endpoint, options)
+        outputs = self._session_run(graph, feeds, endpoint, options, lone)
         self._check_output_shapes(graph, outputs, axes)
         self._check_finite(graph, outputs)
         return outputs
@@ -614,7 +644,7 @@ class InferenceEngine:
         else:
             feeds = {name: np.concatenate([r.feeds[name] for r in requests]) for name in requests[0].feeds}
         try:
-            outputs = self._session_run(graph, feeds, batch.endpoint, batch.run_options)
+            outputs = self._session_run(graph, feeds, batch.endpoint, batch.run_options, batch.lone)
             self._check_output_shapes(graph, outputs, _bind_axes(graph.inputs, feeds))
         except InferenceError as error:
             if batch.terminated or len(requests) == 1:
@@ -652,11 +682,17 @@ class InferenceEngine:
         return outputs
 
     def _session_run(
-        self, graph: GraphSession, feeds: Mapping[str, np.ndarray], endpoint: str, options: ort.RunOptions | None
+        self,
+        graph: GraphSession,
+        feeds: Mapping[str, np.ndarray],
+        endpoint: str,
+        options: ort.RunOptions | None,
+        lone: bool = False,
     ) -> Outputs:
+        session = graph.lone_session if lone and graph.lone_session is not None else graph.session
         started = time.perf_counter()
         try:
-            values = graph.session.run(None, dict(feeds), options)
+            values = session.run(None, dict(feeds), options)
         except Exception as exc:  # ORT raises its own exception types (Fail, InvalidArgument, RuntimeException)
             if options is not None and options.terminate:
                 raise InferenceError(f"{graph.label}: stopped, every caller had left") from exc

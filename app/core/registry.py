@@ -214,10 +214,17 @@ def external_data_locations(data: bytes) -> list[str]:
     return locations
 
 
-def session_options(settings: Settings) -> ort.SessionOptions:
-    """Session options from the settings: thread counts, optimisation level, memory arena, busy-waiting."""
+def takes_images(graph: GraphCard) -> bool:
+    """Whether a graph's first input is a batch of images ([N, C, H, W]): the graphs whose calls are large enough
+    for more intra-op threads to pay (`Settings.lone_intra_op_threads`)."""
+    return bool(graph.inputs) and len(graph.inputs[0].shape) == 4
+
+
+def session_options(settings: Settings, intra_op_threads: int = 0) -> ort.SessionOptions:
+    """Session options from the settings: thread counts (`intra_op_threads` when given: the lone-call sessions),
+    optimisation level, memory arena, busy-waiting."""
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = settings.ort_intra_op_threads()
+    opts.intra_op_num_threads = intra_op_threads or settings.ort_intra_op_threads()
     opts.inter_op_num_threads = settings.inter_op_threads
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = _OPTIMIZATION_LEVELS[settings.graph_optimization]
@@ -352,6 +359,7 @@ class ModelRegistry:
         """Working memory per value and receptive radius, by graph sha256: measured once per graph (a reload of
         the same file under load would otherwise measure the requests' memory too)."""
         self._runtime: tuple[ProviderPlan, ort.SessionOptions] | None = None
+        self._lone_options: ort.SessionOptions | None = None
         self.loaded = False
 
     # -- loading -------------------------------------------------------------------------------------------
@@ -373,6 +381,10 @@ class ModelRegistry:
             for note in plan.notes:
                 log.warning("providers: %s", note)
             self._runtime = (plan, session_options(self._settings))
+            lone = self._settings.ort_lone_threads()
+            # Thread counts matter on the CPU only: a GPU session runs its kernels on the device.
+            if lone and plan.chosen[:1] == ("CPUExecutionProvider",):
+                self._lone_options = session_options(self._settings, lone)
         return self._runtime
 
     def load_entries(self, entries: Iterable[ModelEntry]) -> None:
@@ -623,11 +635,15 @@ class ModelRegistry:
                 ) from exc
             _compare_tensors(f"graph {role} input", graph_card.inputs, session.get_inputs())
             _compare_tensors(f"graph {role} output", graph_card.outputs, session.get_outputs())
+            lone = None
+            if self._lone_options is not None and takes_images(graph_card):
+                lone = ort.InferenceSession(data, self._lone_options, providers=list(plan.chosen))
             entry.graphs[role] = GraphSession(
                 model=card.name,
                 role=role,
                 card=graph_card,
                 session=session,
+                lone_session=lone,
                 serving=card.serving,
                 version=entry.version,
                 generation=next(self._generations),
@@ -641,6 +657,8 @@ class ModelRegistry:
             feeds = warmup_feeds(card, graph.card)
             try:
                 self._engine.run_blocking(graph, feeds, "warmup")
+                if graph.lone_session is not None:
+                    self._engine.run_blocking(graph, feeds, "warmup", lone=True)
                 known = self._measured.get(graph.card.sha256)
                 if known is None:
                     work = measure_working_memory(self._engine, graph, feeds)

@@ -102,6 +102,7 @@ class ScoreResponse(TaskResponse):
             "anomalous": [False],
             "threshold": 1.08,
             "threshold_rule": "99th percentile of the validation normals' window scores",
+            "threshold_source": "card",
             "score_description": "mean squared reconstruction error in standardised units per window",
             "window": {"length": 50, "stride": 10},
             "windows": [[{"start": 0, "end": 50, "score": 0.61}, {"start": 10, "end": 60, "score": 0.84}]],
@@ -110,8 +111,11 @@ class ScoreResponse(TaskResponse):
     )
     scores: list[float] = Field(description="anomaly score per sample (series: the worst window)")
     anomalous: list[bool] = Field(description="score > threshold")
-    threshold: float = Field(description="the card's threshold")
-    threshold_rule: str
+    threshold: float = Field(description="the threshold used: the card's, or the request's threshold / quantile")
+    threshold_rule: str = Field(description="where the threshold comes from")
+    threshold_source: Literal["card", "request", "quantile"] = Field(
+        description="`card`: the card's threshold; `request`: `?threshold=`; `quantile`: `?quantile=`"
+    )
     score_description: str
     window: WindowSpec | None = Field(default=None, description="sequence models: the sliding window")
     windows: list[list[Window]] | None = Field(default=None, description="sequence models: every window's score")

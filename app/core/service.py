@@ -80,10 +80,12 @@ class InferenceService:
         radius = graph.receptive_radius + RADIUS_MARGIN
         padded_h, padded_w = (-(-side // TILE_ALIGN) * TILE_ALIGN for side in (height, width))
         plan = plan_tiles(padded_h, padded_w, tile, radius, TILE_RAMP, TILE_ALIGN)
-        # One tile per call, as many calls as the engine runs at once: tiles are large (a 512-px RGB tile is 768 Ki
-        # values, above the batcher's merge limit anyway), and a lone photograph then uses every call slot (each
-        # call's intra-op threads) instead of one.
-        in_flight = self._engine.concurrency
+        # One tile per call (tiles are large: a 512-px RGB tile is 768 Ki values, above the batcher's merge limit
+        # anyway). A graph with a lone-call session runs one tile at a time, each on every CPU of the worker when
+        # nothing else runs; without one, as many tiles as the engine runs calls at once (each on its intra-op
+        # threads). Either way a lone photograph uses every CPU, and the CPUs never hold more threads than they
+        # have (two tiles at once would start one on the lone session and the other beside it).
+        in_flight = 1 if graph.lone_session is not None else self._engine.concurrency
 
         async def run(tiles: np.ndarray) -> np.ndarray:
             return (await self.run_graph(graph, tiles, task, extra(len(tiles))))[output]

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from app.core.cards import CardError, GraphRole, ModelCard, check_input, window_starts
+from app.core.cards import AnomalySection, CardError, GraphRole, ModelCard, check_input, window_starts
+from app.core.errors import InvalidInput
 from app.core.images import ImageReport, resize
 from app.core.noise import estimate_sigma
 from app.core.responses import (
@@ -48,6 +49,8 @@ class InputBatch:
     images: list[ImageReport] | None = None
     given: dict[str, float] = field(default_factory=dict)
     """Values the caller gave for the task's extra inputs (`Task.extra_inputs`, e.g. `sigma` on 0..255)."""
+    options: dict[str, float] = field(default_factory=dict)
+    """Values the caller gave for the task's options (`Task.options`, e.g. `score`'s `threshold`)."""
 
     @property
     def rows(self) -> int:
@@ -105,6 +108,9 @@ class Task:
     extra_inputs: tuple[str, ...] = ()
     """Inputs the graph may take besides its samples (its first input), by name: `denoise`'s noise level `sigma`
     (a photograph denoiser with a noise-level map)."""
+    options: tuple[str, ...] = ()
+    """Query options that change how the task reads its outputs, not graph inputs: `score`'s `threshold` and
+    `quantile`."""
     card_section: str | None = None
     """A section the card must have for this task, and what it holds."""
     card_section_why: str = ""
@@ -134,15 +140,44 @@ async def _reconstruct(service: InferenceService, entry: ModelEntry, batch: Inpu
     return TaskResult(entry, "reconstruct", {"reconstruction": out["reconstruction"], "scores": out["score"]}, batch)
 
 
+def choose_threshold(anomaly: AnomalySection, options: Mapping[str, float]) -> dict[str, Any]:
+    """The threshold a `score` request uses: the card's, or the caller's `threshold` (in the score's units) or
+    `quantile` (of the validation scores the card records); with the rule that says where it came from."""
+    threshold, quantile = options.get("threshold"), options.get("quantile")
+    if threshold is not None and quantile is not None:
+        raise InvalidInput(
+            "give threshold or quantile, not both: threshold is a score, quantile picks one from the validation scores",
+            {"field": "quantile"},
+        )
+    if threshold is not None:
+        return {"threshold": float(threshold), "threshold_rule": "given by the request", "threshold_source": "request"}
+    if quantile is not None:
+        value = anomaly.threshold_at(quantile)
+        if value is None:
+            raise InvalidInput(
+                f"quantile {quantile:g} is not one this model's card records; it offers {anomaly.quantiles_offered()}",
+                {"field": "quantile", "offered": anomaly.quantiles_offered()},
+            )
+        return {
+            "threshold": value,
+            "threshold_rule": f"{quantile:g} quantile of the validation scores (requested; the card's rule: "
+            f"{anomaly.threshold_rule or anomaly.threshold})",
+            "threshold_source": "quantile",
+        }
+    return {"threshold": float(anomaly.threshold), "threshold_rule": anomaly.threshold_rule, "threshold_source": "card"}
+
+
 async def _score(service: InferenceService, entry: ModelEntry, batch: InputBatch) -> TaskResult:
     """Per-sample anomaly scores; series longer than the card's window are scored in sliding windows."""
     graph = entry.graph_for("score")
     card = entry.card
     assert card is not None and card.anomaly is not None
+    extra: dict[str, Any] = choose_threshold(card.anomaly, batch.options)
+    threshold = extra["threshold"]
+    # Stated in headers too, for answers whose body is only the scores (.npy).
+    extra["headers"] = {"X-Threshold": f"{threshold:.9g}", "X-Threshold-Source": extra["threshold_source"]}
     array = _single(batch)
     sequence = card.input.sequence
-    threshold = float(card.anomaly.threshold)
-    extra: dict[str, Any] = {"threshold": threshold}
     if card.input.layout == "sequence" and sequence is not None:
         steps = array.shape[1]
         starts = window_starts(steps, sequence.window, sequence.stride)
@@ -270,8 +305,8 @@ def _score_payload(result: TaskResult, payload: dict[str, Any]) -> None:
     assert anomaly is not None
     payload["scores"] = result.outputs["scores"]
     payload["anomalous"] = result.outputs["anomalous"]
-    payload["threshold"] = result.extra["threshold"]
-    payload["threshold_rule"] = anomaly.threshold_rule
+    for key in ("threshold", "threshold_rule", "threshold_source"):
+        payload[key] = result.extra[key]
     payload["score_description"] = anomaly.score
     for key in ("window", "windows", "worst_window"):
         payload[key] = result.extra.get(key)
@@ -365,13 +400,16 @@ TASKS: dict[str, Task] = {
             default_model="dense",
             summary="Anomaly scores and flags",
             description="Inputs -> anomaly score (mean squared reconstruction error) and `anomalous = score > "
-            "threshold` (the card's threshold). Series longer than the model's window are scored in sliding windows "
-            "(window and stride from the card, the last window ends at the series' end): every window's score is "
-            "returned and the series' score is its worst window.",
+            "threshold`: the card's threshold, or the request's `threshold` (a score) or `quantile` (of the "
+            "validation scores the card records); the answer states the threshold used and its rule. Series "
+            "longer than the model's window are scored in sliding windows (window and stride from the card, the "
+            "last window ends at the series' end): every window's score is returned and the series' score is its "
+            "worst window.",
             examples={"dense (vector)": _DIGIT, "lstm-anomaly (series)": _SERIES},
             response=ScoreResponse,
             run=_score,
             payload=_score_payload,
+            options=("threshold", "quantile"),
             card_section="anomaly",
             card_section_why="threshold",
         ),

@@ -58,20 +58,41 @@ def _starts(size: int, tile: int, step: int) -> tuple[int, ...]:
     return tuple(starts)
 
 
+def _step(tile: int, overlap: int, align: int) -> int:
+    step = tile - overlap
+    return step - step % align
+
+
+def _balanced(size: int, tile: int, overlap: int, align: int) -> tuple[int, tuple[int, ...]]:
+    """The side and starts of the fewest tiles of at most `tile` px that cover `size` with `overlap`, each made
+    as small as that count allows: the work a tiled image repeats is the overlaps, not a last tile that mostly
+    re-covers its neighbour (a 1024-px side in 512-px tiles: 3 tiles of 400 px, not 3 of 512)."""
+    if size <= tile:
+        return size, (0,)
+    for count in range(2, size // align + 1):
+        side = -(-(size + (count - 1) * overlap) // count)
+        side += -side % align
+        while side <= tile and (count - 1) * _step(side, overlap, align) + side < size:
+            side += align  # the step rounds down to the grid: a little more per tile to reach the edge
+        if side <= tile and _step(side, overlap, align) > 0:
+            starts = _starts(size, side, _step(side, overlap, align))
+            if len(starts) == count:
+                return side, starts
+    return tile, _starts(size, tile, _step(tile, overlap, align))  # not reached: `tile` itself is a solution
+
+
 def plan_tiles(height: int, width: int, tile: int, radius: int, ramp: int = 8, align: int = 8) -> TilePlan:
-    """Tiles of at most `tile` pixels a side (smaller sides: the whole side) overlapping by `2 * radius + ramp`,
-    starting on multiples of `align`. `height` and `width` must be multiples of `align` (pad first: `pad_to`)."""
+    """The fewest tiles of at most `tile` pixels a side (smaller sides: the whole side), each as small as that
+    count allows, overlapping by at least `2 * radius + ramp` and starting on multiples of `align`. `height`
+    and `width` must be multiples of `align` (pad first: `pad_to`)."""
     if height % align or width % align or tile % align:
         raise ValueError(f"image {width}x{height} and tile {tile} must be multiples of {align}")
     overlap = 2 * radius + ramp
-    step = tile - overlap
-    step -= step % align
-    if step <= 0:
+    if _step(tile, overlap, align) <= 0:
         raise ValueError(f"tiles of {tile} px cannot overlap by {overlap} px (receptive radius {radius})")
-    tile_h, tile_w = min(tile, height), min(tile, width)
-    return TilePlan(
-        height, width, tile_h, tile_w, radius, ramp, _starts(height, tile_h, step), _starts(width, tile_w, step)
-    )
+    tile_h, ys = _balanced(height, tile, overlap, align)
+    tile_w, xs = _balanced(width, tile, overlap, align)
+    return TilePlan(height, width, tile_h, tile_w, radius, ramp, ys, xs)
 
 
 PadMode = Literal["reflect", "edge"]
@@ -142,7 +163,9 @@ async def run_tiled(
     first, so the answer is deterministic). The plan is for the image padded to multiples of `align` (`pad_to`);
     tiles are padded one by one, and the answer is [C', H, W].
 
-    Memory beside the answer: one batch of tiles and two 1-D weight sums. The blending weight of a tile is the
+    The next batch starts as soon as one finishes, before the finished one is blended, so the engine never waits
+    for the blending. Memory beside the answer: `in_flight` + 1 batches of tiles and two 1-D weight sums. The
+    blending weight of a tile is the
     outer product of its row and column weights, and the tiles form a grid, so the total weight at (y, x) is
     (sum of the row weights at y) x (sum of the column weights at x): no full-size weight image."""
     _, height, width = image.shape
@@ -158,11 +181,19 @@ async def run_tiled(
         return asyncio.ensure_future(run(np.ascontiguousarray(tiles, dtype=np.float32)))
 
     pending: deque[asyncio.Task[np.ndarray]] = deque()
+    started = 0
+
+    def refill() -> None:
+        nonlocal started
+        while len(pending) < max(1, in_flight) and started < len(chunks):
+            pending.append(start(chunks[started]))
+            started += 1
+
     try:
-        for index, chunk in enumerate(chunks):
-            while len(pending) < max(1, in_flight) and index + len(pending) < len(chunks):
-                pending.append(start(chunks[index + len(pending)]))
+        refill()
+        for chunk in chunks:
             results = await pending.popleft()
+            refill()
             if out is None:
                 out = np.zeros((results.shape[1], height, width), dtype=np.float32)
             await compute(_accumulate, out, plan, chunk, results)

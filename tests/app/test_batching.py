@@ -391,6 +391,58 @@ def test_onnx_threads_do_not_oversubscribe_the_usable_cpus() -> None:
         assert busy <= max(cpus, workers), (workers, busy, cpus)
 
 
+def test_a_lone_call_gets_every_cpu_of_its_worker_and_overlapping_calls_do_not() -> None:
+    cpus = usable_cpus()
+    settings = Settings(log_level="warning", workers=1)
+    # The ordinary sessions share the CPUs between the calls in flight; a lone call may use them all.
+    assert settings.ort_lone_threads() == (cpus if cpus > settings.ort_intra_op_threads() else 0)
+    assert Settings(log_level="warning", lone_intra_op_threads=1).ort_lone_threads() == 0  # 1: off
+    assert Settings(log_level="warning", intra_op_threads=cpus).ort_lone_threads() == 0  # nothing to gain
+    assert Settings(log_level="warning", workers=cpus).ort_lone_threads() == 0  # one CPU per worker already
+
+
+def test_model_detail_reports_each_graphs_threads(client: Any) -> None:
+    lone = Settings(log_level="warning").ort_lone_threads() or None
+    photo = client.get("/v1/models/photo").json()["graphs"]["full"]
+    assert photo["intra_op_threads"] == Settings(log_level="warning").ort_intra_op_threads()
+    assert photo["lone_intra_op_threads"] == lone
+    dense = client.get("/v1/models/dense").json()["graphs"]["encoder"]
+    assert dense["intra_op_threads"] >= 1 and dense["lone_intra_op_threads"] is None
+
+
+def test_large_lone_calls_take_the_lone_session_with_the_same_answers(
+    graphs: dict[str, GraphSession], reference: Reference
+) -> None:
+    graph = graphs["denoise.full"]
+    if Settings(log_level="warning").ort_lone_threads() == 0:
+        pytest.skip("one usable CPU: no lone-call sessions")
+    assert graph.lone_session is not None
+    assert graph.lone_session.get_session_options().intra_op_num_threads == usable_cpus()
+    assert graph.session.get_session_options().intra_op_num_threads < usable_cpus()
+    assert graphs["dense.full"].lone_session is None  # vectors: calls too small for threads to pay
+
+    engine, _ = make_engine(batching=False, inference_concurrency=2)
+    big = batch_of(graph, 1, seed=1, height=128, width=128)  # 16 Ki values: the default lone_min_values
+    small = batch_of(graph, 1, seed=2, height=64, width=64)
+    (alone,) = asyncio.run(run_concurrently(engine, graph, [big]))
+    assert engine.lone_calls == 1
+    assert_matches_reference(reference, graph, big, alone)
+
+    engine, _ = make_engine(batching=False, inference_concurrency=2)
+    (little,) = asyncio.run(run_concurrently(engine, graph, [small]))
+    assert engine.lone_calls == 0  # below lone_min_values
+    assert_matches_reference(reference, graph, small, little)
+
+    # Two at once: the first starts alone and takes the lone session, the second starts while it runs and
+    # takes the ordinary one; both answers equal ONNX Runtime's.
+    engine, _ = make_engine(batching=False, inference_concurrency=2)
+    other = batch_of(graph, 1, seed=3, height=128, width=128)
+    first, second = asyncio.run(run_concurrently(engine, graph, [big, other]))
+    assert engine.lone_calls == 1 and engine.calls_in_flight == 0
+    assert_matches_reference(reference, graph, big, first)
+    assert_matches_reference(reference, graph, other, second)
+
+
 # -- real uvicorn -----------------------------------------------------------------------------------------------
 def copy_model(models_dir: Path, root: Path, name: str, as_name: str | None = None, **serving: Any) -> None:
     """A copy of a real model, optionally renamed, with a `serving` section in its card."""

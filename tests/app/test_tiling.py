@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 import numpy as np
 import pytest
@@ -40,6 +41,62 @@ def test_tiled_equals_untiled(height: int, width: int, tile: int) -> None:
     assert sum(calls) == plan.count and max(calls) <= 5
     if height > tile or width > tile:
         assert plan.count > 1
+
+
+@pytest.mark.parametrize("overlap_radius", [0, 3, 12, 33])
+@pytest.mark.parametrize("tile", [64, 256, 512])
+def test_tiles_are_the_fewest_and_as_small_as_that_count_allows(tile: int, overlap_radius: int) -> None:
+    """Every side from 8 to 2,400 px: the tiles cover it, each overlaps the next by at least the plan's overlap,
+    start on the 8-px grid, and their count is that of full-size tiles; a tile is only as large as that count
+    needs (a 1024-px side in 512-px tiles with 74 px of overlap: 3 tiles of 400 px, 1.37x the pixels, not 3 of
+    512, 2.25x)."""
+    ramp = 8
+    overlap = 2 * overlap_radius + ramp
+    full_step = tile - overlap - (tile - overlap) % 8
+    if full_step <= 0:
+        with pytest.raises(ValueError, match="cannot overlap"):
+            plan_tiles(tile * 2, tile * 2, tile, overlap_radius, ramp)
+        return
+    for size in range(8, 2408, 8):
+        plan = plan_tiles(size, 8, tile, overlap_radius, ramp)
+        side, starts = plan.tile_h, plan.ys
+        assert side <= min(tile, size) and side % 8 == 0 and all(y % 8 == 0 for y in starts)
+        assert starts[0] == 0 and starts[-1] + side == size and list(starts) == sorted(set(starts))
+        assert all(b - a <= side - overlap for a, b in itertools.pairwise(starts)), (size, plan)
+        fewest = 1 if size <= tile else 1 + -(-(size - tile) // full_step)
+        assert len(starts) == fewest, (size, len(starts), fewest)
+        if len(starts) > 1:  # one grid step less and the same count would not reach the edge with the overlap
+            smaller = side - 8
+            step = smaller - overlap - (smaller - overlap) % 8
+            assert step <= 0 or (len(starts) - 1) * step + smaller < size, (size, plan)
+    plan = plan_tiles(1024, 1024, 512, radius=33, ramp=8)
+    assert (plan.tile_h, plan.tile_w, plan.count) == (400, 400, 9)
+
+
+def test_the_next_tiles_start_before_the_finished_ones_are_blended() -> None:
+    image = np.random.default_rng(1).random((1, 96, 96)).astype(np.float32)
+    plan = plan_tiles(96, 96, 32, radius=3, ramp=4)
+    running, most, blending, overlapped = 0, 0, 0, 0
+
+    async def run(batch: np.ndarray) -> np.ndarray:
+        nonlocal running, most, overlapped
+        overlapped += blending > 0  # this tile runs while the previous one is blended
+        running += 1
+        most = max(most, running)
+        await asyncio.sleep(0.001)
+        running -= 1
+        return _conv_net(batch).astype(np.float32)
+
+    async def blend(func, *args):  # type: ignore[no-untyped-def]
+        nonlocal blending
+        blending += 1
+        await asyncio.sleep(0.003)
+        blending -= 1
+        return func(*args)
+
+    got = asyncio.run(run_tiled(image, run, plan, batch=1, compute=blend, in_flight=1))
+    np.testing.assert_allclose(got, _conv_net(image[None])[0], atol=1e-5)
+    assert most == 1 and overlapped == plan.count - 1  # every tile but the first
 
 
 def test_the_receptive_radius_matters() -> None:

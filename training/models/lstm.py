@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from training.baselines import PCA, mse
-from training.common import TrainConfig, batches, fit, predict, seed_everything
+from training.common import TrainConfig, anomaly_section, batches, fit, predict, seed_everything
 from training.data.timeseries import load_basic_motions
 from training.export import GraphSpec, TensorSpec
 from training.models.sequence import BiLSTMSum, Standardizer, random_crops, split_train_val, standardisation_note
@@ -221,10 +221,10 @@ def train_sequence_ae(
         sections={
             "input": sequence_section(channels, window=100, stride=50),
             "latent": {"numbers_per_step": cfg.latent, "shape": ["batch", "time", cfg.latent]},
-            "anomaly": {
-                "score": "mean squared reconstruction error in standardised units per window",
-                "threshold": float(np.quantile(scores, 0.99)),
-                "threshold_rule": "99th percentile of the validation series' scores",
-            },
+            "anomaly": anomaly_section(
+                scores,
+                "mean squared reconstruction error in standardised units per window",
+                "99th percentile of the validation series' scores",
+            ),
         },
     )

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from training.baselines import precision_recall, roc_auc
-from training.common import predict
+from training.common import anomaly_section, predict
 from training.data.mnist import stratified_split
 from training.data.timeseries import load_basic_motions
 from training.models import lstm
@@ -92,12 +92,12 @@ def train(cfg: Config, data: DataOptions) -> Trained:
         sections={
             "input": lstm.sequence_section(channels, window=cfg.window, stride=cfg.stride),
             "latent": {"numbers_per_step": cfg.latent, "shape": ["batch", "time", cfg.latent]},
-            "anomaly": {
-                "score": "mean squared reconstruction error in standardised units per window; "
-                "a longer series scores its worst window",
-                "threshold": threshold,
-                "threshold_rule": "99th percentile of the validation normals' window scores",
-                "normal_class": cfg.normal,
-            },
+            "anomaly": anomaly_section(
+                val_window_scores,
+                "mean squared reconstruction error in standardised units per window; a longer series scores its "
+                "worst window",
+                "99th percentile of the validation normals' window scores",
+                normal_class=cfg.normal,
+            ),
         },
     )

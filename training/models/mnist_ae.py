@@ -14,7 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from training.baselines import PCA, mse, per_sample_mse
-from training.common import TrainConfig, batches, fit, predict, random_affine, seed_everything
+from training.common import TrainConfig, anomaly_section, batches, fit, predict, random_affine, seed_everything
 from training.data.mnist import load_mnist
 from training.export import GraphSpec, TensorSpec
 from training.spec import DataOptions, Gate, Trained
@@ -176,7 +176,6 @@ def train_mnist_autoencoder(
     pca = PCA(latent_size).fit(pca_train.x)
     pca_mse = mse(pca.reconstruct(test.x), test.x)
     val_scores = per_sample_mse(predict(lambda t: full(t)[0], x_val), x_val)
-    threshold = float(np.quantile(val_scores, 0.99))
     metrics = {
         "test_mse_per_pixel": test_mse,
         "test_sse_per_image": test_mse * 784,
@@ -260,10 +259,10 @@ def train_mnist_autoencoder(
                 "image": {"height": 28, "width": 28, "channels": 1},
             },
             "latent": {"numbers": latent_size, "shape": list(latent.shape)},
-            "anomaly": {
-                "score": "mean squared reconstruction error per sample (pixels in [0, 1])",
-                "threshold": threshold,
-                "threshold_rule": "99th percentile of the validation set's scores",
-            },
+            "anomaly": anomaly_section(
+                val_scores,
+                "mean squared reconstruction error per sample (pixels in [0, 1])",
+                "99th percentile of the validation set's scores",
+            ),
         },
     )

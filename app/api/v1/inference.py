@@ -45,6 +45,27 @@ EXTRA_INPUT_QUERIES: dict[str, Any] = {
     ],
 }
 """The query option of each extra graph input a task may feed (`Task.extra_inputs`)."""
+TASK_OPTION_QUERIES: dict[str, Any] = {
+    "threshold": Annotated[
+        float | None,
+        Query(
+            allow_inf_nan=False,
+            description="anomaly threshold for this request, in the score's units (instead of the card's): "
+            "`anomalous = score > threshold`",
+        ),
+    ],
+    "quantile": Annotated[
+        float | None,
+        Query(
+            ge=0.0,
+            le=1.0,
+            description="anomaly threshold for this request as a quantile of the validation scores the card "
+            "records (e.g. 0.95): any quantile when the card stores their grid (models made by `training fit`), "
+            "else one of the card's named ones",
+        ),
+    ],
+}
+"""The query options of a task that are not graph inputs (`Task.options`)."""
 InvertQuery = Annotated[
     bool | None,
     Query(
@@ -141,13 +162,14 @@ async def serve_task(
     if not entry.ready:
         entry = registry.serving(name, version)  # the 503 with the reason
     entry.graph_for(task)  # 404 before the body is read when the model has no such task
-    options = InputOptions(
-        preprocess=preprocess, invert=invert, given={k: v for k, v in given.items() if v is not None}
-    )
+    chosen = {k: v for k, v in given.items() if v is not None}
+    task_options = {k: chosen.pop(k) for k in TASKS[task].options if k in chosen}
+    options = InputOptions(preprocess=preprocess, invert=invert, given=chosen)
     # Counted in (no await since the lookup): an unload waits for this request before it frees the sessions.
     entry.in_flight += 1
     try:
         batch = await read_inputs(request, entry, task, options, ctx)
+        batch.options = task_options
         fmt = choose_format(entry, task, batch, request.headers.get("accept"))
         result = await run_task(ctx.service, entry, task, batch)
         if fmt in IMAGE_FORMATS:  # encoding a PNG, JPEG or WebP takes milliseconds per megapixel: off the loop
@@ -167,9 +189,11 @@ def _note(task: str) -> str:
 def _endpoints(task: Task) -> list[Endpoint]:
     name = task.name
     options = [Param("preprocess", PreprocessQuery, "auto"), Param("invert", InvertQuery, None)]
-    query = (options if task.takes_images else []) + [
-        Param(name, EXTRA_INPUT_QUERIES[name], None) for name in task.extra_inputs
-    ]
+    query = (
+        (options if task.takes_images else [])
+        + [Param(name, EXTRA_INPUT_QUERIES[name], None) for name in task.extra_inputs]
+        + [Param(name, TASK_OPTION_QUERIES[name], None) for name in task.options]
+    )
     openapi = {"openapi_extra": openapi_for(name), "responses": responses_for(name), "response_model": None}
     return [
         Endpoint(

@@ -121,13 +121,26 @@ async def get_model_version(
     return describe(entry, registry, pinned=True)
 
 
+def _threads(entry: ModelEntry, role: str) -> dict[str, int | None]:
+    """The intra-op threads the graph's sessions were opened with (as ONNX Runtime reports them)."""
+    graph = entry.graphs.get(role)
+    if graph is None:
+        return {}
+    lone = graph.lone_session
+    return {
+        "intra_op_threads": graph.session.get_session_options().intra_op_num_threads,
+        "lone_intra_op_threads": lone.get_session_options().intra_op_num_threads if lone is not None else None,
+    }
+
+
 def describe(entry: ModelEntry, registry: ModelRegistry, pinned: bool) -> ModelDetail:
     """The detail of one version of a model."""
     card = entry.card
     graphs: dict[str, GraphInfo] = {}
     if card is not None:
         graphs = {
-            role: GraphInfo(**g.model_dump(include=set(GraphInfo.model_fields))) for role, g in card.graphs.items()
+            role: GraphInfo(**g.model_dump(include=set(GraphInfo.model_fields)), **_threads(entry, role))
+            for role, g in card.graphs.items()
         }
     return ModelDetail(
         **summarize(entry, registry, pinned),
