@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -126,6 +127,14 @@ def test_wine_csv_fits_publishes_and_serves_in_raw_units(tmp_path, wine, wine_cs
         np.testing.assert_allclose(scored["scores"], scores, rtol=1e-5, atol=1e-6)
         assert scored["threshold"] == anomaly["threshold"]
         assert scored["anomalous"] == [bool(s > anomaly["threshold"]) for s in scores]
+        # The request may pick another quantile of the validation scores, or give its own threshold.
+        grid = anomaly["validation_score_quantiles"]
+        assert len(grid) == 1001 and grid == sorted(grid) and grid[990] == pytest.approx(anomaly["threshold"], 1e-6)
+        lax = client.post("/v1/models/wine/score?quantile=0.5", json={"inputs": rows.tolist()}).json()
+        assert lax["threshold"] == anomaly["validation_quantiles"]["0.5"] and lax["threshold_source"] == "quantile"
+        assert lax["anomalous"] == [bool(s > lax["threshold"]) for s in scores]
+        mine = client.post("/v1/models/wine/score?threshold=0", json={"inputs": rows.tolist()}).json()
+        assert mine["threshold"] == 0 and all(mine["anomalous"]) and mine["threshold_rule"] == "given by the request"
         outside = client.post("/v1/models/wine/score", json={"inputs": far.tolist()})
         assert outside.status_code == 200 and all(outside.json()["anomalous"])
         # A table's rows have no image form: an image upload is refused with the reason.
@@ -476,6 +485,58 @@ def test_bad_images_are_refused_and_nothing_is_written(tmp_path, digits_folder, 
     refused(["--data", str(empty), "--kind", "images"], "no IDX image files")
 
 
+def _aligned(z: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """`z` with each component's sign matched to `reference` (PCA components are defined up to sign)."""
+    return z * np.where((z * reference).sum(axis=0) < 0, -1.0, 1.0)
+
+
+def _pca(train: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Numpy's own PCA of the rows of `train`: the K components (rows) and the centre."""
+    flat = train.reshape(len(train), -1).astype(np.float64)
+    centre = flat.mean(axis=0)
+    return np.linalg.svd(flat - centre, full_matrices=False)[2][:k], centre
+
+
+def test_pca_if_better_exports_pca_for_images_and_serves_it(tmp_path, digits_folder, capsys):
+    """One epoch: the network is far from PCA-8 on the validation digits, so PCA-8 is exported as a linear image
+    autoencoder with the network's graphs; ONNX Runtime and the service reproduce numpy's PCA of the training digits
+    (reconstructions clipped to the pixels' [0, 1])."""
+    folder, pixels = digits_folder
+    models = tmp_path / "models"
+    args = ["fit", "--data", str(folder), "--name", "digits-pca", "--publish", str(models), "--pca-if-better"]
+    assert main([*args, "--epochs", "1", "--progress", "none"]) == 0
+    out = capsys.readouterr().out
+    assert "does NOT beat PCA-8" in out and "exported: PCA-8 (--pca-if-better" in out
+    folder_v1 = models / "digits-pca" / "1"
+    card = json.loads((folder_v1 / CARD_FILE).read_text())
+    m = card["metrics"]
+    assert card["kind"] == "fit-pca-images" and m["exported"] == "pca" and m["exported_rule"].startswith("--pca-if")
+    assert m["test_mse_per_pixel"] == m["pca"]["test_mse_per_pixel"] < m["autoencoder"]["test_mse_per_pixel"]
+    assert card["input"]["image"] == {"height": 8, "width": 8, "channels": 1} and card["latent"]["numbers"] == 8
+    # The fit reads the files in path order (one folder per digit); its split is the seeded permutation.
+    order = [int(p.stem) for p in sorted(folder.rglob("*.png"))]
+    x = (pixels[order] / 255.0).astype(np.float32)[:, None]
+    train = x[np.sort(np.random.default_rng(0).permutation(len(x))[:1257])]
+    v, centre = _pca(train, 8)
+    sample = x[:20]
+    z_ref = (sample.reshape(20, -1) - centre) @ v.T
+    recon_ref = np.clip(z_ref @ v + centre, 0.0, 1.0).reshape(sample.shape)
+    z = session(folder_v1, "encoder").run(None, {"x": sample})[0]
+    recon, scores = session(folder_v1, "full").run(None, {"x": sample})
+    decoded = session(folder_v1, "decoder").run(None, {"z": z})[0]
+    np.testing.assert_allclose(_aligned(z, z_ref), z_ref, atol=1e-4)
+    np.testing.assert_allclose(recon, recon_ref, atol=1e-4)
+    np.testing.assert_allclose(decoded, recon_ref, atol=1e-4)
+    np.testing.assert_allclose(scores, ((recon_ref - sample) ** 2).mean(axis=(1, 2, 3)), atol=1e-6)
+    with serve(models) as client:
+        encoded = client.post("/v1/models/digits-pca/encode", json={"inputs": sample.tolist()})
+        assert encoded.status_code == 200, encoded.text
+        np.testing.assert_allclose(encoded.json()["latent"], z, rtol=1e-5, atol=1e-5)
+        answer = client.post("/v1/models/digits-pca/reconstruct", json={"inputs": sample.tolist()}).json()
+        np.testing.assert_allclose(answer["reconstruction"], recon, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(answer["scores"], scores, rtol=1e-5, atol=1e-7)
+
+
 # -- series -----------------------------------------------------------------------------------------------------------
 def sktime_file(relative: str) -> Path:
     from training.data.timeseries import sktime_data_path
@@ -497,7 +558,7 @@ def test_ts_series_autoencoder_scores_longer_series_in_windows(tmp_path, capsys)
     card = json.loads((folder / CARD_FILE).read_text())
     assert card["kind"] == "fit-lstm" and card["input"]["layout"] == "sequence"
     assert card["input"]["sequence"] == {
-        "channels": 1, "channel_names": ["dim_0"], "window": 24, "stride": 12, "min_length": 24,
+        "channels": 1, "channel_names": ["dim_0"], "window": 24, "stride": 12, "min_length": 24, "step_seconds": None,
     }  # fmt: skip
     assert card["latent"]["numbers"] == 3 and card["anomaly"]["threshold"] > 0
     m = card["metrics"]
@@ -574,6 +635,8 @@ def test_single_series_forecaster_serves_predict(tmp_path, capsys):
 
 
 def test_bad_series_are_refused_and_nothing_is_written(tmp_path, capsys):
+    from training.fit.series import read_ts
+
     out = tmp_path / "runs"
 
     def refused(args: list[str], *expected: str) -> None:
@@ -589,9 +652,12 @@ def test_bad_series_are_refused_and_nothing_is_written(tmp_path, capsys):
     missing[first + 4] = "?," + missing[first + 4].split(",", 1)[1]
     (tmp_path / "gap.ts").write_text("\n".join(missing))
     refused(["--data", str(tmp_path / "gap.ts")], f"gap.ts:{first + 5}: channel 0 has missing values ('?')")
+    filled = read_ts(tmp_path / "gap.ts", impute=True)  # --impute linear: a first value takes the nearest one
+    assert filled.series[4][0, 0] == filled.series[4][1, 0] and filled.imputed == {"dim_0": 1}
     ts = str(sktime_file("ItalyPowerDemand/ItalyPowerDemand_TRAIN.ts"))
     refused(["--data", ts, "--window", "30"], "have fewer than the 30 steps", "--window")
-    refused(["--data", ts, "--impute", "mean"], "--impute applies to vectors")
+    refused(["--data", ts, "--impute", "mean"], "--impute mean: series are imputed along time only", "--impute linear")
+    refused(["--data", ts, "--forecast", "1", "--pca-if-better"], "a forecaster (--forecast) is measured against")
     refused(["--data", ts, "--latent", "24"], "--latent 24: the code must be smaller than a window's 24 values")
     few = list(lines[:first]) + list(lines[first : first + 5])
     (tmp_path / "few.ts").write_text("\n".join(few))
@@ -600,6 +666,176 @@ def test_bad_series_are_refused_and_nothing_is_written(tmp_path, capsys):
     write_csv(flat, ["id", "a", "b"], [[f"s{i // 20}", str(i), "3"] for i in range(800)])
     refused(["--data", str(flat), "--id-column", "id"], "channel(s) ['b'] are constant over the training steps")
     refused(["--data", str(flat), "--id-column", "nope"], "--id-column 'nope': no such column")
+
+
+def test_pca_if_better_exports_pca_for_series_of_any_length(tmp_path, capsys):
+    """ItalyPowerDemand, one epoch: PCA-3 of the flattened standardised 24-step windows is exported as a linear
+    sequence autoencoder with the LSTM's graphs; on a window it is numpy's PCA, on a longer series every step is
+    the average of the PCA reconstructions of the 24-step windows (stride 1) holding it."""
+    from training.fit.series import read_ts
+
+    data = sktime_file("ItalyPowerDemand/ItalyPowerDemand_TRAIN.ts")
+    models = tmp_path / "models"
+    args = ["fit", "--data", str(data), "--name", "power-pca", "--publish", str(models), "--pca-if-better"]
+    assert main([*args, "--epochs", "1", "--progress", "none"]) == 0
+    out = capsys.readouterr().out
+    assert "exported: PCA-3 (--pca-if-better" in out
+    folder = models / "power-pca" / "1"
+    card = json.loads((folder / CARD_FILE).read_text())
+    m = card["metrics"]
+    assert card["kind"] == "fit-pca-series" and m["exported"] == "pca"
+    assert m["test_mse_standardized"] == m["pca"]["test_mse_standardized"]
+    assert m["pca"]["val_mse_standardized"] <= m["autoencoder"]["val_mse_standardized"]
+    assert card["input"]["sequence"]["window"] == 24 and card["input"]["sequence"]["min_length"] == 24
+    series = np.stack(read_ts(data).series)  # [67, 24, 1]; a window is a whole series here
+    train = series[np.sort(np.random.default_rng(0).permutation(len(series))[:47])].astype(np.float64)
+    mean, std = train.reshape(-1, 1).mean(axis=0), train.reshape(-1, 1).std(axis=0)
+    v, centre = _pca((train - mean) / std, 3)
+
+    def reference(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Codes averaged over the 24-step windows, and each step's reconstruction averaged over its windows."""
+        s = (x - mean) / std
+        total, count, codes = np.zeros_like(s), np.zeros(x.shape[1]), []
+        for start in range(x.shape[1] - 23):
+            code = (s[:, start : start + 24].reshape(len(x), -1) - centre) @ v.T
+            total[:, start : start + 24] += (code @ v + centre).reshape(len(x), 24, -1)
+            count[start : start + 24] += 1
+            codes.append(code)
+        return np.mean(codes, axis=0), (total / count[None, :, None]) * std + mean
+
+    sample = series[:6]
+    longer = np.concatenate([series[:3], series[3:6]], axis=1)  # two days in a row: [3, 48, 1]
+    full, encoder = session(folder, "full"), session(folder, "encoder")
+    for x in (sample, longer):
+        z_ref, recon_ref = reference(x)
+        z = encoder.run(None, {"x": x})[0]
+        recon, scores = full.run(None, {"x": x})
+        np.testing.assert_allclose(_aligned(z, z_ref), z_ref, atol=1e-4)
+        np.testing.assert_allclose(recon, recon_ref, atol=1e-4)
+        np.testing.assert_allclose(scores, (((recon_ref - x) / std) ** 2).mean(axis=(1, 2)), atol=1e-5)
+    z = encoder.run(None, {"x": sample})[0]
+    np.testing.assert_allclose(session(folder, "decoder").run(None, {"z": z})[0], reference(sample)[1], atol=1e-4)
+    with serve(models) as client:
+        for x in (sample, longer):
+            encoded = client.post("/v1/models/power-pca/encode", json={"inputs": x.tolist()})
+            assert encoded.status_code == 200, encoded.text
+            np.testing.assert_allclose(encoded.json()["latent"], encoder.run(None, {"x": x})[0], rtol=1e-5, atol=1e-5)
+            answer = client.post("/v1/models/power-pca/reconstruct", json={"inputs": x.tolist()}).json()
+            np.testing.assert_allclose(answer["reconstruction"], full.run(None, {"x": x})[0], rtol=1e-5, atol=1e-5)
+        scored = client.post("/v1/models/power-pca/score", json={"inputs": longer.tolist()}).json()
+        windows = np.concatenate([longer[:, s : s + 24] for s in (0, 12, 24)])
+        per_window = full.run(None, {"x": windows})[1].reshape(3, 3)
+        np.testing.assert_allclose(scored["scores"], per_window.max(axis=0), rtol=1e-4, atol=1e-6)
+
+
+def _solar_rows() -> tuple[list[str], list[list[str]]]:
+    """sktime's solar generation: 289 half-hourly steps with ISO 8601 timestamps (UTC offsets)."""
+    with open(sktime_file("solar/solar.csv"), newline="") as fh:
+        rows = list(csv.reader(fh))
+    return rows[0], rows[1:]
+
+
+def test_time_column_orders_rows_records_the_step_and_impute_linear_fills_gaps(tmp_path, capsys):
+    from training.fit.series import read_series
+
+    header, rows = _solar_rows()
+    values = np.array([float(r[1]) for r in rows], dtype=np.float32)
+    gaps = [r[:] for r in rows]
+    for i in (0, 150, 151, 240):  # the first step (an end: the nearest value) and three inside
+        gaps[i][1] = ""
+    shuffled = [gaps[i] for i in np.random.default_rng(0).permutation(len(gaps))]
+    data = write_csv(tmp_path / "solar.csv", header, shuffled)
+    read = {"id_column": None, "columns": None, "ignore_columns": None, "header": "auto", "delimiter": None}
+    got = read_series(data, **read, time_column="datetime_gmt", impute=True)
+    expected = values.copy()
+    expected[0] = values[1]
+    expected[150:152] = values[149] + (values[152] - values[149]) * np.array([1, 2]) / 3
+    expected[240] = (values[239] + values[241]) / 2
+    np.testing.assert_allclose(got.series[0][:, 0], expected, rtol=1e-6, atol=1e-6)
+    assert got.channels == ["solar_gen"] and got.imputed == {"solar_gen": 4} and got.step_seconds == 1800
+    assert got.time == {
+        "column": "datetime_gmt", "holds": "timestamps", "step_seconds": 1800.0,
+        "first": "2021-05-01T00:00:00+00:00", "last": "2021-05-07T00:00:00+00:00",
+    }  # fmt: skip
+    # Numbers are seconds (here Unix time): the same order and step.
+    unix = [[f"{datetime.fromisoformat(r[0]).timestamp():.0f}", r[1]] for r in shuffled]
+    numeric = read_series(write_csv(tmp_path / "unix.csv", ["t", "gen"], unix), **read, time_column="t", impute=True)
+    np.testing.assert_allclose(numeric.series[0], got.series[0])
+    assert numeric.step_seconds == 1800 and numeric.time["holds"] == "numbers"
+    # A folder of CSV files, one series each: every file ordered by its own times, one step for all.
+    folder = tmp_path / "days"
+    folder.mkdir()
+    write_csv(folder / "a.csv", header, gaps[:150][::-1])
+    write_csv(folder / "b.csv", header, gaps[150:][::-1])
+    files = read_series(folder, **read, time_column="datetime_gmt", impute=True)
+    assert files.names == ["a.csv", "b.csv"] and files.step_seconds == 1800
+    within = expected[150:].copy()
+    within[:2] = values[152]  # b.csv starts with the two gaps: its first known value fills them
+    np.testing.assert_allclose(files.series[1][:, 0], within, rtol=1e-6, atol=1e-6)
+    # The whole command: a forecaster whose card says how far apart the steps are.
+    models = tmp_path / "models"
+    args = ["fit", "--data", str(data), "--name", "solar", "--time-column", "datetime_gmt", "--impute", "linear"]
+    assert main([*args, "--forecast", "1", "--publish", str(models), "--epochs", "2", "--progress", "none"]) == 0
+    assert "interpolated missing values along time (--impute linear): solar_gen (4)" in capsys.readouterr().err
+    card = json.loads((models / "solar" / "1" / CARD_FILE).read_text())
+    assert card["forecast"]["step_seconds"] == 1800 and card["input"]["sequence"]["step_seconds"] == 1800
+    assert card["input"]["sequence"]["channel_names"] == ["solar_gen"] and card["data"]["time"]["step_seconds"] == 1800
+    assert card["preprocessing"]["imputed"] == {"rule": "linear", "channels": {"solar_gen": 4}}
+    with serve(models) as client:
+        info = client.post("/v1/models/solar/predict", json={"inputs": [values[:30, None].tolist()]})
+        assert info.status_code == 200, info.text
+
+
+def test_bad_times_and_missing_series_values_are_refused_and_nothing_is_written(tmp_path, capsys):
+    out = tmp_path / "runs"
+
+    def refused(args: list[str], *expected: str) -> None:
+        assert main(["fit", *args, "--name", "s", "--out", str(out), "--progress", "none"]) == 2
+        err = capsys.readouterr().err
+        for text in expected:
+            assert text in err, err
+        assert not out.exists()
+
+    header, rows = _solar_rows()
+    time = ["--time-column", "datetime_gmt"]
+    refused(
+        ["--data", str(sktime_file("Airline/Airline.csv")), "--time-column", "Date"],
+        "the steps between rows are irregular: 4 distinct step sizes 31 days (x 83), 30 days (x 48), 28 days (x 9)",
+        "ends at line 4",
+    )
+    gap = write_csv(tmp_path / "gap.csv", header, rows[:100] + rows[101:])
+    refused(["--data", str(gap), *time], "2 distinct step sizes 30 min (x 286), 1 h (x 1)", "ends at line 102")
+    twice = write_csv(tmp_path / "twice.csv", header, [*rows[:50], rows[20], *rows[50:]])
+    refused(["--data", str(twice), *time], "series 'twice.csv': lines 22 and 52 have the same time")
+    bad = [r[:] for r in rows]
+    bad[7][0] = "yesterday"
+    refused(["--data", str(write_csv(tmp_path / "t.csv", header, bad)), *time], "line 9, --time-column 'datetime_gmt'")
+    refused(["--data", str(gap), "--time-column", "nope"], "--time-column 'nope': no such column")
+    ts = str(sktime_file("ItalyPowerDemand/ItalyPowerDemand_TRAIN.ts"))
+    refused(["--data", ts, *time], "--time-column, --columns and --ignore-columns apply to CSV/TSV series")
+    refused(["--data", str(gap), "--kind", "vectors", *time], "--time-column applies to series (CSV/TSV), not vectors")
+    # Missing values: refused naming the file, line and column unless --impute linear; never mean/median.
+    holes = [r[:] for r in rows]
+    holes[30][1] = "NA"
+    holes[31][1] = ""
+    with_holes = write_csv(tmp_path / "holes.csv", header, holes)
+    refused(
+        ["--data", str(with_holes), *time],
+        "holes.csv: 2 missing value(s) (empty, NA or NaN cells), first at line 32, column 'solar_gen' (1)",
+        "Series are not imputed unless asked",
+        "--impute linear",
+    )
+    refused(["--data", str(with_holes), *time, "--impute", "median"], "--impute median: series are imputed along time")
+    refused(["--data", str(with_holes), "--impute", "linear"], "--impute linear applies to series", "--kind series")
+    long = [[f"m{i % 3}", *r] for i, r in enumerate(rows)]
+    for r in long:
+        if r[0] == "m1":
+            r[2] = ""
+    empty = write_csv(tmp_path / "machines.csv", ["machine", *header], long)
+    refused(
+        ["--data", str(empty), "--id-column", "machine", *time, "--impute", "linear"],
+        "series 'm1', channel 'solar_gen': every one of its 96 values is missing",
+    )
 
 
 # -- several processes, large files -----------------------------------------------------------------------------------

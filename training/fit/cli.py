@@ -23,13 +23,16 @@ examples:
   python -m training fit --data wine.csv --name wine --publish models
   # choose columns, impute missing values with the training median, a 4-number code
   python -m training fit --data sensors.csv --name sensors --columns temp,rpm,3,4 --impute median --latent 4
-  # a .npy array [rows, columns]; export PCA instead when the network does not beat it
+  # a .npy array [rows, columns]; export PCA instead when the network does not beat it (any kind of data)
   python -m training fit --data x.npy --name x --pca-if-better --out runs/fit
+  python -m training fit --data photos/ --name thumbs-pca --size 32 --pca-if-better
   # a folder of PNG/JPEG images, 32x32 colour, convolutional
   python -m training fit --data photos/ --name thumbs --size 32 --channels 3 --arch conv
   # series: one CSV per series, or a long table with an id column, or sktime's .ts; a forecaster with --forecast
   python -m training fit --data power.ts --name power --window 24 --stride 4
   python -m training fit --data readings.csv --id-column machine --name machines --forecast 1
+  # series rows ordered by a timestamp column (regular steps; the step is recorded), gaps interpolated in time
+  python -m training fit --data solar.csv --time-column datetime_gmt --impute linear --name solar --forecast 1
   # two processes (DDP, gloo on CPU): only rank 0 writes
   torchrun --nproc-per-node 2 -m training fit --data wine.csv --name wine --out runs/ddp
 
@@ -119,20 +122,16 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--delimiter", help="CSV/TSV cell separator (default: ',' for .csv, tab for .tsv)")
     v.add_argument(
         "--impute",
-        choices=("mean", "median"),
-        help="fill missing cells (empty, NA, NaN) with the training rows' column mean or median; without it, "
-        "missing values are an error",
+        choices=("mean", "median", "linear"),
+        help="fill missing cells (empty, NA, NaN; '?' in .ts) instead of refusing them: vectors take mean or median "
+        "(the training rows' column mean or median, e.g. --impute median); series take linear (interpolation along "
+        "time within each series, the ends filled with the nearest value, e.g. --impute linear); without it, "
+        "missing values are an error naming the file, line and column",
     )
     v.add_argument(
         "--drop-constant",
         action="store_true",
         help="drop columns constant over the training rows (with a warning) instead of refusing them",
-    )
-    v.add_argument(
-        "--pca-if-better",
-        action="store_true",
-        help="export PCA (as a linear autoencoder with the same graphs) when it is not worse than the network on "
-        "the validation split (which decides, so the test numbers stay honest)",
     )
 
     i = p.add_argument_group("images (a folder of PNG/JPEG, or MNIST IDX files)")
@@ -157,6 +156,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="COLUMN",
         help="a long table: rows with the same value in COLUMN form one series, in file order; the other numeric "
         "columns (or --columns) are the channels",
+    )
+    s.add_argument(
+        "--time-column",
+        metavar="COLUMN",
+        help="CSV/TSV series: a time column, numbers (read as seconds, e.g. Unix time) or ISO 8601 dates/times "
+        "(without a UTC offset: UTC), e.g. --time-column timestamp; it orders the rows of each series and is not a "
+        "channel; the steps must be regular (irregular ones are refused, listing the step sizes found) and the step "
+        "is recorded in the card (input.sequence.step_seconds, forecast.step_seconds)",
     )
     s.add_argument(
         "--window",
@@ -193,11 +200,21 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate (default 2e-3; halved on plateaus)")
     t.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay (default 1e-4)")
     t.add_argument(
+        "--pca-if-better",
+        action="store_true",
+        help="any kind: export PCA (as a linear autoencoder with the same graphs, inputs and score) when it is not "
+        "worse than the network on the validation split (which decides, so the test numbers stay honest); images: "
+        "PCA of the pixels, reconstructions clipped to [0, 1]; series: PCA of the flattened standardised windows, "
+        "a longer series averaging its windows (e.g. --pca-if-better --epochs 50); the card's metrics.exported "
+        "says which was exported",
+    )
+    t.add_argument(
         "--quantile",
         type=float,
         default=0.99,
         help="anomaly threshold: this quantile of the validation samples' scores (default 0.99); the card also "
-        "records the 0.5/0.9/0.95/0.99/0.999 quantiles",
+        "records the 0.5/0.9/0.95/0.99/0.999 quantiles and a grid of 1,001, so a request may pick another "
+        "(score?quantile=0.95 or ?threshold=)",
     )
     t.add_argument(
         "--threads",
@@ -227,8 +244,7 @@ def _fit(opts: FitOptions, progress: Progress, world: distributed.World) -> Fitt
     from training.fit.sources import infer_kind
 
     kind = infer_kind(opts)
-    if opts.pca_if_better and kind != "vectors":
-        raise ValueError("--pca-if-better applies to vectors only")
+    opts.check_kind(kind)
     progress.note(f"{opts.name}: fitting {kind} from {opts.data}")
     if kind == "vectors":
         from training.fit.vectors import fit_vectors

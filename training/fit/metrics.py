@@ -9,9 +9,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from training.common import anomaly_section
+
 BATCH = 4096
-# Quantiles of the validation scores recorded in the card, so a client can pick another threshold.
-CARD_QUANTILES = (0.5, 0.9, 0.95, 0.99, 0.999)
 
 
 @dataclass(frozen=True)
@@ -42,12 +42,5 @@ def errors(model: nn.Module, x: np.ndarray) -> Errors:
 
 def threshold_section(val_scores: np.ndarray, quantile: float, score_text: str, unit: str) -> dict:
     """The card's `anomaly` section: the threshold at `quantile` of the validation scores, and their quantiles."""
-    threshold = float(np.quantile(val_scores, quantile))
-    return {
-        "score": score_text,
-        "threshold": threshold,
-        "threshold_rule": f"{quantile:g} quantile of the {len(val_scores)} validation {unit}' scores",
-        "quantile": quantile,
-        "validation_quantiles": {f"{q:g}": float(np.quantile(val_scores, q)) for q in CARD_QUANTILES},
-        "validation_samples": len(val_scores),
-    }
+    rule = f"{quantile:g} quantile of the {len(val_scores)} validation {unit}' scores"
+    return anomaly_section(val_scores, score_text, rule, quantile)

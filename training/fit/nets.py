@@ -4,6 +4,8 @@ Vectors are standardised per column inside the graphs (training rows' mean and s
 `decode` and `reconstruct` give raw units back. Images are pixels in [0, 1] in and out. Every autoencoder's
 `forward` returns the reconstruction and each sample's score, the mean squared error over its values (in
 standardised units for vectors): the `full` graph the service's `reconstruct` and `score` tasks run.
+PCA, the baseline every fit measures, is also built here as a linear autoencoder with the same interface for each
+kind (`linear_vectors`, `linear_images`, `SeriesPca`), so `--pca-if-better` can export it.
 """
 
 from __future__ import annotations
@@ -59,11 +61,9 @@ def dense_vectors(mean: np.ndarray, std: np.ndarray, hidden: int, latent: int) -
     return Autoencoder(encoder, decoder, std_of(norm))
 
 
-def linear_vectors(mean: np.ndarray, std: np.ndarray, components: np.ndarray, centre: np.ndarray) -> Autoencoder:
-    """PCA as an autoencoder with the same interface: z = V (s(x) - c), x' = s^-1(V^T z + c), where s standardises,
-    V holds the K components (rows) and c is the standardised training mean."""
+def _pca_layers(components: np.ndarray, centre: np.ndarray) -> tuple[nn.Linear, nn.Linear]:
+    """z = V (x - c) and x' = V^T z + c as two linear layers (V: the K components as rows, c: the centre)."""
     k, d = components.shape
-    norm = Standardizer(mean, std)
     project, expand = nn.Linear(d, k), nn.Linear(k, d)
     v = torch.as_tensor(components, dtype=torch.float32)
     c = torch.as_tensor(centre, dtype=torch.float32)
@@ -72,7 +72,25 @@ def linear_vectors(mean: np.ndarray, std: np.ndarray, components: np.ndarray, ce
         project.bias.copy_(-(v @ c))
         expand.weight.copy_(v.T)
         expand.bias.copy_(c)
+    return project, expand
+
+
+def linear_vectors(mean: np.ndarray, std: np.ndarray, components: np.ndarray, centre: np.ndarray) -> Autoencoder:
+    """PCA as an autoencoder with the same interface: z = V (s(x) - c), x' = s^-1(V^T z + c), where s standardises,
+    V holds the K components (rows) and c is the standardised training mean."""
+    norm = Standardizer(mean, std)
+    project, expand = _pca_layers(components, centre)
     return Autoencoder(nn.Sequential(norm, project), nn.Sequential(expand, Destandardize(norm)), std_of(norm))
+
+
+def linear_images(channels: int, size: int, components: np.ndarray, centre: np.ndarray) -> Autoencoder:
+    """PCA of the flattened pixels as an image autoencoder with the networks' interface: z = V (x - c), and
+    x' = V^T z + c clipped to [0, 1] (the pixels' range, which the networks' sigmoid keeps too; clipping only
+    brings a reconstruction closer to pixels in [0, 1])."""
+    project, expand = _pca_layers(components, centre)
+    encoder = nn.Sequential(nn.Flatten(), project)
+    decoder = nn.Sequential(expand, nn.Hardtanh(0.0, 1.0), nn.Unflatten(1, (channels, size, size)))
+    return Autoencoder(encoder, decoder)
 
 
 def dense_images(channels: int, size: int, hidden: int, latent: int) -> Autoencoder:
@@ -190,3 +208,68 @@ class Forecaster(nn.Module):
         out, _ = self.lstm(z)
         summary = torch.cat([out[:, -1, : self.hidden], out[:, 0, self.hidden :]], dim=1)
         return self.norm.inverse(z[:, -1, :] + self.head(summary))
+
+
+class WindowPcaEncoder(nn.Module):
+    """Raw series [N, T, C] (T >= W) -> [N, K]: standardise, project every W-step window (stride 1) on the PCA
+    components (a convolution over time), average the windows' codes; for T = W this is the PCA code."""
+
+    def __init__(self, norm: Standardizer, project: nn.Conv1d):
+        super().__init__()
+        self.norm, self.project = norm, project
+
+    def codes(self, x: torch.Tensor) -> torch.Tensor:
+        """[N, K, T - W + 1]: the code of every window."""
+        return self.project(self.norm(x).transpose(1, 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.codes(x).mean(dim=2)
+
+
+class WindowPcaDecoder(nn.Module):
+    """Code [N, K] -> a window [N, W, C] in raw units: V^T z + c, de-standardised."""
+
+    def __init__(self, norm: Standardizer, expand: nn.Linear, steps: int, channels: int):
+        super().__init__()
+        self.norm, self.expand = norm, expand
+        self.steps, self.channels = steps, channels
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.norm.inverse(self.expand(z).unflatten(1, (self.steps, self.channels)))
+
+
+class SeriesPca(nn.Module):
+    """PCA-K of the flattened standardised W-step windows as a sequence autoencoder with `SeriesAE`'s interface.
+
+    `encoder`: [N, T, C] -> [N, K] (`WindowPcaEncoder`); `decoder`: [N, K] -> [N, W, C]; `forward`: the
+    reconstruction of a series of any length T >= W, each step the average of the PCA reconstructions of the
+    windows (stride 1) that contain it (for T = W: exactly PCA's), and its score, the mean squared error over steps
+    and channels in standardised units."""
+
+    def __init__(self, mean: np.ndarray, std: np.ndarray, components: np.ndarray, centre: np.ndarray, window: int):
+        super().__init__()
+        channels, k = len(mean), int(components.shape[0])
+        self.norm = Standardizer(mean, std)
+        # A window flattens time-major (step t, channel c at t * C + c): as convolution kernels, [K, C, W].
+        kernel = torch.as_tensor(components.reshape(k, window, channels).transpose(0, 2, 1), dtype=torch.float32)
+        c = torch.as_tensor(centre, dtype=torch.float32)
+        flat_project, expand = _pca_layers(components, centre)
+        project = nn.Conv1d(channels, k, window)
+        spread = nn.ConvTranspose1d(k + 1, channels, window, bias=False)
+        with torch.no_grad():
+            project.weight.copy_(kernel)
+            cast(torch.Tensor, project.bias).copy_(flat_project.bias)
+            # The last input channel is all ones: it adds the centre c to every window's reconstruction.
+            spread.weight.copy_(torch.cat([kernel, c.reshape(window, channels).T[None]]))
+        self.encoder = WindowPcaEncoder(self.norm, project)
+        self.decoder = WindowPcaDecoder(self.norm, expand, window, channels)
+        self.spread = spread
+        self.register_buffer("box", torch.ones(1, 1, window))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        codes = self.encoder.codes(x)
+        ones = torch.ones_like(codes[:, :1])
+        summed = self.spread(torch.cat([codes, ones], dim=1))  # [N, C, T]: every window's reconstruction, summed
+        count = nn.functional.conv_transpose1d(ones, cast(torch.Tensor, self.box))  # windows containing each step
+        r = self.norm.inverse((summed / count).transpose(1, 2))
+        return r, ((r - x) / std_of(self.norm)).pow(2).mean(dim=(1, 2))

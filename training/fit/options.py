@@ -35,7 +35,7 @@ class FitOptions:
     array: str | None = None
     header: Literal["auto", "yes", "no"] = "auto"
     delimiter: str | None = None
-    impute: Literal["mean", "median"] | None = None
+    impute: Literal["mean", "median", "linear"] | None = None
     drop_constant: bool = False
     pca_if_better: bool = False
     # Images.
@@ -44,6 +44,7 @@ class FitOptions:
     arch: Literal["dense", "conv"] = "dense"
     # Series.
     id_column: str | None = None
+    time_column: str | None = None
     window: int | None = None
     stride: int | None = None
     forecast: int | None = None
@@ -93,6 +94,31 @@ class FitOptions:
         for option, value in (("--window", self.window), ("--stride", self.stride), ("--forecast", self.forecast)):
             if value is not None and value < 1:
                 raise ValueError(f"{option} {value}: must be at least 1")
+        if self.pca_if_better and self.forecast is not None:
+            raise ValueError(
+                "--pca-if-better chooses between an autoencoder and PCA; a forecaster (--forecast) is measured "
+                "against persistence instead: leave out one of the two"
+            )
+
+    def check_kind(self, kind: Kind) -> None:
+        """ValueError naming the option when it does not apply to `kind` (once the kind is known)."""
+        if self.time_column is not None and kind != "series":
+            raise ValueError(f"--time-column applies to series (CSV/TSV), not {kind}")
+        if self.impute is None:
+            return
+        if kind == "images":
+            raise ValueError(f"--impute {self.impute}: images have no missing values to impute")
+        if kind == "series" and self.impute != "linear":
+            raise ValueError(
+                f"--impute {self.impute}: series are imputed along time only: pass --impute linear (linear "
+                "interpolation within each series, the ends filled with the nearest value); mean and median apply to "
+                "vectors"
+            )
+        if kind == "vectors" and self.impute == "linear":
+            raise ValueError(
+                "--impute linear applies to series (interpolation along time); vectors take --impute mean or median "
+                "(pass --kind series if the file holds one series)"
+            )
 
     def to_card(self) -> dict:
         """The options as JSON for the card (paths as text, the command line as it was typed)."""

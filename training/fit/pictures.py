@@ -2,7 +2,10 @@
 
 The images are split at random (seeded) into train / validation / test; the network learns the pixels' mean
 squared error and is selected on the validation images; PCA with K components is fitted on the same training
-images and measured on the same test images. The anomaly score is an image's mean squared error per pixel.
+images and measured on the same test images (its reconstructions clipped to [0, 1], the pixels' range). The
+anomaly score is an image's mean squared error per pixel.
+`--pca-if-better` exports that PCA instead (a linear autoencoder with the same graphs) when it is not worse than
+the network on the validation images.
 """
 
 from __future__ import annotations
@@ -15,19 +18,18 @@ import torch
 
 from training.data.errors import DataError
 from training.export import GraphSpec, TensorSpec
+from training.fit.choice import choice_metrics, export_line, pca_wins
 from training.fit.clean import split_rows, split_text
 from training.fit.distributed import World
 from training.fit.images import ImageSet, image_files, is_idx_images, read_idx_images, read_image_folder
 from training.fit.loop import settings_for, train_loop
 from training.fit.metrics import errors, threshold_section
-from training.fit.nets import Autoencoder, conv_images, dense_images
+from training.fit.nets import Autoencoder, conv_images, dense_images, linear_images
 from training.fit.options import FitOptions
 from training.fit.pca import fit_pca
 from training.fit.progress import Progress
 from training.fit.summary import Fitted, verdict
 from training.spec import Gate, Trained
-
-PCA_BLOCK = 4096
 
 
 def default_latent(values: int) -> int:
@@ -51,15 +53,6 @@ def _read(opts: FitOptions) -> ImageSet:
 def _sizes_text(native: Counter) -> str:
     common = ", ".join(f"{w}x{h}" + (f" ({n})" if len(native) > 1 else "") for (h, w), n in native.most_common(3))
     return common + (f" and {len(native) - 3} other sizes" if len(native) > 3 else "")
-
-
-def _pca_errors(pca, x: np.ndarray) -> np.ndarray:
-    """Per-image mean squared error of the PCA reconstruction."""
-    out = []
-    for start in range(0, len(x), PCA_BLOCK):
-        block = x[start : start + PCA_BLOCK]
-        out.append(((pca.reconstruct(block) - block) ** 2).reshape(len(block), -1).mean(axis=1))
-    return np.concatenate(out)
 
 
 def _psnr(per_image_mse: np.ndarray) -> float:
@@ -134,45 +127,60 @@ def fit_images(opts: FitOptions, progress: Progress, world: World) -> Fitted:
     )
     val, test = errors(model, x_val), errors(model, x_test)
     pca = fit_pca(x_train, k, seed=opts.seed)
-    pca_val, pca_test = _pca_errors(pca, x_val), _pca_errors(pca, x_test)
+    # Measured through the module `--pca-if-better` exports: PCA with its reconstructions clipped to [0, 1].
+    pca_model = linear_images(channels, side, pca.components, pca.centre)
+    base_val, base_test = errors(pca_model, x_val), errors(pca_model, x_test)
+    pca_val, pca_test = base_val.scores, base_test.scores
+    use_pca = pca_wins(opts.pca_if_better, base_val.mse, val.mse)
+    chosen = pca_model if use_pca else model
+    c_val, c_test = (base_val, base_test) if use_pca else (val, test)
     anomaly = threshold_section(
-        val.scores, opts.quantile, "mean squared reconstruction error per image (pixels in [0, 1])", "images"
+        c_val.scores, opts.quantile, "mean squared reconstruction error per image (pixels in [0, 1])", "images"
     )
-    test_above = float((test.scores > anomaly["threshold"]).mean())
+    test_above = float((c_test.scores > anomaly["threshold"]).mean())
     anomaly["test_fraction_above_threshold"] = test_above
     pca_name = f"PCA-{k}"
     split = (
         f"{len(x_train)} train / {len(x_val)} validation / {len(x_test)} test images "
         f"({split_text(opts.split)}, random, seed {opts.seed})"
     )
+    pca_test_mse = float(pca_test.mean())
     metrics: dict[str, Any] = {
-        "test_mse_per_pixel": test.mse,
-        "val_mse_per_pixel": val.mse,
-        "test_psnr_db": _psnr(test.scores),
-        "baselines": {f"pca_{k}_mse_per_pixel": float(pca_test.mean())},
-        "ratio_to_pca": test.mse / max(float(pca_test.mean()), 1e-300),
+        "test_mse_per_pixel": c_test.mse,
+        "val_mse_per_pixel": c_val.mse,
+        "test_psnr_db": _psnr(c_test.scores),
+        "baselines": {f"pca_{k}_mse_per_pixel": pca_test_mse},
+        "ratio_to_pca": c_test.mse / max(pca_test_mse, 1e-300),
+        "autoencoder": {
+            "architecture": arch,
+            "test_mse_per_pixel": test.mse,
+            "val_mse_per_pixel": val.mse,
+            "test_psnr_db": _psnr(test.scores),
+        },
         "pca": {
             "components": k,
             "explained_variance": pca.explained_variance,
             "val_mse_per_pixel": float(pca_val.mean()),
-            "test_mse_per_pixel": float(pca_test.mean()),
+            "test_mse_per_pixel": pca_test_mse,
             "test_psnr_db": _psnr(pca_test),
         },
         "autoencoder_beats_pca": {
-            "test": bool(test.mse < pca_test.mean()),
+            "test": bool(test.mse < pca_test_mse),
             "validation": bool(val.mse < pca_val.mean()),
         },
+        **choice_metrics(opts.pca_if_better, use_pca),
         "test_images": len(x_test),
     }
     colour = "RGB" if channels == 3 else "gray (BT.601 luma, alpha over black)"
+    network = f"{'Convolutional' if opts.arch == 'conv' else 'Dense'} image autoencoder ({arch})"
+    what = f"{pca_name} as a linear autoencoder (pixels -> {k} -> pixels clipped to [0, 1])" if use_pca else network
     trained = Trained(
-        kind=f"fit-{opts.arch}-images",
-        description=f"{'Convolutional' if opts.arch == 'conv' else 'Dense'} image autoencoder ({arch}) fitted on "
-        f"{opts.data.name}: {side}x{side} {'colour' if channels == 3 else 'gray'} images",
+        kind="fit-pca-images" if use_pca else f"fit-{opts.arch}-images",
+        description=f"{what} fitted on {opts.data.name}: {side}x{side} {'colour' if channels == 3 else 'gray'} images",
         tasks=["encode", "decode", "reconstruct", "score"],
-        graphs=_graphs(model, channels, side, k, x_test),
+        graphs=_graphs(chosen, channels, side, k, x_test),
         metrics=metrics,
-        gates=[Gate(f"test MSE <= {pca_name}", test.mse, float(pca_test.mean()))],
+        gates=[Gate(f"test MSE <= {pca_name}", c_test.mse, pca_test_mse)],
         data={
             "source": str(opts.data),
             "format": fmt,
@@ -198,12 +206,16 @@ def fit_images(opts: FitOptions, progress: Progress, world: World) -> Fitted:
     )
     summary = [
         f"data: {n} images -> {channels}x{side}x{side}; {split}",
-        f"autoencoder ({arch}): test MSE {test.mse:.4g} per pixel, PSNR {metrics['test_psnr_db']:.2f} dB "
-        f"(validation {val.mse:.4g})",
-        f"{pca_name} ({pca.explained_variance:.1%} of the variance): test MSE {pca_test.mean():.4g} per pixel, PSNR "
-        f"{metrics['pca']['test_psnr_db']:.2f} dB (validation {pca_val.mean():.4g})",
-        verdict("autoencoder", test.mse, pca_name, float(pca_test.mean())),
-        f"anomaly threshold {anomaly['threshold']:.4g} ({anomaly['threshold_rule']}); "
-        f"{test_above:.1%} of the test images are above it",
+        f"autoencoder ({arch}): test MSE {test.mse:.4g} per pixel, PSNR {metrics['autoencoder']['test_psnr_db']:.2f} "
+        f"dB (validation {val.mse:.4g})",
+        f"{pca_name} ({pca.explained_variance:.1%} of the variance, clipped to [0, 1]): test MSE {pca_test_mse:.4g} "
+        f"per pixel, PSNR {metrics['pca']['test_psnr_db']:.2f} dB (validation {pca_val.mean():.4g})",
+        verdict("autoencoder", test.mse, pca_name, pca_test_mse),
     ]
+    line = export_line(opts.pca_if_better, use_pca, pca_name, test.mse < pca_test_mse)
+    summary.extend([line] if line else [])
+    summary.append(
+        f"anomaly threshold {anomaly['threshold']:.4g} ({anomaly['threshold_rule']}); "
+        f"{test_above:.1%} of the test images are above it"
+    )
     return Fitted(trained, summary, {"batch_size": settings.batch_size})

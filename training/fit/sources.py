@@ -1,8 +1,8 @@
 """Which kind of data a path holds, when `--kind` is not given.
 
 - a folder of PNG/JPEG files, an IDX image file or a folder of them: images;
-- a `.ts` file, a folder of CSV/TSV files (one series per file), or any data with `--id-column`, `--forecast` or
-  `--window`: series;
+- a `.ts` file, a folder of CSV/TSV files (one series per file), or any data with `--id-column`, `--time-column`,
+  `--forecast` or `--window`: series;
 - a `.npy`, `.npz`, `.csv` or `.tsv` file: vectors.
 """
 
@@ -20,7 +20,7 @@ def infer_kind(opts: FitOptions) -> Kind:
     """`opts.kind`, or the kind the data's path holds (see the module docstring)."""
     if opts.kind is not None:
         return opts.kind
-    if opts.id_column is not None or opts.forecast is not None or opts.window is not None:
+    if any(o is not None for o in (opts.id_column, opts.time_column, opts.forecast, opts.window)):
         return "series"
     path = opts.data
     if path.is_dir():

@@ -45,6 +45,8 @@ class Table:
     source_columns: list[int] | None = None
     # The text of the `key` column of each row (`read_text(key=...)`), e.g. a series id.
     keys: list[str] | None = None
+    # The text of the `time` column of each row (`read_text(time=...)`), e.g. a timestamp.
+    times: list[str] | None = None
 
     @property
     def rows(self) -> int:
@@ -109,6 +111,7 @@ def read_table(
     header: str = "auto",
     delimiter: str | None = None,
     key: str | None = None,
+    time: str | None = None,
 ) -> Table:
     """Read the vectors of `path` by its suffix (see the module docstring)."""
     suffix = suffix_of(path)
@@ -116,13 +119,15 @@ def read_table(
         raise DataError(f"{path}: not a regular file")
     if key is not None and suffix in (".npy", ".npz"):
         raise DataError(f"{path}: --id-column needs a CSV/TSV file (a column of ids)")
+    if time is not None and suffix in (".npy", ".npz"):
+        raise DataError(f"{path}: --time-column needs a CSV/TSV file (a column of times)")
     if suffix == ".npy":
         return _read_npy(path, columns, ignore_columns)
     if suffix == ".npz":
         return _read_npz(path, array, columns, ignore_columns)
     if suffix in (".csv", ".tsv", ".csv.gz", ".tsv.gz"):
         sep = delimiter if delimiter is not None else ("\t" if suffix.startswith(".tsv") else ",")
-        return read_text(path, sep, header, columns, ignore_columns, key)
+        return read_text(path, sep, header, columns, ignore_columns, key, time)
     raise DataError(f"{path}: vectors are read from {', '.join(VECTOR_SUFFIXES)} files, not {suffix or 'this file'}")
 
 
@@ -220,10 +225,11 @@ def read_text(
     columns: Sequence[str] | None,
     ignored: Sequence[str] | None,
     key: str | None = None,
+    time: str | None = None,
 ) -> Table:
     """A delimited text file, read in blocks of about `BLOCK_CELLS` cells. The first line is a header when `header`
-    is "yes", or for "auto" when none of its cells is a number. `key`: a column kept as text (`Table.keys`, e.g. a
-    series id) and left out of the values."""
+    is "yes", or for "auto" when none of its cells is a number. `key` and `time`: columns kept as text
+    (`Table.keys`, e.g. a series id; `Table.times`, e.g. a timestamp) and left out of the values."""
     try:
         with _open_text(path) as fh:
             reader = csv.reader(fh, delimiter=delimiter)
@@ -242,8 +248,13 @@ def read_text(
                 dupes = sorted({n for n in names if names.count(n) > 1})
                 raise DataError(f"{path}: the header names {dupes} more than once")
             key_index = column_index(names, key, "--id-column", path) if key is not None else None
-            keep = select_columns(names, columns, ignored, path, () if key_index is None else (key_index,))
+            time_index = column_index(names, time, "--time-column", path) if time is not None else None
+            if key_index is not None and key_index == time_index:
+                raise DataError(f"{path}: --id-column and --time-column name the same column {names[key_index]!r}")
+            text_columns = tuple(i for i in (key_index, time_index) if i is not None)
+            keep = select_columns(names, columns, ignored, path, text_columns)
             keys: list[str] | None = [] if key_index is not None else None
+            times: list[str] | None = [] if time_index is not None else None
             block_rows = max(16, min(BLOCK_ROWS, BLOCK_CELLS // max(1, len(keep))))
             blocks: list[np.ndarray] = []
             lines: list[np.ndarray] = []
@@ -265,6 +276,8 @@ def read_text(
                 numbers.append(line)
                 if keys is not None and key_index is not None:
                     keys.append(row[key_index].strip())
+                if times is not None and time_index is not None:
+                    times.append(row[time_index].strip())
                 if len(cells) == block_rows:
                     flush()
             if cells:
@@ -280,7 +293,7 @@ def read_text(
     values = blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
     blocks.clear()
     fmt = "tsv" if delimiter == "\t" else "csv" if delimiter == "," else f"text (delimiter {delimiter!r})"
-    return Table(values, [names[i] for i in keep], path, fmt, np.concatenate(lines), keep, keys)
+    return Table(values, [names[i] for i in keep], path, fmt, np.concatenate(lines), keep, keys, times)
 
 
 def _convert(path: Path, cells: list[list[str]], lines: list[int], keep: list[int], names: list[str]) -> np.ndarray:

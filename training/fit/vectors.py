@@ -18,6 +18,7 @@ import torch
 
 from training.data.errors import DataError
 from training.export import GraphSpec, TensorSpec
+from training.fit.choice import choice_metrics, export_line, pca_wins
 from training.fit.clean import Vectors, column_stats, prepare_vectors, split_text
 from training.fit.distributed import World
 from training.fit.loop import settings_for, train_loop
@@ -153,7 +154,7 @@ def fit_vectors(opts: FitOptions, progress: Progress, world: World) -> Fitted:
     pca_model = linear_vectors(mean, std32, pca.components, pca.centre)
     base = _measure(pca_model, data)
 
-    use_pca = opts.pca_if_better and base["val"].mse <= ae["val"].mse
+    use_pca = pca_wins(opts.pca_if_better, base["val"].mse, ae["val"].mse)
     chosen, chosen_errors = (pca_model, base) if use_pca else (model, ae)
     anomaly = threshold_section(
         chosen_errors["val"].scores,
@@ -169,7 +170,6 @@ def fit_vectors(opts: FitOptions, progress: Progress, world: World) -> Fitted:
     pca_name = f"PCA-{k}"
     beats_test = ae_n["test_mse_standardized"] < pca_n["test_mse_standardized"]
     beats_val = ae_n["val_mse_standardized"] < pca_n["val_mse_standardized"]
-    exported = "pca" if use_pca else "autoencoder"
     chosen_n = pca_n if use_pca else ae_n
     arch = f"{d}-{hidden}-{k}-{hidden}-{d}"
     n_train, n_val, n_test = len(data.train), len(data.val), len(data.test)
@@ -182,10 +182,7 @@ def fit_vectors(opts: FitOptions, progress: Progress, world: World) -> Fitted:
         "autoencoder": {"architecture": arch, **ae_n},
         "pca": {"components": k, "explained_variance": pca.explained_variance, **pca_n},
         "autoencoder_beats_pca": {"test": beats_test, "validation": beats_val},
-        "exported": exported,
-        "exported_rule": "--pca-if-better: PCA when its validation MSE is not above the autoencoder's"
-        if opts.pca_if_better
-        else "the autoencoder (without --pca-if-better)",
+        **choice_metrics(opts.pca_if_better, use_pca),
         "test_rows": n_test,
     }
     columns = data.columns
@@ -248,14 +245,8 @@ def fit_vectors(opts: FitOptions, progress: Progress, world: World) -> Fitted:
         f"standardised, {pca_n['test_mse_raw_units']:.4g} raw units (validation {pca_n['val_mse_standardized']:.4g})",
         verdict("autoencoder", ae_n["test_mse_standardized"], pca_name, pca_n["test_mse_standardized"]),
     ]
-    if opts.pca_if_better:
-        summary.append(
-            f"exported: {pca_name} (--pca-if-better: not worse on the validation split)"
-            if use_pca
-            else "exported: the autoencoder (--pca-if-better: it is better on the validation split, which decides)"
-        )
-    elif not beats_test:
-        summary.append(f"exported: the autoencoder anyway; pass --pca-if-better to export {pca_name} instead")
+    line = export_line(opts.pca_if_better, use_pca, pca_name, beats_test)
+    summary.extend([line] if line else [])
     summary.append(
         f"anomaly threshold {anomaly['threshold']:.4g} ({anomaly['threshold_rule']}); "
         f"{test_above:.1%} of the test rows are above it"
