@@ -158,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--height", type=int, default=3000)
     p.add_argument("--concurrent", type=int, default=8)
     p.add_argument("--threads", type=int, default=2, help="bare ONNX Runtime's intra-op threads")
+    p.add_argument("--env", default="", help="server settings, space-separated NAME=value (e.g. AE_TILE_SIZE=1024)")
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
     pixels = args.width * args.height
@@ -168,7 +169,9 @@ def main(argv: list[str] | None = None) -> int:
         f"# `{args.model}`: a {args.width} x {args.height} ({mp:.1f} MP) colour photograph, sigma 25",
         "",
         f"`python -m bench.photo_serving --models {args.models} --model {args.model} --width {args.width} "
-        f"--height {args.height} --concurrent {args.concurrent}`; {os.cpu_count()} CPUs; PNG body "
+        f"--height {args.height} --concurrent {args.concurrent}"
+        + (f' --env "{args.env}"' if args.env else "")
+        + f"`; {os.cpu_count()} CPUs; PNG body "
         f"{len(png) / MIB:.1f} MiB.",
         "",
     ]
@@ -181,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         "AE_MAX_BODY_BYTES": str(max(96 * MIB, pixels * 12 + MIB)),
         "AE_MAX_REQUEST_VALUES": str(max(4 * MIB, pixels * 3)),
         "AE_REQUEST_MEMORY_BUDGET_BYTES": str(max(512 * MIB, pixels * 12 * 2 + 64 * MIB)),
+        **dict(item.split("=", 1) for item in args.env.split()),
     }
     server = start_ours("photo", "python -m app", work, 1, env, timeout=300)
     rows: list[str] = []
@@ -232,34 +236,35 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(more), flush=True)
         rows += more
         # -- 3. concurrent uploads, retrying on 503
-        peak.reset()
-        results: list[Upload] = [Upload() for _ in range(args.concurrent)]
+        if args.concurrent >= 1:
+            peak.reset()
+            results: list[Upload] = [Upload() for _ in range(args.concurrent)]
 
-        def worker(i: int) -> None:
-            results[i] = post(url, png, {"content-type": "image/png"}, True)
+            def worker(i: int) -> None:
+                results[i] = post(url, png, {"content-type": "image/png"}, True)
 
-        started = time.monotonic()
-        threads = [threading.Thread(target=worker, args=(i,)) for i in range(args.concurrent)]
-        for t in threads:
-            t.start()
-        sampled = 0
-        while any(t.is_alive() for t in threads):
-            sampled = max(sampled, peak.read()[0])
-            time.sleep(0.5)
-        wall = time.monotonic() - started
-        _, hwm = peak.read()
-        budgets = int(env["AE_REQUEST_MEMORY_BUDGET_BYTES"]) + 2 * 1024 * MIB  # + image and inference defaults
-        statuses = sorted({r.status for r in results})
-        more = [
-            f"| {args.concurrent} uploads at once (clients retry after `Retry-After`): statuses | {statuses}, "
-            f"{sum(r.refusals for r in results)} answers 503 on the way |",
-            f"| ... wall time for all, slowest, fastest | {wall:.0f} s, {max(r.seconds for r in results):.0f} s, "
-            f"{min(r.seconds for r in results):.0f} s |",
-            f"| ... server peak RSS | {hwm / MIB:,.0f} MiB (idle {idle / MIB:,.0f} + budgets {budgets / MIB:,.0f} = "
-            f"{(idle + budgets) / MIB:,.0f} MiB ceiling) |",
-        ]
-        print("\n".join(more), flush=True)
-        rows += more
+            started = time.monotonic()
+            threads = [threading.Thread(target=worker, args=(i,)) for i in range(args.concurrent)]
+            for t in threads:
+                t.start()
+            sampled = 0
+            while any(t.is_alive() for t in threads):
+                sampled = max(sampled, peak.read()[0])
+                time.sleep(0.5)
+            wall = time.monotonic() - started
+            _, hwm = peak.read()
+            budgets = int(env["AE_REQUEST_MEMORY_BUDGET_BYTES"]) + 2 * 1024 * MIB  # + image and inference defaults
+            statuses = sorted({r.status for r in results})
+            more = [
+                f"| {args.concurrent} uploads at once (clients retry after `Retry-After`): statuses | {statuses}, "
+                f"{sum(r.refusals for r in results)} answers 503 on the way |",
+                f"| ... wall time for all, slowest, fastest | {wall:.0f} s, {max(r.seconds for r in results):.0f} s, "
+                f"{min(r.seconds for r in results):.0f} s |",
+                f"| ... server peak RSS | {hwm / MIB:,.0f} MiB (idle {idle / MIB:,.0f} + budgets "
+                f"{budgets / MIB:,.0f} = {(idle + budgets) / MIB:,.0f} MiB ceiling) |",
+            ]
+            print("\n".join(more), flush=True)
+            rows += more
     finally:
         server.stop()
     report = "\n".join([*lines, *rows, ""])
