@@ -275,6 +275,13 @@ class Settings(_TaskDefaults, BaseSettings):  # type: ignore[misc, valid-type]
     model graph: 4 Mi float32 values are 16 MiB (e.g. 4096 MNIST rows fit; 256 same-size 1-megapixel uploads do
     not). 413 beyond, before the request is queued."""
 
+    tile_tolerance: float = Field(default=1e-4, ge=0.0, le=1e-2)
+    """How far a tiled image may differ from the untiled one (pixels in [0, 1]): tiles overlap by the radius beyond
+    which the whole rest of an image moves an output pixel by at most this much, measured when a model loads on
+    random images (the worst of several; `GET /v1/models/{name}` shows it). 0: by the exact receptive radius, the
+    farthest any pixel has any effect (the photograph denoiser: 29 px against 14 at 1e-4; overlap is repeated work,
+    so a 12 MP photograph in 512-px tiles then costs ~1.3x its pixels instead of ~1.2x)."""
+
     tile_size: int = Field(default=512, ge=0)
     """Fully convolutional image models (the denoisers) run images larger than this many pixels squared in
     overlapping tiles of this side (a multiple of 8; at least twice the overlap the model's receptive radius

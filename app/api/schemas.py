@@ -165,6 +165,14 @@ class GraphInfo(BaseModel):
         description="intra-op threads of its lone-call session, which a large call running alone in its process "
         "takes (AE_LONE_INTRA_OP_THREADS); null: it has none",
     )
+    receptive_radius: int | None = Field(
+        default=None, description="fully convolutional image graphs: the farthest (px) a pixel has any effect"
+    )
+    tile_radius: int | None = Field(
+        default=None,
+        description="what large images' tiles overlap by on each side (px): the radius beyond which the rest of the "
+        "image moves an output pixel by at most AE_TILE_TOLERANCE",
+    )
 
 
 class ProvidersInfo(BaseModel):

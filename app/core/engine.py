@@ -85,7 +85,10 @@ class GraphSession:
     (`app.core.registry.measure_working_memory`); what a request reserves from the inference memory budget."""
     receptive_radius: int | None = None
     """Fully convolutional image graphs: how far (pixels) an input pixel reaches in the output, measured at load
-    (`app.core.registry.measure_receptive_radius`); what large images are tiled with. None: not tileable."""
+    (`app.core.registry.measure_receptive_radius`). None: not tileable."""
+    tile_radius: int | None = None
+    """What tiles overlap by (plus a margin): the radius beyond which the rest of the image moves an output pixel by
+    at most `tile_tolerance` (`app.core.registry.measure_tile_radius`); at most `receptive_radius`."""
     version: int = 1
     """The model version the graph belongs to (`app.core.versions`): versions never share a queue or a batch."""
     generation: int = 0

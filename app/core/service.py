@@ -18,7 +18,8 @@ from app.settings import Settings
 T = TypeVar("T")
 
 RADIUS_MARGIN = 4
-"""Pixels added to a graph's measured receptive radius when tiling (a safety margin on the measurement)."""
+"""Pixels added to a graph's exact receptive radius when tiling with `tile_tolerance` 0 (a margin on that
+measurement). A tile radius measured against a tolerance needs none: the measurement is the guarantee."""
 TILE_ALIGN = 8
 """Tiles start on multiples of this (the 2x2 pixel-unshuffle and 2x pooling of our networks compute on a grid)."""
 TILE_RAMP = 8
@@ -51,11 +52,17 @@ class InferenceService:
         """The side of the tiles of `graph`: `AE_TILE_SIZE`, made at least twice the overlap its receptive radius
         needs (so that half of every tile is new pixels), on the 8-px grid; 0 when it does not tile."""
         tile = self._settings.tile_size
-        if not tile or graph.receptive_radius is None:
+        if not tile or graph.tile_radius is None:
             return 0
-        overlap = 2 * (graph.receptive_radius + RADIUS_MARGIN) + TILE_RAMP
+        overlap = 2 * self._radius(graph) + TILE_RAMP
         least = -(-2 * overlap // TILE_ALIGN) * TILE_ALIGN
         return max(-(-tile // TILE_ALIGN) * TILE_ALIGN, least)
+
+    def _radius(self, graph: GraphSession) -> int:
+        """How far beyond a tile's interior edge its pixels are not used (`tile_radius`, plus the margin in exact
+        mode)."""
+        assert graph.tile_radius is not None
+        return graph.tile_radius + (RADIUS_MARGIN if self._settings.tile_tolerance <= 0 else 0)
 
     def tiles(self, graph: GraphSession, height: int, width: int) -> bool:
         """Whether an image of this size runs in tiles: larger than one tile, on a graph whose receptive radius
@@ -74,10 +81,10 @@ class InferenceService:
         """`output` of `graph` on one image [C, H, W] in overlapping tiles, `extra(n)` feeding the other inputs
         of a call of n tiles; each call has its own value limit (`max_request_values`), inference memory and
         deadline."""
-        assert graph.receptive_radius is not None
+        assert graph.tile_radius is not None
         _, height, width = image.shape
         tile = self.tile_side(graph)
-        radius = graph.receptive_radius + RADIUS_MARGIN
+        radius = self._radius(graph)
         padded_h, padded_w = (-(-side // TILE_ALIGN) * TILE_ALIGN for side in (height, width))
         plan = plan_tiles(padded_h, padded_w, tile, radius, TILE_RAMP, TILE_ALIGN)
         # One tile per call (tiles are large: a 512-px RGB tile is 768 Ki values, above the batcher's merge limit

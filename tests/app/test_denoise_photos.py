@@ -45,6 +45,18 @@ def test_the_receptive_radius_is_measured_at_load(tiled: TestClient) -> None:
     graphs = {e.name: e.graphs["full"] for e in tiled.app.state.context.registry.entries()}  # type: ignore[attr-defined]
     assert graphs["photoish"].receptive_radius == 1  # a 3x3 box: exactly one pixel
     assert graphs["denoise"].receptive_radius is not None and 4 <= graphs["denoise"].receptive_radius <= 40
+    # Tiles overlap by the radius beyond which the rest of the image moves a pixel by at most AE_TILE_TOLERANCE.
+    assert graphs["photoish"].tile_radius == 1  # a box filter's weights are all far above 1e-4
+    assert 0 < graphs["denoise"].tile_radius <= graphs["denoise"].receptive_radius
+    detail = tiled.get("/v1/models/denoise").json()["graphs"]["full"]
+    assert detail["receptive_radius"] == graphs["denoise"].receptive_radius
+    assert detail["tile_radius"] == graphs["denoise"].tile_radius
+
+
+def test_tile_tolerance_zero_tiles_by_the_exact_radius(models: Path) -> None:
+    with make_client(models_dir=models, tile_size=64, tile_tolerance=0) as client:
+        graph = client.app.state.context.registry.get("denoise").graphs["full"]  # type: ignore[attr-defined]
+        assert graph.tile_radius == graph.receptive_radius
 
 
 @pytest.mark.parametrize(("model", "shape"), [("denoise", (1, 1, 200, 264)), ("photoish", (1, 3, 136, 200))])
@@ -61,8 +73,8 @@ def test_a_large_image_in_tiles_equals_the_untiled_result(
         assert answer.status_code == 200, answer.text
     got, want = (load_npy(a.content) for a in answers)
     assert got.shape == want.shape == shape
-    np.testing.assert_allclose(got, want, atol=1e-3)
-    assert np.abs(got - want).max() < 1e-5  # the measured figure; the bound is 1e-3
+    np.testing.assert_allclose(got, want, atol=1e-3)  # the bound
+    assert np.abs(got - want).max() <= 1e-4  # AE_TILE_TOLERANCE, measured on random images like this one
 
 
 def test_sigma_given_is_fed_and_reported(tiled: TestClient, models: Path) -> None:

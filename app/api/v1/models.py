@@ -121,8 +121,9 @@ async def get_model_version(
     return describe(entry, registry, pinned=True)
 
 
-def _threads(entry: ModelEntry, role: str) -> dict[str, int | None]:
-    """The intra-op threads the graph's sessions were opened with (as ONNX Runtime reports them)."""
+def _runtime(entry: ModelEntry, role: str) -> dict[str, int | None]:
+    """The intra-op threads the graph's sessions were opened with (as ONNX Runtime reports them), and the radii
+    measured at load."""
     graph = entry.graphs.get(role)
     if graph is None:
         return {}
@@ -130,6 +131,8 @@ def _threads(entry: ModelEntry, role: str) -> dict[str, int | None]:
     return {
         "intra_op_threads": graph.session.get_session_options().intra_op_num_threads,
         "lone_intra_op_threads": lone.get_session_options().intra_op_num_threads if lone is not None else None,
+        "receptive_radius": graph.receptive_radius,
+        "tile_radius": graph.tile_radius,
     }
 
 
@@ -139,7 +142,7 @@ def describe(entry: ModelEntry, registry: ModelRegistry, pinned: bool) -> ModelD
     graphs: dict[str, GraphInfo] = {}
     if card is not None:
         graphs = {
-            role: GraphInfo(**g.model_dump(include=set(GraphInfo.model_fields)), **_threads(entry, role))
+            role: GraphInfo(**g.model_dump(include=set(GraphInfo.model_fields)), **_runtime(entry, role))
             for role, g in card.graphs.items()
         }
     return ModelDetail(
