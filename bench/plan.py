@@ -6,7 +6,10 @@ Variants (each is a server, or a route on one):
 - `no-batching`: the same service with `AE_BATCHING=0`, 1 worker;
 - `2-workers`: the same service with 2 uvicorn workers;
 - `mlserver`: Seldon MLServer (default settings) with `bench/mlserver_runtime.py` on the same ONNX file;
-- `mlserver-batching`: the same with MLServer's adaptive batching on (our batch size and delay).
+- `mlserver-batching`: the same with MLServer's adaptive batching on (our batch size and delay);
+- `tutorial`: the FastAPI + pydantic + ONNX Runtime app of the blog posts (`bench/peers/tutorial_app.py`);
+- `bentoml`: a minimal BentoML 1.4 service (`bench/peers/bentoml_service.py`), `bentoml serve`, 1 worker;
+- `echo`: the external ceiling, a bare ASGI echo under uvicorn (`bench/peers/echo.py`), outside the service.
 Every server runs for the whole benchmark (idle ones cost no CPU), so variants interleave cell by cell.
 """
 
@@ -26,11 +29,33 @@ NO_BATCHING = "no-batching"
 TWO_WORKERS = "2-workers"
 MLSERVER = "mlserver"
 MLSERVER_BATCHING = "mlserver-batching"
-VARIANTS = (OURS, NOOP_RAW, NOOP_PARSE, NO_BATCHING, TWO_WORKERS, MLSERVER, MLSERVER_BATCHING)
+TUTORIAL = "tutorial"
+BENTOML = "bentoml"
+ECHO = "echo"
+VARIANTS = (OURS, NOOP_RAW, NOOP_PARSE, ECHO, NO_BATCHING, TWO_WORKERS, MLSERVER, MLSERVER_BATCHING, TUTORIAL,
+            BENTOML)  # fmt: skip
 SERVER_OF = {OURS: OURS, NOOP_RAW: OURS, NOOP_PARSE: OURS, NO_BATCHING: NO_BATCHING, TWO_WORKERS: TWO_WORKERS,
-             MLSERVER: MLSERVER, MLSERVER_BATCHING: MLSERVER_BATCHING}  # fmt: skip
-PATH_OF = {NOOP_RAW: "/bench/noop-raw", NOOP_PARSE: "/bench/noop-parse"}
+             MLSERVER: MLSERVER, MLSERVER_BATCHING: MLSERVER_BATCHING, TUTORIAL: TUTORIAL, BENTOML: BENTOML,
+             ECHO: ECHO}  # fmt: skip
+OWN_SERVERS = (OURS, NO_BATCHING, TWO_WORKERS)
+"""Servers of the service itself (with its metrics: in-flight gauge, batch sizes); the others are peers."""
+PEERS = (MLSERVER, MLSERVER_BATCHING, TUTORIAL, BENTOML)
+"""The other model servers, compared with `ours` case by case (ours / peer)."""
+PATH_OF = {NOOP_RAW: "/bench/noop-raw", NOOP_PARSE: "/bench/noop-parse", ECHO: "/echo"}
+ENCODE_PATH_OF = {TUTORIAL: "/encode", BENTOML: "/encode"}
+"""Where a peer takes the `/v1/encode` JSON body `{"inputs": [[...]]}` (the V2 cases keep their path)."""
 TWO_WORKER_CASES = ("encode-json-1", "v2-json-1", "encode-npy-64", "denoise-png-28")
+JSON_ENCODE_CASES = ("encode-json-1", "encode-json-64")
+V2_JSON_CASES = ("v2-json-1", "v2-json-64")
+PEER_CASES = {TUTORIAL: JSON_ENCODE_CASES + V2_JSON_CASES, BENTOML: JSON_ENCODE_CASES}
+"""The cases the tutorial app and BentoML serve: the /v1 JSON encode body (and V2 JSON for the tutorial)."""
+
+
+def path_of(variant: str, case: Case) -> str:
+    """The route `variant` takes `case`'s body on."""
+    if variant in ENCODE_PATH_OF and case.name in JSON_ENCODE_CASES:
+        return ENCODE_PATH_OF[variant]
+    return PATH_OF.get(variant, case.path)
 
 
 def applies(variant: str, case: Case, concurrency: int, levels: tuple[int, ...]) -> bool:
@@ -39,7 +64,7 @@ def applies(variant: str, case: Case, concurrency: int, levels: tuple[int, ...])
     top = max(levels)
     if variant == OURS:
         return True
-    if variant in (NOOP_RAW, NOOP_PARSE):
+    if variant in (NOOP_RAW, NOOP_PARSE, ECHO):
         return case.ceilings and (case.name == "encode-json-1" or concurrency == top)
     if variant == NO_BATCHING:
         return case.rows == 1 and (case.name == "encode-json-1" or concurrency >= min(8, top))
@@ -49,6 +74,8 @@ def applies(variant: str, case: Case, concurrency: int, levels: tuple[int, ...])
         return case.peer
     if variant == MLSERVER_BATCHING:  # batching only matters with concurrent requests
         return case.peer and concurrency >= min(8, top)
+    if variant in PEER_CASES:  # the 1-row cases at every level (the comparison), 64 rows at the top only
+        return case.name in PEER_CASES[variant] and (case.rows == 1 or concurrency == top)
     raise ValueError(variant)
 
 

@@ -1,6 +1,8 @@
-"""`python -m bench [--quick]`: the benchmark of issue 6, start to finish (see bench/README.md).
+"""`python -m bench [--quick]`: the benchmark of issues 6 and 19, start to finish (see bench/README.md).
 
-Starts the servers (ours three ways, MLServer), checks every request once, warms up, then runs the matrix of
+Starts the servers (ours three ways; the peers MLServer, the tutorial FastAPI app and BentoML, each in its own
+virtualenv; the external echo ceiling), checks every request once (and the peers' answers against in-process
+ONNX Runtime), warms up, then runs the matrix of
 cases x concurrency x variants with wrk for several rounds, the variants of a cell back to back and their order
 reversed every other round (the machine drifts), measures the bare runtime at the batch sizes the server
 formed, drives the service to N requests for the memory figure, and writes the Markdown report.
@@ -13,8 +15,10 @@ import os
 import platform
 import shlex
 import shutil
+import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,19 +30,42 @@ from bench import report
 from bench.cases import Case, build_cases
 from bench.load import BareRuntime, graph_counters, mean_between, run_wrk, wait_idle, wrk_path, wrk_version
 from bench.plan import (
+    BENTOML,
+    ECHO,
+    JSON_ENCODE_CASES,
     MLSERVER,
     MLSERVER_BATCHING,
     NO_BATCHING,
     OURS,
-    PATH_OF,
+    OWN_SERVERS,
+    PEER_CASES,
+    PEERS,
     SERVER_OF,
+    TUTORIAL,
     TWO_WORKERS,
     VARIANTS,
     Cell,
     Results,
     applies,
+    path_of,
 )
-from bench.servers import BENCH, REPO, Server, http, mlserver_venv, mlserver_version, start_mlserver, start_ours
+from bench.servers import (
+    BENCH,
+    BENTOML_REQUIREMENTS,
+    REPO,
+    TUTORIAL_REQUIREMENTS,
+    Server,
+    http,
+    mlserver_venv,
+    mlserver_version,
+    package_versions,
+    peer_venv,
+    start_bentoml,
+    start_echo,
+    start_mlserver,
+    start_ours,
+    start_tutorial,
+)
 
 
 @dataclass
@@ -77,8 +104,9 @@ class Run:
 
 
 def parse_args(argv: list[str] | None) -> Config:
-    p = argparse.ArgumentParser(prog="python -m bench", description="Benchmark the service (issue 6).")
-    p.add_argument("--quick", action="store_true", help="1 round of 1 s cells, 20,000 requests for memory (~3 min)")
+    about = "Benchmark the service against its ceilings and peers (issues 6 and 19; see bench/README.md)."
+    p = argparse.ArgumentParser(prog="python -m bench", description=about)
+    p.add_argument("--quick", action="store_true", help="1 round of 1 s cells, 20,000 requests for memory (~5 min)")
     p.add_argument("--duration", type=float, help="seconds per wrk run (default 4; quick 1)")
     p.add_argument("--rounds", type=int, help="rounds over the whole matrix (default 2; quick 1)")
     p.add_argument("--concurrency", default="1,8,32", help="comma list of connection counts (default 1,8,32)")
@@ -187,16 +215,14 @@ def service_defaults() -> dict[str, str]:
     return values
 
 
-def start_servers(run: Run, run_dir: Path, cases: list[Case]) -> None:
-    """Each server in turn (start-up times measured on an otherwise idle benchmark)."""
-    wanted = {SERVER_OF[v] for v in run.config.variants}
+def start_own(run: Run, run_dir: Path, wanted: set[str]) -> None:
+    """Ours (always: the reference every other variant is compared with), then its other configurations."""
     from app.settings import Settings
 
-    has_batching = "batching" in Settings.model_fields
-    log("starting ours (1 worker)")  # always: the reference every other variant is compared with
+    log("starting ours (1 worker)")
     run.servers[OURS] = start_ours(OURS, "python -m app --workers 1 (production settings)", run_dir, 1, {})
     if NO_BATCHING in wanted:
-        if not has_batching:
+        if "batching" not in Settings.model_fields:
             run.skipped[NO_BATCHING] = "this build of the service has no `batching` setting (AE_BATCHING)"
         else:
             log("starting ours with AE_BATCHING=0")
@@ -205,10 +231,21 @@ def start_servers(run: Run, run_dir: Path, cases: list[Case]) -> None:
     if TWO_WORKERS in wanted:
         log("starting ours with 2 workers")
         run.servers[TWO_WORKERS] = start_ours(TWO_WORKERS, "python -m app --workers 2", run_dir, 2, {})
-    peer_cases = [c for c in cases if c.peer]
-    peers = [v for v in (MLSERVER, MLSERVER_BATCHING) if v in wanted]
-    if not peers or not peer_cases:
-        return
+
+
+def encoder_file(models_dir: Path) -> tuple[Path, str]:
+    """The dense encoder every peer serves: (ONNX file, model version)."""
+    card = orjson.loads((models_dir / "dense" / "card.json").read_bytes())
+    return models_dir / "dense" / card["graphs"]["encoder"]["file"], str(card["version"])
+
+
+def peer_threads() -> int:
+    """The ORT intra-op thread count our service resolves with 1 worker: what every peer's session gets."""
+    return int(service_defaults().get("intra_op_threads (resolved, 1 worker)", "1"))
+
+
+def start_mlservers(run: Run, run_dir: Path, peers: list[str]) -> None:
+    """MLServer (default settings) and MLServer with adaptive batching, from `bench/.venv-mlserver`."""
     try:
         python = mlserver_venv(BENCH / ".venv-mlserver")
     except Exception as exc:  # the peer is optional: report why it is missing, measure the rest
@@ -216,10 +253,9 @@ def start_servers(run: Run, run_dir: Path, cases: list[Case]) -> None:
             run.skipped[name] = f"MLServer could not be installed: {str(exc)[:400]}"
         return
     run.versions["mlserver (its venv: mlserver, onnxruntime)"] = mlserver_version(python)
-    card = orjson.loads((run.config.models_dir / "dense" / "card.json").read_bytes())
-    model_file = run.config.models_dir / "dense" / card["graphs"]["encoder"]["file"]
+    model_file, version = encoder_file(run.config.models_dir)
     defaults = service_defaults()
-    threads = int(defaults.get("intra_op_threads (resolved, 1 worker)", "1"))
+    threads = peer_threads()
     # The peer batches like ours: the same maximum batch and delay, except that MLServer's adaptive batching
     # needs a positive delay to merge anything (ours merges what queues while ONNX Runtime is busy): 1 ms then.
     delay_ms = float(defaults.get("batch_max_delay_ms", "1")) or 1.0
@@ -227,7 +263,7 @@ def start_servers(run: Run, run_dir: Path, cases: list[Case]) -> None:
     for name in peers:
         try:
             log(f"starting {name}")
-            server = start_mlserver(python, run_dir, "dense.encoder", model_file, card["version"], threads, name,
+            server = start_mlserver(python, run_dir, "dense.encoder", model_file, version, threads, name,
                                     batching if name == MLSERVER_BATCHING else None)  # fmt: skip
             server.description += f"; parallel_workers=1 (its default), ORT intra-op threads {threads}, no spinning"
             run.servers[name] = server
@@ -236,14 +272,98 @@ def start_servers(run: Run, run_dir: Path, cases: list[Case]) -> None:
             log(run.skipped[name])
 
 
+@dataclass(frozen=True)
+class VenvPeer:
+    """A peer that runs from its own virtualenv (`bench/<venv>`, created from `requirements` on first use)."""
+
+    venv: str
+    requirements: Path
+    packages: tuple[str, ...]
+    """Whose versions the report states."""
+    start: Callable[[Path, Path, Path, int], Server]
+    """(its python, run folder, ONNX file, ORT intra-op threads) -> the running server."""
+
+
+VENV_PEERS = {
+    TUTORIAL: VenvPeer(".venv-tutorial", TUTORIAL_REQUIREMENTS,
+                       ("fastapi", "pydantic", "uvicorn", "httptools", "uvloop", "onnxruntime"), start_tutorial),
+    BENTOML: VenvPeer(".venv-bentoml", BENTOML_REQUIREMENTS,
+                      ("bentoml", "uvicorn", "httptools", "uvloop", "onnxruntime"), start_bentoml),
+}  # fmt: skip
+
+
+def start_venv_peer(run: Run, run_dir: Path, name: str) -> None:
+    """The tutorial app or BentoML, each from its own virtualenv (created on first use); skipped if it fails."""
+    peer = VENV_PEERS[name]
+    try:
+        python = peer_venv(BENCH / peer.venv, peer.requirements)
+    except Exception as exc:
+        run.skipped[name] = f"{name} could not be installed: {str(exc)[:400]}"
+        return
+    run.versions[f"{name} (its venv)"] = package_versions(python, peer.packages)
+    try:
+        log(f"starting {name}")
+        run.servers[name] = peer.start(python, run_dir, encoder_file(run.config.models_dir)[0], peer_threads())
+    except Exception as exc:
+        run.skipped[name] = f"{name} did not start: {str(exc)[:400]}"
+        log(run.skipped[name])
+
+
+def start_servers(run: Run, run_dir: Path, cases: list[Case]) -> None:
+    """Each server in turn (start-up times measured on an otherwise idle benchmark)."""
+    wanted = {SERVER_OF[v] for v in run.config.variants}
+    start_own(run, run_dir, wanted)
+    if ECHO in wanted and any(c.ceilings for c in cases):
+        log("starting the echo ceiling")
+        try:
+            run.servers[ECHO] = start_echo(run_dir)
+        except Exception as exc:
+            run.skipped[ECHO] = f"the echo did not start: {str(exc)[:400]}"
+    mlservers = [v for v in (MLSERVER, MLSERVER_BATCHING) if v in wanted]
+    if mlservers and any(c.peer for c in cases):
+        start_mlservers(run, run_dir, mlservers)
+    for name in VENV_PEERS:
+        if name in wanted and any(c.name in PEER_CASES[name] for c in cases):
+            start_venv_peer(run, run_dir, name)
+
+
 def url_for(run: Run, variant: str, case: Case) -> str:
-    return run.servers[SERVER_OF[variant]].base_url + PATH_OF.get(variant, case.path)
+    return run.servers[SERVER_OF[variant]].base_url + path_of(variant, case)
+
+
+CHECKED_CASES = ("encode-json-1", "v2-json-1")
+"""The 1-row answers compared with in-process ONNX Runtime, for ours and every peer."""
+TOLERANCE = 1e-5
+
+
+def answer_latent(case: Case, body: bytes) -> np.ndarray:
+    """The latent in an answer: `{"latent": [[...]]}` (/v1 encode, the tutorial app, BentoML) or V2 JSON."""
+    doc = orjson.loads(body)
+    data = doc["latent"] if case.name in JSON_ENCODE_CASES else doc["outputs"][0]["data"]
+    return np.asarray(data, dtype=np.float32).ravel()
+
+
+def compare_latents(run: Run, case: Case, answers: dict[str, bytes], reference: BareRuntime) -> None:
+    """Each variant's answer to `case` against in-process ONNX Runtime on the same rows (within 1e-5)."""
+    session = reference.session(case.model, case.graph)
+    want = session.run(None, {session.get_inputs()[0].name: case.sample})[0].ravel()
+    for variant, body in answers.items():
+        try:
+            got = answer_latent(case, body)
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            run.checks.append(f"`{variant}` {case.name}: **answer not understood** ({exc!r}): {body[:120]!r}")
+            continue
+        diff = float(np.max(np.abs(got - want))) if got.size == want.size else float("inf")
+        verdict = f"within {TOLERANCE:g}" if diff <= TOLERANCE else f"**over {TOLERANCE:g}**"
+        run.checks.append(f"`{variant}` {case.name} answer vs in-process ONNX Runtime on the same input: "
+                          f"max |diff| {diff:.2e} ({verdict})")  # fmt: skip
 
 
 def check_requests(run: Run, cases: list[Case], reference: BareRuntime) -> dict[tuple[str, str], str]:
-    """One request per (variant, case) before measuring: anything but 200 is reported and left out."""
+    """One request per (variant, case) before measuring: anything but 200 is reported and left out; the
+    1-row answers of ours and the peers are compared with in-process ONNX Runtime."""
     broken: dict[tuple[str, str], str] = {}
-    peer_outputs: dict[str, np.ndarray] = {}
+    answers: dict[str, dict[str, bytes]] = {}
     for case in cases:
         for variant in run.config.variants:
             if SERVER_OF[variant] not in run.servers or not applies(variant, case, max(run.config.levels),
@@ -256,18 +376,11 @@ def check_requests(run: Run, cases: list[Case], reference: BareRuntime) -> dict[
             if status != 200:
                 broken[(variant, case.name)] = f"HTTP {status}: {body[:200].decode(errors='replace')}"
                 log(f"skipping {variant} x {case.name}: {broken[(variant, case.name)]}")
-            elif case.name == "v2-json-1" and variant in (OURS, MLSERVER, MLSERVER_BATCHING):
-                doc = orjson.loads(body)
-                peer_outputs[variant] = np.asarray(doc["outputs"][0]["data"], dtype=np.float32)
-    if "v2-json-1" in {c.name for c in cases} and peer_outputs:
-        case = next(c for c in cases if c.name == "v2-json-1")
-        session = reference.session(case.model, case.graph)
-        want = session.run(None, {session.get_inputs()[0].name: case.sample})[0].ravel()
-        for variant, got in peer_outputs.items():
-            diff = float(np.max(np.abs(got.ravel() - want))) if got.size == want.size else float("inf")
-            run.checks.append(
-                f"`{variant}` V2 answer vs in-process ONNX Runtime on the same input: max |diff| {diff:.2e}"
-            )
+            elif case.name in CHECKED_CASES and (variant == OURS or variant in PEERS):
+                answers.setdefault(case.name, {})[variant] = body
+    for case in cases:
+        if case.name in answers:
+            compare_latents(run, case, answers[case.name], reference)
     return broken
 
 
@@ -281,10 +394,10 @@ def measure_cell(run: Run, variant: str, case: Case, concurrency: int, seconds: 
     result = run_wrk(url_for(run, variant, case), case.body_file(run_dir), case.content_type, case.headers,
                      concurrency, seconds)  # fmt: skip
     server.requests_served += result.requests
-    if variant in (MLSERVER, MLSERVER_BATCHING):
-        time.sleep(0.5)  # no in-flight gauge: a pause for what wrk left behind
-    else:
+    if SERVER_OF[variant] in OWN_SERVERS:
         wait_idle(server.base_url)
+    else:
+        time.sleep(0.5)  # a peer or the echo: no in-flight gauge, a pause for what wrk left behind
     after = graph_counters(server.base_url, case.model, case.graph) if watch else None
     queue, compute = mean_between(before, after, "queue"), mean_between(before, after, "compute")
     cell = Cell(round_ or 0, variant, case.name, concurrency, result, case.rows,
@@ -380,7 +493,8 @@ def benchmark(run: Run) -> None:
         for name, server in run.servers.items():
             run.memory_end[name] = server.memory_kib()
             code = server.stop()
-            if code != 0:
+            # Uvicorn re-raises the SIGTERM it handled once shut down: a clean exit for the peers run by it.
+            if code != 0 and (name in OWN_SERVERS or code != -signal.SIGTERM):
                 run.checks.append(f"`{name}` exited with status {code} on SIGTERM")
     if config.work_dir is None:  # server logs (a line per request) and payloads: kept only when the run failed
         shutil.rmtree(run_dir, ignore_errors=True)

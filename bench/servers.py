@@ -1,5 +1,6 @@
 """The servers under test, as real processes on 127.0.0.1: ours (`python -m app`, production settings plus the
-no-op ceilings) and the peer (MLServer in its own virtualenv). Start-up time, memory of the process tree, stop.
+no-op ceilings), the peers (MLServer, the tutorial FastAPI app and BentoML, each in its own virtualenv) and the
+external echo ceiling (bare uvicorn). Start-up time, memory of the process tree, stop.
 """
 
 from __future__ import annotations
@@ -18,7 +19,10 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
+PEERS = BENCH / "peers"
 MLSERVER_REQUIREMENTS = BENCH / "requirements-mlserver.txt"
+TUTORIAL_REQUIREMENTS = BENCH / "requirements-tutorial.txt"
+BENTOML_REQUIREMENTS = BENCH / "requirements-bentoml.txt"
 
 
 def free_port() -> int:
@@ -143,22 +147,37 @@ def start_ours(name: str, description: str, run_dir: Path, workers: int, env: di
     return server
 
 
-def mlserver_venv(venv: Path) -> Path:
-    """MLServer's own virtualenv (created, or updated when the requirements changed); its python."""
+def peer_venv(venv: Path, requirements: Path) -> Path:
+    """A peer's own virtualenv (created, or updated when its requirements file changed); its python."""
     python = venv / "bin" / "python"
     stamp = venv / ".requirements"
-    wanted = MLSERVER_REQUIREMENTS.read_text()
+    wanted = requirements.read_text()
     if python.exists() and stamp.exists() and stamp.read_text() == wanted:
         return python
-    print(f"# installing MLServer into {venv} (once; pip from PyPI)", flush=True)
+    print(f"# installing {requirements.name} into {venv} (once; pip from PyPI)", flush=True)
     if not python.exists():
-        # The interpreter behind our virtualenv, so that MLServer's environment shares nothing with ours.
+        # The interpreter behind our virtualenv, so that the peer's environment shares nothing with ours.
         base = getattr(sys, "_base_executable", sys.executable)
         subprocess.run([base, "-m", "venv", str(venv)], check=True)
     pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
-    subprocess.run([*pip, "-r", str(MLSERVER_REQUIREMENTS)], check=True)
+    subprocess.run([*pip, "-r", str(requirements)], check=True)
     stamp.write_text(wanted)
     return python
+
+
+def mlserver_venv(venv: Path) -> Path:
+    """MLServer's own virtualenv (`bench/.venv-mlserver`); its python."""
+    return peer_venv(venv, MLSERVER_REQUIREMENTS)
+
+
+def package_versions(python: Path, packages: tuple[str, ...]) -> str:
+    """`name version` of each package installed for `python` (a peer's virtualenv), comma-separated."""
+    code = (
+        "import sys\nfrom importlib.metadata import version\n"
+        "print(', '.join(f'{n} {version(n)}' for n in sys.argv[1:]))"
+    )
+    out = subprocess.run([str(python), "-c", code, *packages], capture_output=True, text=True, check=False)
+    return out.stdout.strip() or "unknown"
 
 
 def mlserver_version(python: Path) -> str:
@@ -209,3 +228,61 @@ def start_mlserver(python: Path, run_dir: Path, model_name: str, model_file: Pat
     server = Server(name, f"Seldon MLServer, {what}", base, process, log_path)
     wait_ready(server, [f"{base}/v2/health/ready", f"{base}/v2/models/{model_name}/ready"], started, timeout)
     return server
+
+
+def peer_env(model_file: Path, intra_op_threads: int, **extra: str) -> dict[str, str]:
+    """The environment of a peer in its own virtualenv: the model and ORT's thread count, none of ours."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "MODEL_PATH": str(model_file.resolve()),
+           "ORT_THREADS": str(intra_op_threads), **extra}  # fmt: skip
+    env.pop("VIRTUAL_ENV", None)
+    env.pop("PYTHONPATH", None)
+    return env
+
+
+def launch(name: str, description: str, command: list[str], env: dict[str, str], run_dir: Path, port: int,
+           ready_path: str, timeout: float, cwd: Path = REPO) -> Server:  # fmt: skip
+    """Start `command` (logs to run_dir/<name>.log); returns once GET `ready_path` answers 200."""
+    log_path = run_dir / f"{name}.log"
+    started = time.monotonic()
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    server = Server(name, description, f"http://127.0.0.1:{port}", process, log_path)
+    wait_ready(server, [server.base_url + ready_path], started, timeout)
+    return server
+
+
+def start_tutorial(python: Path, run_dir: Path, model_file: Path, intra_op_threads: int, name: str = "tutorial",
+                   timeout: float = 120) -> Server:  # fmt: skip
+    """`bench/peers/tutorial_app.py` under uvicorn (its defaults: httptools, uvloop, access log), one worker."""
+    port = free_port()
+    command = [str(python), "-m", "uvicorn", "tutorial_app:app", "--app-dir", str(PEERS), "--host", "127.0.0.1",
+               "--port", str(port), "--workers", "1"]  # fmt: skip
+    description = (f"FastAPI + pydantic + ONNX Runtime as the tutorials write it (`bench/peers/tutorial_app.py`), "
+                   f"uvicorn defaults, 1 worker, ORT intra-op threads {intra_op_threads}, no spinning")  # fmt: skip
+    env = peer_env(model_file, intra_op_threads)
+    return launch(name, description, command, env, run_dir, port, "/health", timeout)
+
+
+def start_bentoml(python: Path, run_dir: Path, model_file: Path, intra_op_threads: int, name: str = "bentoml",
+                  timeout: float = 180) -> Server:  # fmt: skip
+    """`bentoml serve bentoml_service:Encoder` (`bench/peers/bentoml_service.py`), 1 worker, its defaults."""
+    port = free_port()
+    home = run_dir / "bentoml-home"  # BentoML's store and config: the run's scratch folder, not ~/bentoml
+    home.mkdir(parents=True, exist_ok=True)
+    command = [str(python.parent / "bentoml"), "serve", "bentoml_service:Encoder", "--working-dir", str(PEERS),
+               "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+    description = (f"BentoML (`bench/peers/bentoml_service.py`, `@bentoml.service(workers=1)`), `bentoml serve` "
+                   f"defaults, ORT intra-op threads {intra_op_threads}, no spinning")  # fmt: skip
+    env = peer_env(model_file, intra_op_threads, BENTOML_HOME=str(home), BENTOML_DO_NOT_TRACK="True")
+    return launch(name, description, command, env, run_dir, port, "/readyz", timeout)
+
+
+def start_echo(run_dir: Path, name: str = "echo", timeout: float = 60) -> Server:
+    """The external ceiling: `bench/peers/echo.py` under bare uvicorn (httptools, uvloop, no access log, one
+    worker), in the service's own virtualenv (the same uvicorn, httptools and uvloop as ours)."""
+    port = free_port()
+    command = [sys.executable, "-m", "uvicorn", "bench.peers.echo:app", "--host", "127.0.0.1", "--port", str(port),
+               "--http", "httptools", "--loop", "uvloop", "--no-access-log", "--workers", "1"]  # fmt: skip
+    description = "bare ASGI echo (`bench/peers/echo.py`): uvicorn, httptools, uvloop, no access log, 1 worker"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return launch(name, description, command, env, run_dir, port, "/", timeout)
