@@ -95,11 +95,12 @@ class Settings(_TaskDefaults, BaseSettings):  # type: ignore[misc, valid-type]
     least 1, so that the concurrent ONNX calls of every worker together do not oversubscribe the CPUs."""
 
     lone_intra_op_threads: int = Field(default=0, ge=0)
-    """Intra-op threads of a second ONNX Runtime session each image graph gets on the CPU, for a call that runs
-    alone in its worker process (no other ONNX call in flight) on at least `lone_min_values` input values: a lone
-    photograph then uses every core of its worker instead of `intra_op_threads` (measured in bench/README.md).
-    Under load calls overlap and take the ordinary sessions. 0: the usable CPUs divided by `workers`; a value not
-    above the resolved `intra_op_threads` means no second session."""
+    """Intra-op threads of a second ONNX Runtime session each fully convolutional image graph (the denoisers) gets
+    on the CPU, for a call that runs alone in its worker process (no other ONNX call in flight) on at least
+    `lone_min_values` input values: a lone photograph then uses every core of its worker instead of
+    `intra_op_threads` (`python -m bench.lone_request`: a 256x256 digit-denoiser image at c=1 went from 0.50x to
+    0.98x bare ONNX Runtime's best single caller). Under load calls overlap and take the ordinary sessions. 0: the
+    usable CPUs divided by `workers`; a value not above the resolved `intra_op_threads` means no second session."""
 
     lone_min_values: int = Field(default=16384, ge=1)
     """Input values from which a lone call takes the `lone_intra_op_threads` session (16 Ki: a 128x128 image);
@@ -282,12 +283,14 @@ class Settings(_TaskDefaults, BaseSettings):  # type: ignore[misc, valid-type]
     farthest any pixel has any effect (the photograph denoiser: 29 px against 21 at 1e-4; overlap is repeated work,
     so a 12 MP photograph in 512-px tiles then costs ~1.3x its pixels instead of ~1.2x)."""
 
-    tile_size: int = Field(default=512, ge=0)
+    tile_size: int = Field(default=1024, ge=0)
     """Fully convolutional image models (the denoisers) run images larger than this many pixels squared in
-    overlapping tiles of this side (a multiple of 8; at least twice the overlap the model's receptive radius
-    needs), batched through the engine: memory and each call's deadline
-    then depend on the tile, not on the image, and the result equals the untiled one (app/core/tiling.py). 0: never
-    tile."""
+    overlapping tiles of at most this side (a multiple of 8; at least twice the overlap the model's tile radius
+    needs; as few tiles as fit, each as small as their count allows), through the engine: memory and each call's
+    deadline then depend on the tile, not on the image, and the result equals the untiled one within
+    `tile_tolerance` (app/core/tiling.py). 0: never tile. Overlap is repeated work: a 12 MP photograph through the
+    photo denoiser ran at 0.72x bare ONNX Runtime's pixels/s in 512-px tiles, 0.82x in 1024-px ones (one 1024-px
+    RGB tile reserves ~580 MiB of `inference_memory_budget_bytes`)."""
 
     max_request_pixels: int = Field(default=32 * 1024 * 1024, ge=16)
     """Most image pixels one request may upload, summed over its files (read from their headers before any is

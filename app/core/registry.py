@@ -699,7 +699,7 @@ class ModelRegistry:
             _compare_tensors(f"graph {role} input", graph_card.inputs, session.get_inputs())
             _compare_tensors(f"graph {role} output", graph_card.outputs, session.get_outputs())
             lone = None
-            if self._lone_options is not None and takes_images(graph_card):
+            if self._lone_options is not None and card.input.fully_convolutional and takes_images(graph_card):
                 lone = ort.InferenceSession(data, self._lone_options, providers=list(plan.chosen))
             entry.graphs[role] = GraphSession(
                 model=card.name,
