@@ -74,6 +74,17 @@ def tree(path: Path) -> list[str]:
 
 
 # -- vectors: the happy paths ------------------------------------------------------------------------------------
+
+
+def assert_refused(capsys, out: Path, args: list[str], *expected: str) -> None:
+    """`fit` with `args` exits with 2, says every `expected` text on stderr and writes nothing under `out`."""
+    assert main(["fit", *args, "--out", str(out), "--progress", "none"]) == 2
+    err = capsys.readouterr().err
+    for text in expected:
+        assert text in err, err
+    assert not out.exists()
+
+
 def test_wine_csv_fits_publishes_and_serves_in_raw_units(tmp_path, wine, wine_csv, capsys):
     x, _, names = wine
     models = tmp_path / "models"
@@ -279,11 +290,7 @@ def test_bad_arrays_and_options_are_refused(tmp_path, cancer, capsys):
     out = tmp_path / "runs"
 
     def refused(args: list[str], *expected: str) -> None:
-        assert main(["fit", *args, "--out", str(out), "--progress", "none"]) == 2
-        err = capsys.readouterr().err
-        for text in expected:
-            assert text in err, err
-        assert not out.exists()
+        assert_refused(capsys, out, args, *expected)
 
     with_inf = cancer.copy()
     with_inf[7, 3] = np.inf
@@ -459,11 +466,7 @@ def test_bad_images_are_refused_and_nothing_is_written(tmp_path, digits_folder, 
     out = tmp_path / "runs"
 
     def refused(args: list[str], *expected: str) -> None:
-        assert main(["fit", *args, "--name", "img", "--out", str(out), "--progress", "none"]) == 2
-        err = capsys.readouterr().err
-        for text in expected:
-            assert text in err, err
-        assert not out.exists()
+        assert_refused(capsys, out, [*args, "--name", "img"], *expected)
 
     broken = tmp_path / "broken"
     (broken / "a").mkdir(parents=True)
@@ -640,11 +643,7 @@ def test_bad_series_are_refused_and_nothing_is_written(tmp_path, capsys):
     out = tmp_path / "runs"
 
     def refused(args: list[str], *expected: str) -> None:
-        assert main(["fit", *args, "--name", "s", "--out", str(out), "--progress", "none"]) == 2
-        err = capsys.readouterr().err
-        for text in expected:
-            assert text in err, err
-        assert not out.exists()
+        assert_refused(capsys, out, [*args, "--name", "s"], *expected)
 
     lines = sktime_file("ItalyPowerDemand/ItalyPowerDemand_TRAIN.ts").read_text().splitlines()
     first = next(i for i, line in enumerate(lines) if line.startswith("@data")) + 1
@@ -790,11 +789,7 @@ def test_bad_times_and_missing_series_values_are_refused_and_nothing_is_written(
     out = tmp_path / "runs"
 
     def refused(args: list[str], *expected: str) -> None:
-        assert main(["fit", *args, "--name", "s", "--out", str(out), "--progress", "none"]) == 2
-        err = capsys.readouterr().err
-        for text in expected:
-            assert text in err, err
-        assert not out.exists()
+        assert_refused(capsys, out, [*args, "--name", "s"], *expected)
 
     header, rows = _solar_rows()
     time = ["--time-column", "datetime_gmt"]

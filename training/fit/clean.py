@@ -95,17 +95,28 @@ def check_finite(table: Table) -> None:
         )
 
 
-def check_missing(table: Table, impute: str | None) -> int:
-    """The number of missing cells; DataError when there are some and `impute` is not set."""
+def describe_missing(table: Table, per: str) -> tuple[int, str]:
+    """The number of missing cells and, when there are some, a sentence naming the file, the first one's line and
+    column, and the count `per` column (or channel)."""
     missing = np.isnan(table.values)
     count = int(missing.sum())
+    if not count:
+        return 0, ""
+    per_column = missing.sum(axis=0)
+    row, col = (int(i) for i in np.argwhere(missing)[0])
+    columns = ", ".join(f"{table.columns[c]!r} ({int(per_column[c])})" for c in np.flatnonzero(per_column)[:10])
+    return count, (
+        f"{table.path}: {count} missing value(s) (empty, NA or NaN cells), first at {table.where(row, col)}; "
+        f"per {per}: {columns}."
+    )
+
+
+def check_missing(table: Table, impute: str | None) -> int:
+    """The number of missing cells; DataError when there are some and `impute` is not set."""
+    count, where = describe_missing(table, "column")
     if count and impute is None:
-        per_column = missing.sum(axis=0)
-        row, col = (int(i) for i in np.argwhere(missing)[0])
-        columns = ", ".join(f"{table.columns[c]!r} ({int(per_column[c])})" for c in np.flatnonzero(per_column)[:10])
         raise DataError(
-            f"{table.path}: {count} missing value(s) (empty, NA or NaN cells), first at {table.where(row, col)}; "
-            f"per column: {columns}. Refusing to guess them: fill them in the file, or pass --impute mean|median "
+            f"{where} Refusing to guess them: fill them in the file, or pass --impute mean|median "
             "(each column's mean or median over the training rows)"
         )
     return count

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from training.data.errors import DataError
+from training.fit.clean import describe_missing
 from training.fit.tables import Table
 
 IMPUTE_HINT = (
@@ -17,17 +18,9 @@ IMPUTE_HINT = (
 
 def refuse_missing(table: Table) -> None:
     """DataError naming the file, the first missing cell's line and column and the count per channel."""
-    missing = np.isnan(table.values)
-    count = int(missing.sum())
-    if not count:
-        return
-    per_column = missing.sum(axis=0)
-    row, col = (int(i) for i in np.argwhere(missing)[0])
-    columns = ", ".join(f"{table.columns[c]!r} ({int(per_column[c])})" for c in np.flatnonzero(per_column)[:10])
-    raise DataError(
-        f"{table.path}: {count} missing value(s) (empty, NA or NaN cells), first at {table.where(row, col)}; per "
-        f"channel: {columns}. Series are not imputed unless asked: fill them in the file, or {IMPUTE_HINT}"
-    )
+    count, where = describe_missing(table, "channel")
+    if count:
+        raise DataError(f"{where} Series are not imputed unless asked: fill them in the file, or {IMPUTE_HINT}")
 
 
 def interpolate(x: np.ndarray, series: str, channels: list[str], where: str) -> np.ndarray:
