@@ -9,11 +9,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
 from training.common import FitResult
 from training.fit.distributed import World
+from training.fit.metrics import errors
 from training.fit.options import FitOptions
 from training.fit.progress import Progress
 
@@ -124,3 +126,25 @@ def train_loop(
         f"loss {best:.4g} at epoch {best_epoch}"
     )
     return FitResult(best_epoch, best, seconds, history)
+
+
+def train_autoencoder(
+    model: nn.Module,
+    x_train: torch.Tensor,
+    x_val: np.ndarray,
+    settings: LoopSettings,
+    progress: Progress,
+    world: World | None = None,
+) -> FitResult:
+    """`train_loop` for an autoencoder whose forward gives (reconstruction, per-sample score): minimise the mean
+    score, stop on the validation MSE."""
+    return train_loop(
+        model,
+        len(x_train),
+        lambda idx: (x_train[idx],),
+        lambda net, batch: net(batch[0])[1].mean(),
+        lambda m: errors(m, x_val).mse,
+        settings,
+        progress,
+        world,
+    )

@@ -22,7 +22,7 @@ from training.fit.choice import choice_metrics, export_line, pca_wins
 from training.fit.clean import split_rows, split_text
 from training.fit.distributed import World
 from training.fit.images import ImageSet, image_files, is_idx_images, read_idx_images, read_image_folder
-from training.fit.loop import settings_for, train_loop
+from training.fit.loop import settings_for, train_autoencoder
 from training.fit.metrics import errors, threshold_section
 from training.fit.nets import Autoencoder, conv_images, dense_images, linear_images
 from training.fit.options import FitOptions
@@ -115,16 +115,7 @@ def fit_images(opts: FitOptions, progress: Progress, world: World) -> Fitted:
         arch = f"dense {values}-{hidden}-{k}-{hidden}-{values}"
     xt = torch.from_numpy(x_train)
     settings = settings_for(opts, len(xt))
-    result = train_loop(
-        model,
-        len(xt),
-        lambda idx: (xt[idx],),
-        lambda net, batch: net(batch[0])[1].mean(),
-        lambda m: errors(m, x_val).mse,
-        settings,
-        progress,
-        world,
-    )
+    result = train_autoencoder(model, xt, x_val, settings, progress, world)
     val, test = errors(model, x_val), errors(model, x_test)
     pca = fit_pca(x_train, k, seed=opts.seed)
     # Measured through the module `--pca-if-better` exports: PCA with its reconstructions clipped to [0, 1].

@@ -25,7 +25,7 @@ from training.export import GraphSpec, TensorSpec
 from training.fit.choice import choice_metrics, export_line, pca_wins
 from training.fit.clean import minimum_rows, split_rows, split_text
 from training.fit.distributed import World
-from training.fit.loop import settings_for, train_loop
+from training.fit.loop import settings_for, train_autoencoder, train_loop
 from training.fit.metrics import errors, threshold_section
 from training.fit.nets import Forecaster, SeriesAE, SeriesPca
 from training.fit.options import FitOptions
@@ -285,16 +285,7 @@ def _fit_autoencoder(job: Job) -> Fitted:
     model = SeriesAE(job.mean, job.std, hidden, k, window)
     xt = torch.from_numpy(x_train)
     settings = settings_for(opts, len(xt))
-    result = train_loop(
-        model,
-        len(xt),
-        lambda idx: (xt[idx],),
-        lambda net, batch: net(batch[0])[1].mean(),
-        lambda m: errors(m, x_val).mse,
-        settings,
-        job.progress,
-        job.world,
-    )
+    result = train_autoencoder(model, xt, x_val, settings, job.progress, job.world)
     val, test = errors(model, x_val), errors(model, x_test)
     std32 = np.maximum(job.std, 1e-6)
     pca = fit_pca(((x_train - job.mean) / std32).reshape(len(x_train), -1), k, seed=opts.seed)

@@ -21,7 +21,7 @@ from training.export import GraphSpec, TensorSpec
 from training.fit.choice import choice_metrics, export_line, pca_wins
 from training.fit.clean import Vectors, column_stats, prepare_vectors, split_text
 from training.fit.distributed import World
-from training.fit.loop import settings_for, train_loop
+from training.fit.loop import settings_for, train_autoencoder
 from training.fit.metrics import Errors, errors, threshold_section
 from training.fit.nets import Autoencoder, dense_vectors, linear_vectors
 from training.fit.options import FitOptions
@@ -138,16 +138,7 @@ def fit_vectors(opts: FitOptions, progress: Progress, world: World) -> Fitted:
     model = dense_vectors(mean, std, hidden, k)
     x_train = torch.from_numpy(data.train)
     settings = settings_for(opts, len(x_train))
-    result = train_loop(
-        model,
-        len(x_train),
-        lambda idx: (x_train[idx],),
-        lambda net, batch: net(batch[0])[1].mean(),
-        lambda m: errors(m, data.val).mse,
-        settings,
-        progress,
-        world,
-    )
+    result = train_autoencoder(model, x_train, data.val, settings, progress, world)
     ae = _measure(model, data)
     std32 = np.maximum(std, 1e-6)
     pca = fit_pca(data.train, k, lambda block: (block - mean) / std32, opts.seed)
