@@ -734,9 +734,15 @@ class ModelRegistry:
                     work, radius, tile_radius = known
             except Exception as exc:
                 raise LoadError(f"graph {graph.role}: warm-up failed: {exc}") from exc
-            entry.graphs[graph_name] = dataclasses.replace(
-                graph, work_bytes_per_value=work, receptive_radius=radius, tile_radius=tile_radius
+            entry.graphs[graph_name] = graph = dataclasses.replace(
+                graph,
+                work_bytes_per_value=work,
+                receptive_radius=radius,
+                tile_radius=tile_radius,
+                release_feeds=feeds,
             )
+            # The probes above ran large calls; what their outputs held in the arenas goes back now.
+            self._engine.release_arena(graph, [False, True] if graph.lone_session is not None else [False])
         entry.status = ModelStatus.READY
 
     # -- lookup --------------------------------------------------------------------------------------------

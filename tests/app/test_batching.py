@@ -8,6 +8,7 @@ processes on 127.0.0.1. Time bounds are generous (several times normal): the tig
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import shutil
 import socket
@@ -22,7 +23,13 @@ import numpy as np
 import pytest
 
 from app.core.cards import ServingSection
-from app.core.engine import BatchPolicy, GraphSession, InferenceEngine
+from app.core.engine import (
+    RELEASE_DELAY_SECONDS,
+    SHRINK_ARENA_ABOVE_BYTES,
+    BatchPolicy,
+    GraphSession,
+    InferenceEngine,
+)
 from app.core.errors import InferenceTimeout, Overloaded, PayloadTooLarge
 from app.core.registry import ModelRegistry
 from app.runtime.metrics import Metrics
@@ -441,6 +448,37 @@ def test_large_lone_calls_take_the_lone_session_with_the_same_answers(
     assert engine.lone_calls == 1 and engine.calls_in_flight == 0
     assert_matches_reference(reference, graph, big, first)
     assert_matches_reference(reference, graph, other, second)
+
+
+def test_a_release_run_follows_large_calls_once_the_graph_is_idle(graphs: dict[str, GraphSession]) -> None:
+    """A call above SHRINK_ARENA_ABOVE_BYTES marks its session; once the graph has been idle for
+    RELEASE_DELAY_SECONDS one release run (the warm-up sample, arena shrinkage on) follows. Calls back to back (a
+    tiled image's tiles) get one release at the end, not one each; small calls get none. The memory it gives back
+    is measured in tests/app/test_memory.py."""
+    graph = graphs["denoise.full"]
+    assert graph.release_feeds is not None
+    large = dataclasses.replace(graph, work_bytes_per_value=SHRINK_ARENA_ABOVE_BYTES)  # any call counts as large
+    x = batch_of(graph, 1, seed=4, height=64, width=64)
+
+    async def scenario(g: GraphSession, calls: int, pause: float) -> InferenceEngine:
+        engine, _ = make_engine(batching=False)
+        try:
+            for _ in range(calls):
+                await engine.run(g, {g.inputs[0].name: x}, "test")
+            await asyncio.sleep(pause)
+            return engine
+        finally:
+            await engine.aclose()
+
+    assert asyncio.run(scenario(large, 1, 0.0)).arena_releases == 0  # not yet: the graph may be busy again soon
+    assert asyncio.run(scenario(large, 1, RELEASE_DELAY_SECONDS * 6)).arena_releases == 1
+    assert asyncio.run(scenario(large, 5, RELEASE_DELAY_SECONDS * 6)).arena_releases == 1
+    assert asyncio.run(scenario(graph, 3, RELEASE_DELAY_SECONDS * 6)).arena_releases == 0
+    without = dataclasses.replace(large, release_feeds=None)
+    assert asyncio.run(scenario(without, 2, RELEASE_DELAY_SECONDS * 6)).arena_releases == 0
+    engine, _ = make_engine(cpu_mem_arena=False)  # no arena: nothing to give back
+    engine.release_arena(large, [False])
+    assert engine.arena_releases == 0
 
 
 # -- real uvicorn -----------------------------------------------------------------------------------------------
