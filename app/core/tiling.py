@@ -219,23 +219,58 @@ def _axis_weights(plan: TilePlan) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _accumulate(out: np.ndarray, plan: TilePlan, origins: list[tuple[int, int]], results: np.ndarray) -> None:
-    """Add each tile's result, weighted, to `out` (cropped where the tile reaches into the padding)."""
+    """Add each tile's result, weighted, to `out` (cropped where the tile reaches into the padding). The weight is
+    1 but for bands at the tile's interior edges: those bands of `results` (the graph's output, ours to change)
+    are scaled in place, rows then columns, instead of the whole tile by a full-size weight image."""
     th, tw = plan.tile_h, plan.tile_w
     _, height, width = out.shape
     for (y, x), result in zip(origins, results, strict=True):
         h, w = min(th, height - y), min(tw, width - x)
-        wy = _weights(th, y, plan.height, plan.radius, plan.ramp)[:h]
-        wx = _weights(tw, x, plan.width, plan.radius, plan.ramp)[:w]
-        out[:, y : y + h, x : x + w] += result[:, :h, :w] * np.outer(wy, wx).astype(np.float32)
+        tile = result[:, :h, :w]
+        wy = _weights(th, y, plan.height, plan.radius, plan.ramp)[:h].astype(np.float32)
+        wx = _weights(tw, x, plan.width, plan.radius, plan.ramp)[:w].astype(np.float32)
+        for lo, hi in _bands(wy):
+            tile[:, lo:hi] *= wy[lo:hi, None]
+        for lo, hi in _bands(wx):
+            tile[:, :, lo:hi] *= wx[lo:hi]
+        out[:, y : y + h, x : x + w] += tile
+
+
+def _bands(weights: np.ndarray) -> list[tuple[int, int]]:
+    """The [lo, hi) ranges at the two ends of 1-D `weights` where they are not 1 (the middle always is)."""
+    ones = np.flatnonzero(weights == 1.0)
+    if not len(ones):
+        return [(0, len(weights))] if len(weights) else []
+    bands = []
+    if ones[0] > 0:
+        bands.append((0, int(ones[0])))
+    if ones[-1] + 1 < len(weights):
+        bands.append((int(ones[-1]) + 1, len(weights)))
+    return bands
 
 
 def _normalise(out: np.ndarray, plan: TilePlan) -> np.ndarray:
-    """Divide by the total weight, a band of rows at a time (no full-size temporary)."""
+    """Divide by the total weight where it is not 1 (the overlaps: bands of rows and of columns), a band of rows at a
+    time (no full-size temporary); where one tile alone covers a pixel its weight is 1 and nothing is done."""
     rows, cols = _axis_weights(plan)
     _, height, width = out.shape
-    inv_cols = (1.0 / np.maximum(cols[:width], 1e-12)).astype(np.float32)
+    rows, cols = rows[:height], cols[:width]
+    inv_cols = (1.0 / np.maximum(cols, 1e-12)).astype(np.float32)
+    inv_rows = (1.0 / np.maximum(rows, 1e-12)).astype(np.float32)
+    col_bands = _runs(cols != 1.0)
     band = max(1, (1 << 20) // max(width, 1))
-    for y in range(0, height, band):
-        inv_rows = (1.0 / np.maximum(rows[y : min(y + band, height)], 1e-12)).astype(np.float32)
-        out[:, y : y + band] *= inv_rows[:, None] * inv_cols[None, :]
+    for lo, hi in _runs(rows != 1.0):  # rows in an overlap: every pixel
+        for y in range(lo, hi, band):
+            stop = min(y + band, hi)
+            out[:, y:stop] *= inv_rows[y:stop, None] * inv_cols[None, :]
+    for lo, hi in _runs(rows == 1.0):  # the other rows: only the columns in an overlap
+        for c0, c1 in col_bands:
+            out[:, lo:hi, c0:c1] *= inv_cols[c0:c1]
     return out
+
+
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """The [lo, hi) runs where the 1-D boolean `mask` is true."""
+    padded = np.concatenate(([False], mask, [False]))
+    edges = np.flatnonzero(padded[1:] != padded[:-1])
+    return [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2], strict=True)]
