@@ -68,7 +68,8 @@ train: $(VENV)/.all
 train-photo: $(VENV)/.all photo-data
 	nice -n 10 $(BIN)/python -m training photo --resume
 
-# The Debian wallpaper photographs the photo model also trains on (apt-get download + dpkg-deb -x, no root needed;
+# The photographs in Debian packages (wallpapers, opencv-doc samples, PyWavelets) the photo model also trains on
+# (apt-get download + dpkg-deb -x, no root needed;
 # a machine without apt trains on the bundled photographs alone).
 photo-data:
 	$(BIN)/python -m training.data.debian_photos || echo "photo-data: continuing without the Debian photographs"

@@ -63,6 +63,8 @@ def make_config(name: str, quick: bool = False, overrides: dict | None = None):
         if isinstance(current, bool):
             value = str(value).lower() in ("1", "true", "yes", "on")
         setattr(cfg, key, type(current)(value) if current is not None else value)
+    if "given" in fields:  # models that resume from checkpoints keep what the command line set (photo)
+        cfg.given = list(overrides or ())
     if quick:
         cfg.quick = True
         cfg.epochs = 1

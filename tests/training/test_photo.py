@@ -67,7 +67,14 @@ def test_debian_photographs_are_reduced_and_missing_ones_skipped(tmp_path, monke
     from PIL import Image
 
     assert not set(DEBIAN_PHOTOS) & (set(HELD_OUT) | set(TRAIN_PHOTOS))
-    assert photos.DEBIAN_PACKAGES == ("lomiri-wallpapers-20.04", "mate-backgrounds", "plasma-workspace-wallpapers")
+    assert photos.DEBIAN_PACKAGES == (
+        "lomiri-wallpapers-20.04",
+        "lxqt-themes",
+        "mate-backgrounds",
+        "opencv-doc",
+        "plasma-workspace-wallpapers",
+        "python3-pywt",
+    )
     present = ["wp_aqua", "wp_volna"]
     _fake_debian_root(tmp_path, present)
     monkeypatch.setattr(photos, "DEBIAN_ROOTS", (str(tmp_path / "nowhere"), str(tmp_path)))
@@ -87,6 +94,25 @@ def test_debian_photographs_are_reduced_and_missing_ones_skipped(tmp_path, monke
     assert prov["debian_photos"]["wp_volna"].startswith("plasma-workspace-wallpapers:usr/share/wallpapers/Volna/")
     assert set(prov["debian_packages"]) == set(photos.DEBIAN_PACKAGES)
     assert photos.reduce_to(Image.new("RGB", (1280, 720))).size == (1280, 720)  # small enough: unchanged
+
+
+def test_gray_debian_photographs_stay_gray_including_pywavelets_arrays(tmp_path, monkeypatch):
+    """opencv-doc's gray samples (PNG/JPEG in mode L) and PyWavelets' .npz arrays load as one channel."""
+    from PIL import Image
+
+    rng = np.random.default_rng(5)
+    aero = rng.integers(0, 256, (512, 512), dtype=np.uint8)
+    npz_path = tmp_path / DEBIAN_PHOTOS["pywt_aero"][1].partition(":")[2]
+    npz_path.parent.mkdir(parents=True)
+    np.savez(npz_path, data=aero)
+    png_path = tmp_path / DEBIAN_PHOTOS["cv_basketball1"][1].partition(":")[2]
+    png_path.parent.mkdir(parents=True)
+    Image.fromarray(aero[:480, :400]).save(png_path)
+    monkeypatch.setattr(photos, "DEBIAN_ROOTS", (str(tmp_path),))
+    loaded = {p.name: p for p in photos.load_photos({k: DEBIAN_PHOTOS[k] for k in ("pywt_aero", "cv_basketball1")})}
+    assert loaded["pywt_aero"].image.shape == (512, 512, 1) and not loaded["pywt_aero"].is_colour
+    np.testing.assert_array_equal(loaded["pywt_aero"].image[:, :, 0], aero.astype(np.float32) / 255)
+    assert loaded["cv_basketball1"].image.shape == (480, 400, 1)
 
 
 def test_a_held_out_photograph_under_another_name_and_size_is_caught():
@@ -117,7 +143,9 @@ def test_patches_gray_have_identical_channels_and_colour_do_not():
     assert all(np.array_equal(c[0], c[1]) and np.array_equal(c[0], c[2]) for c in clean[is_gray])
     assert any(not np.array_equal(c[0], c[1]) for c in clean[~is_gray])
     cfg = photo.Config()
-    noisy, sigma_in = photo.noisy_batch(torch.from_numpy(clean), torch.from_numpy(is_gray), cfg, torch.Generator())
+    gen = torch.Generator()
+    noisy, sigma_in, sigma = photo.noisy_batch(torch.from_numpy(clean), torch.from_numpy(is_gray), cfg, gen)
+    assert float(sigma.min()) >= 0 and float(sigma.max()) <= cfg.sigma_max / 255  # the true sigma, for the loss
     n = noisy.numpy()
     assert np.allclose(n * 255, np.round(n * 255), atol=1e-4) and n.min() >= 0 and n.max() <= 1  # 8-bit, clipped
     assert all(np.array_equal(c[0], c[2]) for c in n[is_gray])  # same noise in the 3 gray channels
@@ -293,6 +321,44 @@ def test_resume_with_new_photographs_measures_the_best_again(tmp_path, caplog):
     assert "training photographs changed (3 -> 4); best so far re-measured" in caplog.text
     saved = torch.load(tmp_path / "c.pt", weights_only=False)
     assert saved["photos"] == [p.name for p in bundled[:4]] and saved["best"]["step"] >= 3
+
+
+def test_a_resumed_run_keeps_what_the_command_line_sets(tmp_path, caplog):
+    """`--resume --set gray_fraction=0.7` fine-tunes: the value wins over the checkpoint's and is saved, so a later
+    plain `--resume` keeps it; fields the command line does not set come from the checkpoint."""
+    photos_ = load_train_photos(debian=False)[:3]
+    first = _quick_cfg(tmp_path, "f.pt", jitter_fraction=0.25)
+    photo.train_loop(first, photos_, run_steps=2)
+    base = {"checkpoint": str(tmp_path / "f.pt"), "val_every": "2"}
+    tune = make_config("photo", quick=True, overrides={**base, "gray_fraction": "0.7", "loss_sigma_floor": "10"})
+    tune.resume = True
+    with caplog.at_level("INFO", logger="training"):
+        photo.train_loop(tune, photos_, run_steps=2)
+    assert "resumed with checkpoint=" in caplog.text and "gray_fraction=0.7" in caplog.text
+    saved = torch.load(tmp_path / "f.pt", weights_only=False)
+    assert saved["step"] == 4 and saved["config"]["gray_fraction"] == 0.7 and saved["config"]["loss_sigma_floor"] == 10
+    assert saved["config"]["jitter_fraction"] == 0.25  # not given: the checkpoint's value
+    plain = make_config("photo", quick=True, overrides=base)
+    plain.resume = True
+    state = photo.train_loop(plain, photos_)
+    assert state.finished and state.step == 6
+    assert (plain.gray_fraction, plain.loss_sigma_floor, plain.jitter_fraction) == (0.7, 10.0, 0.25)
+    wider = make_config("photo", quick=True, overrides={**base, "channels": "32"})
+    wider.resume = True
+    with pytest.raises(ValueError, match="cannot change channels"):
+        photo.train_loop(wider, photos_)
+
+
+def test_patch_loss_weights_low_noise_patches_up():
+    clean = torch.zeros(2, 3, 4, 4)
+    out = torch.stack([torch.full((3, 4, 4), 0.01), torch.full((3, 4, 4), 0.05)])
+    sigma = torch.tensor([0.0, 50.0 / 255.0])
+    assert torch.equal(photo.patch_loss(out, clean, sigma, 0.0), torch.nn.functional.mse_loss(out, clean))
+    w = torch.tensor([1 / 10.0**2, 1 / 60.0**2])
+    expected = (w * torch.tensor([0.01**2, 0.05**2])).sum() / w.sum()
+    assert torch.allclose(photo.patch_loss(out, clean, sigma, 10.0), expected, rtol=1e-5)
+    # the low-noise patch (error 1e-4) now weighs 36x the sigma-50 one: the loss sits near its error, not the mean
+    assert float(photo.patch_loss(out, clean, sigma, 10.0)) < 0.5 * float(torch.nn.functional.mse_loss(out, clean))
 
 
 def test_cli_resume(tmp_path, capsys):

@@ -1,13 +1,15 @@
 """Natural photographs bundled inside packages (no download at run time), for the `photo` denoiser.
 
 Sources: scikit-image's `skimage.data` (only the images shipped in the wheel; entries that need a download are
-skipped), scikit-learn's `load_sample_images()` (china, flower), and the photographs among the desktop wallpapers
-of three Debian packages (`DEBIAN_PHOTOS`: mate-backgrounds, plasma-workspace-wallpapers, lomiri-wallpapers-20.04;
-drawings and renders left out), fetched by `python -m training.data.debian_photos` (`make photo-data`) into
-`runs/data/debian` or read from /usr/share when the packages are installed. Those are 1.7-24 MP camera JPEGs and
-PNGs; each is reduced by the smallest integer factor that brings its long side to at most 1280 px (box filter),
-which averages away most of the camera's own noise and the JPEG blocks. Without them the model trains on the
-bundled images alone (with a warning).
+skipped), scikit-learn's `load_sample_images()` (china, flower), and the photographs inside six Debian
+packages (`DEBIAN_PHOTOS`; drawings, renders, charts and text left out): the desktop wallpapers of mate-backgrounds,
+plasma-workspace-wallpapers, lomiri-wallpapers-20.04 and lxqt-themes (1.7-24 MP camera JPEGs and PNGs), the sample
+photographs of opencv-doc (0.1-1.4 MP: baboon, fruits, aerial views, graffiti, buildings, circuit board, ... --
+textured scenes, several of them gray) and PyWavelets' aerial photograph and ascent (python3-pywt, 512 x 512 gray).
+They are fetched by `python -m training.data.debian_photos` (`make photo-data`) into `runs/data/debian` or read
+from / when the packages are installed. Each is reduced by the smallest integer factor that brings its long side to
+at most 1280 px (box filter), which averages away most of a camera's own noise and JPEG blocks. Without them the
+model trains on the bundled images alone (with a warning).
 
 Held out, never trained on: camera and coins (gray), coffee and flower (colour). Everything the model is
 trained or validated on comes from `TRAIN_PHOTOS`; the quality gate is measured only on `HELD_OUT`.
@@ -53,26 +55,48 @@ TRAIN_PHOTOS: dict[str, tuple[str, str]] = {
     "cell": ("skimage", "cell"),
     "china": ("sklearn", "china.jpg"),
 }
-# Photographs among Debian's desktop wallpapers: name -> ("debian", "package:path under the package's root").
+# Photographs inside Debian packages: name -> ("debian", "package:path under the package's root").
+_OPENCV = "usr/share/doc/opencv-doc/examples/"
+_DEBIAN_SETS = (
+    # (name prefix, package, path pattern, names)
+    (
+        "wp",
+        "mate-backgrounds",
+        "usr/share/backgrounds/mate/nature/{}.jpg",
+        "Aqua Blinds Dune Garden LadyBird RainDrops Storm TwoWings Wood YellowFlower",
+    ),
+    (
+        "wp",
+        "plasma-workspace-wallpapers",
+        "usr/share/wallpapers/{}/contents/images/2560x1440.jpg",
+        "BytheWater ColdRipple EveningGlow FallenLeaf Grey Kite OneStandsOut Path summer_1am DarkestHour",
+    ),
+    ("wp", "plasma-workspace-wallpapers", "usr/share/wallpapers/{}/contents/images/2560x1600.jpg", "ColorfulCups"),
+    ("wp", "plasma-workspace-wallpapers", "usr/share/wallpapers/{}/contents/images/5120x2880.jpg", "Volna"),
+    ("wp", "lomiri-wallpapers-20.04", "usr/share/backgrounds/{}.jpg", "Kleiber_by_Lukas_Baubkus"),
+    (
+        "lxqt",
+        "lxqt-themes",
+        "usr/share/lxqt/wallpapers/{}",
+        "Butterfly-Kenneth-Wimer.jpg Valendas.png after-the-rain.jpg appleflower.png beam.png butterfly.png "
+        "cloud.png drop.png flowers.png fog.jpg this-is-not-windows.jpg",
+    ),
+    (
+        "cv",
+        "opencv-doc",
+        _OPENCV + "data/{}",
+        "aero1.jpg aero3.jpg aloeL.jpg apple.jpg baboon.jpg basketball1.png board.jpg box_in_scene.png building.jpg "
+        "butterfly.jpg chicky_512.png ela_original.jpg fruits.jpg graf1.png home.jpg left.jpg left01.jpg "
+        "leuvenA.jpg messi5.jpg orange.jpg rubberwhale1.png smarties.png squirrel_cls.jpg stuff.jpg",
+    ),
+    ("cv", "opencv-doc", _OPENCV + "{}", "alphamat/input_images/plant.jpg hfs/data/000.jpg"),
+    ("cv_sr", "opencv-doc", _OPENCV + "dnn_superres/{}", "butterfly.png"),
+    ("pywt", "python3-pywt", "usr/lib/python3/dist-packages/pywt/data/{}", "aero.npz ascent.npz"),
+)
 DEBIAN_PHOTOS: dict[str, tuple[str, str]] = {
-    f"wp_{name.lower()}": ("debian", f"{package}:{path}")
-    for package, folder, names in (
-        (
-            "mate-backgrounds",
-            "usr/share/backgrounds/mate/nature/{}.jpg",
-            "Aqua Blinds Dune Garden LadyBird RainDrops Storm TwoWings Wood YellowFlower",
-        ),
-        (
-            "plasma-workspace-wallpapers",
-            "usr/share/wallpapers/{}/contents/images/2560x1440.jpg",
-            "BytheWater ColdRipple EveningGlow FallenLeaf Grey Kite OneStandsOut Path summer_1am DarkestHour",
-        ),
-        ("plasma-workspace-wallpapers", "usr/share/wallpapers/{}/contents/images/2560x1600.jpg", "ColorfulCups"),
-        ("plasma-workspace-wallpapers", "usr/share/wallpapers/{}/contents/images/5120x2880.jpg", "Volna"),
-        ("lomiri-wallpapers-20.04", "usr/share/backgrounds/{}.jpg", "Kleiber_by_Lukas_Baubkus"),
-    )
+    f"{prefix}_{Path(name).stem.lower()}": ("debian", f"{package}:{folder.format(name)}")
+    for prefix, package, folder, names in _DEBIAN_SETS
     for name in names.split()
-    for path in [folder.format(name)]
 }
 DEBIAN_PACKAGES = tuple(sorted({loader.partition(":")[0] for _, loader in DEBIAN_PHOTOS.values()}))
 # Where the packages' files are looked for, in order: the fetched copy, then the installed packages.
@@ -124,8 +148,11 @@ def _load_debian(loader: str, roots: tuple[str, ...]) -> np.ndarray:
     for root in roots:
         path = Path(root) / rel
         if path.is_file():
+            if path.suffix == ".npz":  # PyWavelets keeps its images as uint8 arrays under "data"
+                with np.load(path) as npz:
+                    return np.asarray(reduce_to(Image.fromarray(npz["data"])))
             with Image.open(path) as img:
-                return np.asarray(reduce_to(img.convert("RGB")))
+                return np.asarray(reduce_to(img.convert("L" if img.mode in ("L", "LA") else "RGB")))
     raise DataError(f"{rel} not found (Debian package {package}; run `make photo-data`)")
 
 

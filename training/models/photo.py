@@ -39,7 +39,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -71,8 +71,11 @@ KIND = "photo-denoise"
 MIN_SIDE = 2
 CHECKPOINT_FORMAT = 2  # 1: the plain BatchNorm stack (see the card's notes)
 DEFAULT_CHECKPOINT = "runs/photo/checkpoint.pt"
-# Fields a resumed run takes from the command line; every other field comes from the checkpoint.
+# Fields a resumed run always takes from the command line. Every other field comes from the checkpoint unless the
+# command line sets it (`--set gray_fraction=0.6`: a fine-tune; the checkpoint then records the new value), except
+# the fields that shape the network or its data stream, which a resumed run cannot change.
 RESUME_OVERRIDES = ("steps", "minutes", "checkpoint", "checkpoint_minutes", "threads", "resume", "bm3d", "quick")
+FIXED_ON_RESUME = ("channels", "blocks", "seed")
 NLMEANS_MARGIN_DB = 0.5
 CLEAN_TARGET_DB = 40.0
 
@@ -98,9 +101,14 @@ class Config(TrainConfig):
     jitter_fraction: float = 0.5  # share of patches whose sigma input is perturbed
     jitter_rel: float = 0.1  # log-normal relative jitter (std)
     jitter_abs: float = 1.5  # plus Gaussian jitter of this std, on the 0..255 scale
+    # 0: plain MSE. Else each patch's squared error is weighted by 1 / (sigma + floor)^2 (sigma on the 0..255 scale;
+    # weights normalised to mean 1 in the batch), so low-noise patches, whose errors are small, are not drowned out
+    # by high-noise ones: the loss then follows PSNR at every sigma rather than the squared error.
+    loss_sigma_floor: float = 0.0
     val_patches: int = 48
     val_patch: int = 96
     val_every: int = 250  # steps
+    given: list[str] = field(default_factory=list)  # fields set on the command line (kept on resume: RESUME_OVERRIDES)
     checkpoint: str = DEFAULT_CHECKPOINT
     checkpoint_minutes: float = 5.0
     resume: bool = False
@@ -163,8 +171,8 @@ class PhotoDenoiser(nn.Module):
 
 def noisy_batch(
     clean: torch.Tensor, is_gray: torch.Tensor, cfg: Config, gen: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(noisy batch, sigma input [N]) for clean patches [N, 3, P, P]; see the module docstring."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(noisy batch, sigma input [N], true sigma [N]) for clean patches [N, 3, P, P]; see the module docstring."""
     n = clean.shape[0]
     sigma = torch.rand(n, generator=gen) * (cfg.sigma_max / 255.0)
     sigma = torch.where(torch.rand(n, generator=gen) < cfg.zero_sigma_fraction, torch.zeros_like(sigma), sigma)
@@ -175,7 +183,16 @@ def noisy_batch(
     add = (cfg.jitter_abs / 255.0) * torch.randn(n, generator=gen)
     jittered = (sigma * rel + add).clamp_(min=0.0)
     use = torch.rand(n, generator=gen) < cfg.jitter_fraction
-    return noisy, torch.where(use, jittered, sigma)
+    return noisy, torch.where(use, jittered, sigma), sigma
+
+
+def patch_loss(denoised: torch.Tensor, clean: torch.Tensor, sigma: torch.Tensor, floor_255: float) -> torch.Tensor:
+    """Plain MSE (`floor_255` 0), else per-patch MSE weighted by 1 / (sigma * 255 + floor)^2, weights of mean 1."""
+    if floor_255 <= 0:
+        return F.mse_loss(denoised, clean)
+    per_patch = (denoised - clean).pow(2).mean(dim=(1, 2, 3))
+    weights = (sigma * 255.0 + floor_255).pow(-2)
+    return (per_patch * weights).sum() / weights.sum()
 
 
 def make_val_set(photos: list[Photo], cfg: Config, patch: int, count: int) -> tuple[torch.Tensor, ...]:
@@ -255,9 +272,14 @@ def train_loop(cfg: Config, photos: list[Photo], run_steps: int | None = None) -
         saved = torch.load(ckpt, map_location="cpu", weights_only=False)
         if saved.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"{ckpt}: checkpoint format {saved.get('format')} is not {CHECKPOINT_FORMAT}")
+        changed = [k for k in FIXED_ON_RESUME if k in cfg.given and getattr(cfg, k) != saved["config"].get(k)]
+        if changed:
+            raise ValueError(f"{ckpt}: a resumed run cannot change {', '.join(changed)} (start a new run)")
         for key, value in saved["config"].items():
-            if key not in RESUME_OVERRIDES and hasattr(cfg, key):
+            if key not in RESUME_OVERRIDES and key not in cfg.given and key != "given" and hasattr(cfg, key):
                 setattr(cfg, key, value)
+        if cfg.given:
+            log.info("photo: resumed with %s", ", ".join(f"{k}={getattr(cfg, k)}" for k in cfg.given))
     quick = cfg.quick
     patch = cfg.quick_patch if quick else cfg.patch
     seed_everything(cfg.seed, cfg.threads)
@@ -342,9 +364,9 @@ def train_loop(cfg: Config, photos: list[Photo], run_steps: int | None = None) -
             group["lr"] = lr
         clean, is_gray = sampler.sample(cfg.batch_size)
         clean_t = torch.from_numpy(clean)
-        noisy, sigma_in = noisy_batch(clean_t, torch.from_numpy(is_gray), cfg, gen)
+        noisy, sigma_in, sigma = noisy_batch(clean_t, torch.from_numpy(is_gray), cfg, gen)
         opt.zero_grad(set_to_none=True)
-        loss = F.mse_loss(noisy - net.noise(noisy, sigma_in), clean_t)
+        loss = patch_loss(noisy - net.noise(noisy, sigma_in), clean_t, sigma, cfg.loss_sigma_floor)
         loss.backward()
         if cfg.grad_clip > 0:
             nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
