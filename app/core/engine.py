@@ -525,9 +525,9 @@ class InferenceEngine:
         self.calls_in_flight = 0
         """ONNX Runtime calls running now in this process (counted on the event loop, at launch and finish)."""
         self.lone_calls = 0
+        """Calls that ran on a lone-call session, since start (reported with the engine's settings)."""
         self.arena_releases = 0
         """Release runs (`release_arena`) since start."""
-        """Calls that ran on a lone-call session, since start (reported with the engine's settings)."""
 
     @property
     def retry_after_seconds(self) -> int:
