@@ -174,21 +174,27 @@ class BareRuntime:
         self.threads = threads
         self._sessions: dict[tuple[str, str], object] = {}
 
-    def session(self, model: str, graph: str):  # type: ignore[no-untyped-def]
+    def session(self, model: str, graph: str, threads: int | None = None):  # type: ignore[no-untyped-def]
+        """The graph's session with `threads` intra-op threads (default: all the usable CPUs), opened once."""
+        threads = self.threads if threads is None else threads
+        key = (model, graph) if threads == self.threads else (model, f"{graph}@{threads}")
+        if key not in self._sessions:
+            self._sessions[key] = self.open(model, graph, threads)
+        return self._sessions[key]
+
+    def open(self, model: str, graph: str, threads: int):  # type: ignore[no-untyped-def]
+        """A new session of the graph with `threads` intra-op threads, no spinning, optimisation level ALL."""
         import onnxruntime as ort
 
-        key = (model, graph)
-        if key not in self._sessions:
-            card = json.loads((self.models_dir / model / "card.json").read_text())
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = self.threads
-            options.inter_op_num_threads = 1
-            options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            path = self.models_dir / model / card["graphs"][graph]["file"]
-            self._sessions[key] = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        return self._sessions[key]
+        card = json.loads((self.models_dir / model / "card.json").read_text())
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        path = self.models_dir / model / card["graphs"][graph]["file"]
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
     def measure(self, model: str, graph: str, sample: np.ndarray, batch: int, seconds: float) -> BareResult:
         """Call the graph on `batch` rows (the sample's rows repeated) for about `seconds` (at least 5 calls)."""
@@ -207,3 +213,40 @@ class BareRuntime:
         elapsed = time.perf_counter() - started
         ms = np.array(times) * 1e3
         return BareResult(batch, len(times), elapsed, float(np.percentile(ms, 50)), float(np.percentile(ms, 99)))
+
+    def measure_callers(
+        self, model: str, graph: str, sample: np.ndarray, batch: int, seconds: float, callers: int
+    ) -> BareResult:
+        """`callers` threads at once, each with a session of one intra-op thread, calling the graph on `batch` rows
+        for about `seconds`: what the runtime gives several concurrent callers (the bound for `callers` workers)."""
+        import threading
+
+        sessions = [self.session(model, graph, threads=1)] + [self.open(model, graph, 1) for _ in range(callers - 1)]
+        reps = -(-batch // sample.shape[0])
+        x = np.ascontiguousarray(np.concatenate([sample] * reps)[:batch])
+        feeds = {sessions[0].get_inputs()[0].name: x}
+        for session in sessions:
+            session.run(None, feeds)
+        times: list[list[float]] = [[] for _ in sessions]
+        barrier = threading.Barrier(len(sessions) + 1)
+        stop = threading.Event()
+
+        def call(index: int) -> None:
+            barrier.wait()
+            while not stop.is_set():
+                t0 = time.perf_counter()
+                sessions[index].run(None, feeds)
+                times[index].append(time.perf_counter() - t0)
+
+        threads = [threading.Thread(target=call, args=(i,), daemon=True) for i in range(len(sessions))]
+        for thread in threads:
+            thread.start()
+        barrier.wait()
+        started = time.perf_counter()
+        time.sleep(seconds)
+        stop.set()
+        for thread in threads:
+            thread.join()
+        elapsed = time.perf_counter() - started
+        ms = np.array([t for per in times for t in per]) * 1e3
+        return BareResult(batch, len(ms), elapsed, float(np.percentile(ms, 50)), float(np.percentile(ms, 99)))

@@ -44,6 +44,8 @@ PEERS = (MLSERVER, MLSERVER_BATCHING, TUTORIAL, BENTOML)
 PATH_OF = {NOOP_RAW: "/bench/noop-raw", NOOP_PARSE: "/bench/noop-parse", ECHO: "/echo"}
 ENCODE_PATH_OF = {TUTORIAL: "/encode", BENTOML: "/encode"}
 """Where a peer takes the `/v1/encode` JSON body `{"inputs": [[...]]}` (the V2 cases keep their path)."""
+PARALLEL_BARE_CASES = ("encode-npy-64",)
+"""Cases whose bare runtime is also measured with one one-thread caller per usable CPU (issue 19's workers target)."""
 TWO_WORKER_CASES = ("encode-json-1", "v2-json-1", "encode-npy-64", "denoise-png-28")
 JSON_ENCODE_CASES = ("encode-json-1", "encode-json-64")
 V2_JSON_CASES = ("v2-json-1", "v2-json-64")
@@ -106,6 +108,9 @@ class Results:
     cells: list[Cell] = field(default_factory=list)
     bare: dict[tuple[str, int], list[BareResult]] = field(default_factory=lambda: defaultdict(list))
     """(case, batch) -> one result per round."""
+    bare_callers: dict[tuple[str, int], list[BareResult]] = field(default_factory=lambda: defaultdict(list))
+    """(case, batch) -> one result per round of as many concurrent one-thread callers as usable CPUs
+    (`PARALLEL_BARE_CASES` only): the bound for that many workers."""
 
     def get(self, variant: str, case: str, concurrency: int) -> list[Cell]:
         return [c for c in self.cells if (c.variant, c.case, c.concurrency) == (variant, case, concurrency)]
@@ -130,8 +135,8 @@ class Results:
                     ratios.append(num / den)
         return statistics.median(ratios) if ratios else None
 
-    def bare_median(self, case: str, batch: int) -> BareResult | None:
-        runs = self.bare.get((case, batch))
+    def bare_median(self, case: str, batch: int, callers: bool = False) -> BareResult | None:
+        runs = (self.bare_callers if callers else self.bare).get((case, batch))
         if not runs:
             return None
         return sorted(runs, key=lambda b: b.rows_per_s)[len(runs) // 2]

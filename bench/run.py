@@ -38,6 +38,7 @@ from bench.plan import (
     NO_BATCHING,
     OURS,
     OWN_SERVERS,
+    PARALLEL_BARE_CASES,
     PEER_CASES,
     PEERS,
     SERVER_OF,
@@ -439,6 +440,11 @@ def bare_round(run: Run, cases: list[Case], bare: BareRuntime, round_: int) -> N
             if key not in done:
                 done[key] = bare.measure(case.model, case.graph, case.sample, batch, run.config.bare_seconds)
             run.results.bare[(case.name, batch)].append(done[key])  # type: ignore[arg-type]
+        if case.name in PARALLEL_BARE_CASES and bare.threads > 1:
+            both = bare.measure_callers(
+                case.model, case.graph, case.sample, case.rows, run.config.bare_seconds, callers=bare.threads
+            )
+            run.results.bare_callers[(case.name, case.rows)].append(both)
 
 
 def memory_top_up(run: Run, cases: list[Case], run_dir: Path, broken: dict[tuple[str, str], str]) -> None:
