@@ -229,24 +229,11 @@ def _accumulate(out: np.ndarray, plan: TilePlan, origins: list[tuple[int, int]],
         tile = result[:, :h, :w]
         wy = _weights(th, y, plan.height, plan.radius, plan.ramp)[:h].astype(np.float32)
         wx = _weights(tw, x, plan.width, plan.radius, plan.ramp)[:w].astype(np.float32)
-        for lo, hi in _bands(wy):
+        for lo, hi in _runs(wy != 1.0):
             tile[:, lo:hi] *= wy[lo:hi, None]
-        for lo, hi in _bands(wx):
+        for lo, hi in _runs(wx != 1.0):
             tile[:, :, lo:hi] *= wx[lo:hi]
         out[:, y : y + h, x : x + w] += tile
-
-
-def _bands(weights: np.ndarray) -> list[tuple[int, int]]:
-    """The [lo, hi) ranges at the two ends of 1-D `weights` where they are not 1 (the middle always is)."""
-    ones = np.flatnonzero(weights == 1.0)
-    if not len(ones):
-        return [(0, len(weights))] if len(weights) else []
-    bands = []
-    if ones[0] > 0:
-        bands.append((0, int(ones[0])))
-    if ones[-1] + 1 < len(weights):
-        bands.append((int(ones[-1]) + 1, len(weights)))
-    return bands
 
 
 def _normalise(out: np.ndarray, plan: TilePlan) -> np.ndarray:
