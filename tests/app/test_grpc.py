@@ -395,6 +395,32 @@ def test_client_deadline_cancels_the_work(client: tg.InferenceServerClient, live
     assert_serving(live, client)
 
 
+def test_client_cancel_is_counted_apart_from_deadlines(client: tg.InferenceServerClient, live: LiveServer) -> None:
+    """A client that cancels long before its deadline went away (499 `client_disconnected`), not a 504: only a
+    cancellation within the slack of the deadline is the client's deadline firing first."""
+    route = f"/{SERVICE}/ModelInfer"
+    before = {
+        s: metric_total(live, "ae_http_requests_total", method="GRPC", route=route, status=s) for s in ("499", "504")
+    }
+    image = (
+        np.random.default_rng(1).uniform(0, 1, size=(1, 3, 560, 560)).astype(np.float32)
+    )  # under the 4 MiB message limit
+    tensors = [infer_input(input_name("photo", "full"), image), infer_input("sigma", np.full(1, SIGMA, np.float32))]
+    answers: list[Any] = []
+    call = client.async_infer(
+        "photo.full", tensors, callback=lambda result, error: answers.append(error), headers=AUTH, client_timeout=60
+    )
+    time.sleep(0.3)  # the handler is running the inference (over a second on two cores)
+    call.cancel()
+    deadline = time.monotonic() + 30
+    while metric_total(live, "ae_http_requests_total", method="GRPC", route=route, status="499") <= before["499"]:
+        assert time.monotonic() < deadline, "the server never saw the cancellation"
+        time.sleep(0.1)
+    assert metric_total(live, "ae_http_requests_total", method="GRPC", route=route, status="504") == before["504"]
+    assert answers and "CANCELLED" in str(answers[0].status())
+    assert_serving(live, client)
+
+
 def test_stream_cancelled_midway(target: str, live: LiveServer, client: tg.InferenceServerClient) -> None:
     streaming = tg.InferenceServerClient(target)
     answers: list[Any] = []

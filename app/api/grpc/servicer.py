@@ -46,6 +46,10 @@ STREAM_WINDOW = 64
 and with every other caller), their answers go out in request order; the next request is read when one of
 them is answered."""
 CLIENT_CLOSED_REQUEST = 499
+# A client whose deadline passes cancels the call (RST_STREAM) at its own deadline, which comes before ours: the
+# timeout it propagates is what was left when it sent the call, and our clock starts when the call arrives. A
+# cancellation this close to our deadline is that client's deadline, not the client going away.
+DEADLINE_SLACK_SECONDS = 0.25
 REFUSED_LOAD_PARAMETERS = ("config",)
 """Triton's load overrides, refused as on HTTP (`app/api/v2/repository.py`): a version is published as a folder."""
 
@@ -104,7 +108,7 @@ def _cancelled(context: Any) -> tuple[int, str]:
     """How a cancelled RPC is counted: its deadline passed (504, as the engine's own timeout), or the client
     cancelled or went away (499, as on HTTP)."""
     remaining = context.time_remaining()
-    if remaining is not None and remaining <= 0:
+    if remaining is not None and remaining <= DEADLINE_SLACK_SECONDS:
         return 504, "deadline_exceeded"
     return CLIENT_CLOSED_REQUEST, "client_disconnected"
 
