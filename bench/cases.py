@@ -118,6 +118,7 @@ def build_cases(models_dir: Path, seed: int = 0) -> list[Case]:
     v2_path = "/v2/models/dense.encoder/infer"
     binary_body, header_length = v2_binary(x_name, z_name, many)
     f32 = np.float32
+    bulk = np.tile(many, (8, 1))  # 512 rows: the batch size where HTTP costs least per row (issue 19's workers target)
     cases = [
         Case("encode-json-1", "/v1 encode, JSON, 1 row", "/v1/encode", orjson.dumps({"inputs": one.tolist()}),
              JSON, 1, "dense", "encoder", one.astype(f32), ceilings=True),
@@ -125,6 +126,8 @@ def build_cases(models_dir: Path, seed: int = 0) -> list[Case]:
              JSON, 64, "dense", "encoder", many.astype(f32), ceilings=True),
         Case("encode-npy-64", "/v1 encode, .npy in and out, 64 rows", "/v1/encode", npy(many), NPY, 64, "dense",
              "encoder", many.astype(f32), headers=(("Accept", NPY),), ceilings=True),
+        Case("encode-npy-512", "/v1 encode, .npy in and out, 512 rows", "/v1/encode", npy(bulk), NPY, 512, "dense",
+             "encoder", bulk.astype(f32), headers=(("Accept", NPY),)),
         Case("reconstruct-json-1", "/v1 reconstruct, JSON, 1 row", "/v1/reconstruct",
              orjson.dumps({"inputs": one.tolist()}), JSON, 1, "dense", "full", one.astype(f32)),
         Case("denoise-png-28", "/v1 denoise, 28x28 PNG in and out", "/v1/models/denoise/denoise", png(small),

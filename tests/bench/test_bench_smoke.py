@@ -36,7 +36,7 @@ def table_row(report: str, variant: str, concurrency: int) -> list[str]:
 def test_bench_smoke(tmp_path: Path) -> None:
     out = tmp_path / "RESULTS.md"
     command = [
-        sys.executable, "-m", "bench", "--cases", "encode-json-1,encode-npy-64",
+        sys.executable, "-m", "bench", "--cases", "encode-json-1,encode-npy-64,encode-npy-512",
         "--variants", "ours,noop-raw,2-workers", "--concurrency", "4", "--duration", "1", "--rounds", "1",
         "--memory-requests", "0",
         "--bare-seconds", "0.2", "--out", str(out), "--work-dir", str(tmp_path / "work"),
@@ -55,7 +55,9 @@ def test_bench_smoke(tmp_path: Path) -> None:
     assert re.search(r"\| ours: .* \| \d+\.\d+ s \| \d+ MiB \| \d+ MiB \|", report), "no start-up/memory row"
     assert "ours / `noop-raw` requests/s" in report
     # Issue 19's workers target: 2 workers' .npy rows/s against bare ORT's best, one caller or one per CPU.
-    workers = re.search(r"\| encode-npy-64, c=4: `2-workers` / bare ORT's best rows/s [^|]*\| ([\d.]+)x \(", report)
+    workers = re.search(
+        r"\| `.npy` encode \(64 / 512 rows\), c=4: `2-workers` / bare ORT's best rows/s [^|]*\| ([\d.]+)x \(", report
+    )
     assert workers and float(workers.group(1)) > 0, report
 
 
