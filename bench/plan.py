@@ -32,11 +32,12 @@ MLSERVER_BATCHING = "mlserver-batching"
 TUTORIAL = "tutorial"
 BENTOML = "bentoml"
 ECHO = "echo"
-VARIANTS = (OURS, NOOP_RAW, NOOP_PARSE, ECHO, NO_BATCHING, TWO_WORKERS, MLSERVER, MLSERVER_BATCHING, TUTORIAL,
+FLOOR = "floor"
+VARIANTS = (OURS, NOOP_RAW, NOOP_PARSE, ECHO, FLOOR, NO_BATCHING, TWO_WORKERS, MLSERVER, MLSERVER_BATCHING, TUTORIAL,
             BENTOML)  # fmt: skip
 SERVER_OF = {OURS: OURS, NOOP_RAW: OURS, NOOP_PARSE: OURS, NO_BATCHING: NO_BATCHING, TWO_WORKERS: TWO_WORKERS,
              MLSERVER: MLSERVER, MLSERVER_BATCHING: MLSERVER_BATCHING, TUTORIAL: TUTORIAL, BENTOML: BENTOML,
-             ECHO: ECHO}  # fmt: skip
+             ECHO: ECHO, FLOOR: FLOOR}  # fmt: skip
 OWN_SERVERS = (OURS, NO_BATCHING, TWO_WORKERS)
 """Servers of the service itself (with its metrics: in-flight gauge, batch sizes); the others are peers."""
 PEERS = (MLSERVER, MLSERVER_BATCHING, TUTORIAL, BENTOML)
@@ -70,6 +71,8 @@ def applies(variant: str, case: Case, concurrency: int, levels: tuple[int, ...])
         return True
     if variant in (NOOP_RAW, NOOP_PARSE, ECHO):
         return case.ceilings and (case.name == "encode-json-1" or concurrency == top)
+    if variant == FLOOR:  # the least one Python process can do for the 1-row JSON encode (bench/peers/floor.py)
+        return case.name == "encode-json-1"
     if variant == NO_BATCHING:
         return case.rows == 1 and (case.name == "encode-json-1" or concurrency >= min(8, top))
     if variant == TWO_WORKERS:

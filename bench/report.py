@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from bench.cases import build_cases
 from bench.plan import (
     ECHO,
+    FLOOR,
     MLSERVER,
     MLSERVER_BATCHING,
     NO_BATCHING,
@@ -102,6 +103,11 @@ def targets(run: Run) -> list[tuple[str, str, str, str]]:
     top = max(run.config.levels)
     rows: list[tuple[str, str, str, str]] = [echo_target(run)]
     enc = ("encode-json-1", top)
+    # Where the echo target sits: the least one Python process does for this request (bench/peers/floor.py).
+    for a, b in ((FLOOR, ECHO), (OURS, FLOOR)):
+        r = res.ratio((a, *enc), (b, *enc), "rps")
+        if r is not None:
+            rows.append((f"/v1 encode 1-row JSON, c={top}: `{a}` / `{b}` requests/s", _x(r), "reported", "-"))
     # Issue 6's ceilings, on our own stack: the echo above replaced them as the target (issue 19).
     for ceiling, was in ((NOOP_RAW, 0.6), (NOOP_PARSE, 0.9)):
         r = res.ratio((OURS, *enc), (ceiling, *enc), "rps")
@@ -162,7 +168,7 @@ def peer_ratios(run: Run) -> list[str]:
     """Ours / each peer (and / the echo ceiling) in requests/s, per case and concurrency: the median over rounds
     of the ratio within a round."""
     res, levels = run.results, run.config.levels
-    others = [v for v in (ECHO, *PEERS) if any(c.variant == v for c in res.cells)]
+    others = [v for v in (ECHO, FLOOR, *PEERS) if any(c.variant == v for c in res.cells)]
     if not others:
         return []
     lines = ["", "## Ours against the peers and the echo ceiling", "",
@@ -221,7 +227,9 @@ def _context(run: Run) -> list[str]:
         'file and the same `{"inputs": [[...]]}` body as `/v1/encode` (the tutorial also takes V2 JSON); every '
         "peer's ORT session has our resolved thread count, no spinning. `echo` = the external ceiling: "
         "`bench/peers/echo.py`, a bare ASGI app that reads the body and answers a fixed JSON, under uvicorn with "
-        "httptools and uvloop, no access log, 1 worker.",
+        "httptools and uvloop, no access log, 1 worker. `floor` = the least one Python process can do for the "
+        "1-row JSON encode with a JSON log line and metrics (`bench/peers/floor.py`: orjson, numpy, ONNX Runtime "
+        "called inline on the event loop, prometheus_client, under the echo's uvicorn): where the echo target sits.",
     ]
     return lines
 

@@ -32,6 +32,7 @@ from bench.load import BareRuntime, graph_counters, mean_between, run_wrk, wait_
 from bench.plan import (
     BENTOML,
     ECHO,
+    FLOOR,
     JSON_ENCODE_CASES,
     MLSERVER,
     MLSERVER_BATCHING,
@@ -63,6 +64,7 @@ from bench.servers import (
     peer_venv,
     start_bentoml,
     start_echo,
+    start_floor,
     start_mlserver,
     start_ours,
     start_tutorial,
@@ -320,6 +322,12 @@ def start_servers(run: Run, run_dir: Path, cases: list[Case]) -> None:
             run.servers[ECHO] = start_echo(run_dir)
         except Exception as exc:
             run.skipped[ECHO] = f"the echo did not start: {str(exc)[:400]}"
+    if FLOOR in wanted and any(applies(FLOOR, c, max(run.config.levels), run.config.levels) for c in cases):
+        log("starting the floor")
+        try:
+            run.servers[FLOOR] = start_floor(run_dir, encoder_file(run.config.models_dir)[0], peer_threads())
+        except Exception as exc:
+            run.skipped[FLOOR] = f"the floor did not start: {str(exc)[:400]}"
     mlservers = [v for v in (MLSERVER, MLSERVER_BATCHING) if v in wanted]
     if mlservers and any(c.peer for c in cases):
         start_mlservers(run, run_dir, mlservers)
@@ -377,7 +385,7 @@ def check_requests(run: Run, cases: list[Case], reference: BareRuntime) -> dict[
             if status != 200:
                 broken[(variant, case.name)] = f"HTTP {status}: {body[:200].decode(errors='replace')}"
                 log(f"skipping {variant} x {case.name}: {broken[(variant, case.name)]}")
-            elif case.name in CHECKED_CASES and (variant == OURS or variant in PEERS):
+            elif case.name in CHECKED_CASES and (variant in (OURS, FLOOR) or variant in PEERS):
                 answers.setdefault(case.name, {})[variant] = body
     for case in cases:
         if case.name in answers:

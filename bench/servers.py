@@ -277,6 +277,20 @@ def start_bentoml(python: Path, run_dir: Path, model_file: Path, intra_op_thread
     return launch(name, description, command, env, run_dir, port, "/readyz", timeout)
 
 
+def start_floor(run_dir: Path, model_file: Path, intra_op_threads: int, name: str = "floor",
+                timeout: float = 60) -> Server:  # fmt: skip
+    """The floor: `bench/peers/floor.py` (1-row JSON encode in a bare ASGI callable, ONNX Runtime inline, a JSON
+    log line and metrics) under the echo's uvicorn, in the service's own virtualenv."""
+    port = free_port()
+    command = [sys.executable, "-m", "uvicorn", "bench.peers.floor:app", "--host", "127.0.0.1", "--port", str(port),
+               "--http", "httptools", "--loop", "uvloop", "--no-access-log", "--workers", "1"]  # fmt: skip
+    description = (f"the floor (`bench/peers/floor.py`): bare ASGI, ONNX Runtime inline (intra-op threads "
+                   f"{intra_op_threads}), a JSON log line and metrics; the echo's uvicorn, 1 worker")  # fmt: skip
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "MODEL_PATH": str(model_file.resolve()),
+           "ORT_THREADS": str(intra_op_threads)}  # fmt: skip
+    return launch(name, description, command, env, run_dir, port, "/", timeout)
+
+
 def start_echo(run_dir: Path, name: str = "echo", timeout: float = 60) -> Server:
     """The external ceiling: `bench/peers/echo.py` under bare uvicorn (httptools, uvloop, no access log, one
     worker), in the service's own virtualenv (the same uvicorn, httptools and uvloop as ours)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from bench.cases import build_cases
 from bench.load import LoadResult
-from bench.plan import MLSERVER, NO_BATCHING, NOOP_PARSE, NOOP_RAW, OURS, VARIANTS, Cell, Results, applies
+from bench.plan import FLOOR, MLSERVER, NO_BATCHING, NOOP_PARSE, NOOP_RAW, OURS, VARIANTS, Cell, Results, applies
 from tests.app.conftest import MODELS_DIR
 
 LEVELS = (1, 8, 32)
@@ -23,6 +23,7 @@ def test_every_case_runs_on_ours_and_the_side_variants_where_they_answer_a_targe
         "encode-json-1", "encode-json-64", "encode-npy-64",
     }  # fmt: skip
     assert applies(NOOP_RAW, cases["encode-json-1"], 1, LEVELS)
+    assert {n for n, c in cases.items() if applies(FLOOR, c, 1, LEVELS)} == {"encode-json-1"}
     # The peer only gets the V2 JSON requests it can parse; batching off only the 1-row requests.
     assert {n for n, c in cases.items() if applies(MLSERVER, c, 32, LEVELS)} == {"v2-json-1", "v2-json-64"}
     assert all(cases[n].rows == 1 for n in cases if applies(NO_BATCHING, cases[n], 32, LEVELS))

@@ -37,7 +37,7 @@ def test_bench_smoke(tmp_path: Path) -> None:
     out = tmp_path / "RESULTS.md"
     command = [
         sys.executable, "-m", "bench", "--cases", "encode-json-1,encode-npy-64,encode-npy-512",
-        "--variants", "ours,noop-raw,2-workers", "--concurrency", "4", "--duration", "1", "--rounds", "1",
+        "--variants", "ours,noop-raw,floor,2-workers", "--concurrency", "4", "--duration", "1", "--rounds", "1",
         "--memory-requests", "0",
         "--bare-seconds", "0.2", "--out", str(out), "--work-dir", str(tmp_path / "work"),
     ]  # fmt: skip
@@ -54,6 +54,9 @@ def test_bench_smoke(tmp_path: Path) -> None:
     assert re.search(r"\| encode-json-1 \| dense\.encoder \| 1 \| [\d,]+ \|", report), "no bare-runtime row"
     assert re.search(r"\| ours: .* \| \d+\.\d+ s \| \d+ MiB \| \d+ MiB \|", report), "no start-up/memory row"
     assert "ours / `noop-raw` requests/s" in report
+    # The floor (bench/peers/floor.py) answered, correctly, and ours is compared with it.
+    assert re.search(r"`floor` encode-json-1 answer vs in-process ONNX Runtime .* \(within 1e-05\)", report), report
+    assert re.search(r"\| /v1 encode 1-row JSON, c=4: `ours` / `floor` requests/s \| [\d.]+x \|", report), report
     # Issue 19's workers target: 2 workers' .npy rows/s against bare ORT's best, one caller or one per CPU.
     workers = re.search(
         r"\| `.npy` encode \(64 / 512 rows\), c=4: `2-workers` / bare ORT's best rows/s [^|]*\| ([\d.]+)x \(", report
