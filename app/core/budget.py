@@ -47,15 +47,16 @@ class MemoryBudget:
         self.retry_after = retry_after_seconds
         self.held = 0
         self.peak = 0
-        self._waiters: deque[tuple[int, asyncio.Future[None], object]] = deque()
+        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
 
     def _take(self, nbytes: int) -> None:
         self.held += nbytes
         self.peak = max(self.peak, self.held)
 
-    def waited_for_by_others(self, owner: object) -> bool:
-        """Whether anyone waits for bytes on behalf of something other than `owner` (see `acquire`)."""
-        return any(waiter_owner is None or waiter_owner != owner for _, _, waiter_owner in self._waiters)
+    @property
+    def waiting(self) -> int:
+        """Callers waiting for bytes."""
+        return len(self._waiters)
 
     def try_acquire(self, nbytes: int) -> bool:
         """Take `nbytes` now if they fit and nobody waits before us (never waits)."""
@@ -81,15 +82,14 @@ class MemoryBudget:
             {"Retry-After": str(self.retry_after)},
         )
 
-    async def acquire(self, nbytes: int, what: str, owner: object = None) -> None:
-        """Take `nbytes`, waiting up to `wait_seconds` for room: 413 when it can never fit, 503 when not in time.
-        `owner`: what the bytes are for while the caller waits (`waited_for_by_others`)."""
+    async def acquire(self, nbytes: int, what: str) -> None:
+        """Take `nbytes`, waiting up to `wait_seconds` for room: 413 when it can never fit, 503 when not in time."""
         if nbytes > self.limit:
             raise self._too_large(nbytes, what)
         if self.try_acquire(nbytes):
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        waiter = (nbytes, future, owner)
+        waiter = (nbytes, future)
         self._waiters.append(waiter)
         try:
             await asyncio.wait_for(future, self.wait_seconds)
@@ -103,7 +103,7 @@ class MemoryBudget:
                 self._forget(waiter)
             raise
 
-    def _forget(self, waiter: tuple[int, asyncio.Future[None], object]) -> None:
+    def _forget(self, waiter: tuple[int, asyncio.Future[None]]) -> None:
         with contextlib.suppress(ValueError):
             self._waiters.remove(waiter)
         self._wake()  # a big waiter leaving may let smaller ones behind it through
@@ -116,7 +116,7 @@ class MemoryBudget:
 
     def _wake(self) -> None:
         while self._waiters:
-            nbytes, future, _ = self._waiters[0]
+            nbytes, future = self._waiters[0]
             if future.done():
                 self._waiters.popleft()
                 continue

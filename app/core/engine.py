@@ -66,10 +66,9 @@ SHRINK_ARENA_ABOVE_BYTES = 64 * 1024 * 1024
 """A "large" ONNX Runtime call: expected to need more working memory than this. The arena otherwise keeps the
 largest call's memory for the life of the process, outside every budget, so a large call's memory is given back:
 by the graph's release run once the graph is idle, and at the end of the call itself (run option
-`memory.enable_memory_arena_shrinkage`) when a request for another graph waits for the inference memory budget.
-Shrinking every large call cost a 1024x1024 denoise ~9 % (the next call grows the arena again, page by page), at
-c=1 and at c=4 alike (at c=4 the budget lets one such call run at a time and the others wait for it: they reuse
-the arena as it is)."""
+`memory.enable_memory_arena_shrinkage`) when the inference memory budget is contested (someone waits for it).
+Shrinking every large call cost a lone 1024x1024 denoise ~9 % (the next call grows the arena again, page by
+page); with nobody waiting, the memory is better kept for the next call of the same graph until it goes idle."""
 RELEASE_DELAY_SECONDS = 0.05
 """How long a graph must stay idle after a large call before its release run (`GraphSession.release_feeds`): a
 tiled image's next tile, or a client's next request, which arrives within this, uses the memory again. A large
@@ -392,7 +391,7 @@ class _GraphQueue:
             self.engine.arena
             and sum(r.values for r in members) * self.graph.work_bytes_per_value > SHRINK_ARENA_ABOVE_BYTES
         )
-        if batch.large and self.engine.memory_contested(self.graph):
+        if batch.large and self.engine.memory_contested():
             batch.run_options.add_run_config_entry(ARENA_SHRINKAGE, "cpu:0")
             batch.shrink = True
             self.engine.shrinking_calls += 1
@@ -559,10 +558,9 @@ class InferenceEngine:
         """Whether the sessions use ONNX Runtime's CPU memory arena (which a run may be asked to shrink)."""
         return bool(self._settings.cpu_mem_arena)
 
-    def memory_contested(self, graph: GraphSession) -> bool:
-        """Someone waits for the inference memory budget for another graph: a large call of `graph` gives its
-        memory back as it ends. (Waiting for the same graph, the next call reuses the arena as it is.)"""
-        return self.memory is not None and self.memory.waited_for_by_others(graph.key)
+    def memory_contested(self) -> bool:
+        """Someone waits for the inference memory budget: a large call gives its memory back as it ends."""
+        return self.memory is not None and self.memory.waiting > 0
 
     def _release_idle_arenas(self, besides: _GraphQueue) -> None:
         """Before a large call: the release run of every other graph that is idle and holds a large call's memory
@@ -662,7 +660,7 @@ class InferenceEngine:
         if memory is None or need <= 0:
             return await queue.submit(feeds, endpoint)
         if not memory.try_acquire(need):  # the common case takes no await
-            await memory.acquire(need, f"{queue.graph.label} on {values} input values", owner=queue.graph.key)
+            await memory.acquire(need, f"{queue.graph.label} on {values} input values")
         try:
             return await queue.submit(feeds, endpoint)
         finally:

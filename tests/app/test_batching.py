@@ -482,46 +482,40 @@ def test_a_release_run_follows_large_calls_once_the_graph_is_idle(graphs: dict[s
     assert engine.arena_releases == 0
 
 
-def test_a_large_call_shrinks_its_arena_only_when_another_graph_waits_for_memory(
-    graphs: dict[str, GraphSession],
-) -> None:
-    """Nobody waiting for the inference memory budget, or only more calls of the same graph (which reuse the arena
-    as it is): a large call keeps its arena, and the release run gives it back once the graph is idle. A request
-    for something else waiting: the call gives its memory back as it ends."""
+def test_a_large_call_shrinks_its_arena_only_when_the_budget_is_contested(graphs: dict[str, GraphSession]) -> None:
+    """Nobody waiting for the inference memory budget: a large call keeps its arena for the graph's next call (the
+    release run gives it back once the graph is idle). Someone waiting: it gives its memory back as it ends."""
     graph = graphs["denoise.full"]
     x = batch_of(graph, 1, seed=5, height=64, width=64)
     per_value = SHRINK_ARENA_ABOVE_BYTES // x.size + 1
     large = dataclasses.replace(graph, work_bytes_per_value=per_value)  # just above the threshold
     need = x.size * per_value
     feeds = {graph.inputs[0].name: x}
-    nobody, same_graph, other = "nobody", "same graph", "other"
 
-    async def scenario(waiter: str) -> InferenceEngine:
+    async def scenario(contested: bool) -> InferenceEngine:
         budget = MemoryBudget("inference memory", 3 * need, 10, 1)
         engine = InferenceEngine(Metrics(), Settings(log_level="warning", batching=False), budget)
         try:
             assert budget.try_acquire(3 * need)  # full: our call waits at the head of the line
             ours = asyncio.create_task(engine.run(large, feeds, "test"))
             await asyncio.sleep(0.02)
-            behind = None
-            if waiter != nobody:
-                owner = large.key if waiter == same_graph else None
-                behind = asyncio.create_task(budget.acquire(3 * need, "behind", owner=owner))
+            other = asyncio.create_task(budget.acquire(3 * need, "other")) if contested else None
             await asyncio.sleep(0.02)
-            budget.release(3 * need)  # ours fits; `behind` (all of it) still waits while ours runs
-            assert budget.waited_for_by_others(large.key) == (waiter == other)
+            budget.release(3 * need)  # ours fits; `other` (all of it) still waits while ours runs
+            assert budget.waiting == (1 if contested else 0)
             await ours
-            if behind is not None:
-                await behind
+            if other is not None:
+                await other
                 budget.release(3 * need)
             await asyncio.sleep(RELEASE_DELAY_SECONDS * 6)
             return engine
         finally:
             await engine.aclose()
 
-    for waiter, shrinks in ((nobody, 0), (same_graph, 0), (other, 1)):
-        engine = asyncio.run(scenario(waiter))
-        assert (engine.shrinking_calls, engine.arena_releases) == (shrinks, 1), waiter
+    calm = asyncio.run(scenario(contested=False))
+    assert calm.shrinking_calls == 0 and calm.arena_releases == 1
+    busy = asyncio.run(scenario(contested=True))
+    assert busy.shrinking_calls == 1 and busy.arena_releases == 1
 
 
 def test_a_large_call_releases_other_idle_graphs_at_once(graphs: dict[str, GraphSession]) -> None:
