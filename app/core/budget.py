@@ -53,11 +53,6 @@ class MemoryBudget:
         self.held += nbytes
         self.peak = max(self.peak, self.held)
 
-    @property
-    def waiting(self) -> int:
-        """Callers waiting for bytes."""
-        return len(self._waiters)
-
     def try_acquire(self, nbytes: int) -> bool:
         """Take `nbytes` now if they fit and nobody waits before us (never waits)."""
         if nbytes <= 0:

@@ -63,16 +63,12 @@ DEFAULT_WORK_BYTES_PER_VALUE = 1024.0
 """Working memory assumed per input value where it cannot be measured (no /proc): above every graph measured."""
 ARENA_SHRINKAGE = "memory.enable_memory_arena_shrinkage"
 SHRINK_ARENA_ABOVE_BYTES = 64 * 1024 * 1024
-"""A "large" ONNX Runtime call: expected to need more working memory than this. The arena otherwise keeps the
-largest call's memory for the life of the process, outside every budget, so a large call's memory is given back:
-by the graph's release run once the graph is idle, and at the end of the call itself (run option
-`memory.enable_memory_arena_shrinkage`) when the inference memory budget is contested (someone waits for it).
-Shrinking every large call cost a lone 1024x1024 denoise ~9 % (the next call grows the arena again, page by
-page); with nobody waiting, the memory is better kept for the next call of the same graph until it goes idle."""
+"""An ONNX Runtime call expected to need more working memory than this gives its arena memory back afterwards
+(run option `memory.enable_memory_arena_shrinkage`): the arena otherwise keeps the largest call's memory for the
+life of the process, outside every budget."""
 RELEASE_DELAY_SECONDS = 0.05
 """How long a graph must stay idle after a large call before its release run (`GraphSession.release_feeds`): a
-tiled image's next tile, or a client's next request, which arrives within this, uses the memory again. A large
-call of another graph does not wait for it: it releases the idle graphs' arenas as it is submitted."""
+tiled image's next tile, which arrives within this, would use the memory again."""
 
 
 @dataclass(frozen=True)
@@ -212,10 +208,8 @@ class _Batch:
     lone: bool = False
     """Runs on the graph's `lone_session`: no other ONNX Runtime call was in flight in the process when it
     started."""
-    large: bool = False
-    """Above `SHRINK_ARENA_ABOVE_BYTES`: the graph's release run follows it once the graph is idle."""
     shrink: bool = False
-    """A large call while the inference memory budget is contested: its run gives the arena's free memory back."""
+    """A large call: its run gives the arena's free memory back, and the graph's release run follows it."""
 
     @property
     def rows(self) -> int:
@@ -387,14 +381,12 @@ class _GraphQueue:
         self.rows_waiting -= rows
         self.engine.set_queue_depth(self.graph, len(self.waiting))
         batch = _Batch(members)
-        batch.large = (
+        if (
             self.engine.arena
             and sum(r.values for r in members) * self.graph.work_bytes_per_value > SHRINK_ARENA_ABOVE_BYTES
-        )
-        if batch.large and self.engine.memory_contested():
+        ):
             batch.run_options.add_run_config_entry(ARENA_SHRINKAGE, "cpu:0")
             batch.shrink = True
-            self.engine.shrinking_calls += 1
         for request in members:
             request.batch = batch
         return batch
@@ -437,7 +429,7 @@ class _GraphQueue:
                     request.future.set_result(outcome)
         finally:
             _release(batch)
-            if batch.large:
+            if batch.shrink:
                 self._unreleased.add(batch.lone)
             self._schedule_release()
 
@@ -446,15 +438,6 @@ class _GraphQueue:
         if self._unreleased and self.graph.release_feeds is not None and self._release_timer is None:
             loop = asyncio.get_running_loop()
             self._release_timer = loop.call_later(RELEASE_DELAY_SECONDS, self._release_if_idle, loop)
-
-    def release_now(self) -> None:
-        """Run the release now if the graph is idle and holds a large call's memory (another graph's large call is
-        about to need it)."""
-        if not self._unreleased:
-            return
-        if self._release_timer is not None:
-            self._release_timer.cancel()
-        self._release_if_idle(asyncio.get_running_loop())
 
     def _release_if_idle(self, loop: asyncio.AbstractEventLoop) -> None:
         """Run the release for every session that ran a large call, if the graph is idle; else the next call's end
@@ -545,8 +528,6 @@ class InferenceEngine:
         """Calls that ran on a lone-call session, since start (reported with the engine's settings)."""
         self.arena_releases = 0
         """Release runs (`release_arena`) since start."""
-        self.shrinking_calls = 0
-        """Large calls run with arena shrinkage (the inference memory budget was contested) since start."""
 
     @property
     def retry_after_seconds(self) -> int:
@@ -557,17 +538,6 @@ class InferenceEngine:
     def arena(self) -> bool:
         """Whether the sessions use ONNX Runtime's CPU memory arena (which a run may be asked to shrink)."""
         return bool(self._settings.cpu_mem_arena)
-
-    def memory_contested(self) -> bool:
-        """Someone waits for the inference memory budget: a large call gives its memory back as it ends."""
-        return self.memory is not None and self.memory.waiting > 0
-
-    def _release_idle_arenas(self, besides: _GraphQueue) -> None:
-        """Before a large call: the release run of every other graph that is idle and holds a large call's memory
-        (instead of after `RELEASE_DELAY_SECONDS`), so that memory and the new call's do not add up."""
-        for queue in (*self._queues.values(), *self._older.values()):
-            if queue is not besides:
-                queue.release_now()
 
     @property
     def concurrency(self) -> int:
@@ -655,8 +625,6 @@ class InferenceEngine:
     async def _submit(self, queue: _GraphQueue, feeds: Mapping[str, np.ndarray], endpoint: str, values: int) -> Outputs:
         memory = self.memory
         need = int(values * queue.graph.work_bytes_per_value)
-        if need > SHRINK_ARENA_ABOVE_BYTES and self.arena:
-            self._release_idle_arenas(queue)
         if memory is None or need <= 0:
             return await queue.submit(feeds, endpoint)
         if not memory.try_acquire(need):  # the common case takes no await

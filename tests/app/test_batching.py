@@ -22,7 +22,6 @@ import httpx
 import numpy as np
 import pytest
 
-from app.core.budget import MemoryBudget
 from app.core.cards import ServingSection
 from app.core.engine import (
     RELEASE_DELAY_SECONDS,
@@ -480,72 +479,6 @@ def test_a_release_run_follows_large_calls_once_the_graph_is_idle(graphs: dict[s
     engine, _ = make_engine(cpu_mem_arena=False)  # no arena: nothing to give back
     engine.release_arena(large, [False])
     assert engine.arena_releases == 0
-
-
-def test_a_large_call_shrinks_its_arena_only_when_the_budget_is_contested(graphs: dict[str, GraphSession]) -> None:
-    """Nobody waiting for the inference memory budget: a large call keeps its arena for the graph's next call (the
-    release run gives it back once the graph is idle). Someone waiting: it gives its memory back as it ends."""
-    graph = graphs["denoise.full"]
-    x = batch_of(graph, 1, seed=5, height=64, width=64)
-    per_value = SHRINK_ARENA_ABOVE_BYTES // x.size + 1
-    large = dataclasses.replace(graph, work_bytes_per_value=per_value)  # just above the threshold
-    need = x.size * per_value
-    feeds = {graph.inputs[0].name: x}
-
-    async def scenario(contested: bool) -> InferenceEngine:
-        budget = MemoryBudget("inference memory", 3 * need, 10, 1)
-        engine = InferenceEngine(Metrics(), Settings(log_level="warning", batching=False), budget)
-        try:
-            assert budget.try_acquire(3 * need)  # full: our call waits at the head of the line
-            ours = asyncio.create_task(engine.run(large, feeds, "test"))
-            await asyncio.sleep(0.02)
-            other = asyncio.create_task(budget.acquire(3 * need, "other")) if contested else None
-            await asyncio.sleep(0.02)
-            budget.release(3 * need)  # ours fits; `other` (all of it) still waits while ours runs
-            assert budget.waiting == (1 if contested else 0)
-            await ours
-            if other is not None:
-                await other
-                budget.release(3 * need)
-            await asyncio.sleep(RELEASE_DELAY_SECONDS * 6)
-            return engine
-        finally:
-            await engine.aclose()
-
-    calm = asyncio.run(scenario(contested=False))
-    assert calm.shrinking_calls == 0 and calm.arena_releases == 1
-    busy = asyncio.run(scenario(contested=True))
-    assert busy.shrinking_calls == 1 and busy.arena_releases == 1
-
-
-def test_a_large_call_releases_other_idle_graphs_at_once(graphs: dict[str, GraphSession]) -> None:
-    """A large call of one graph, then a large call of another: the first graph's release run starts as the second
-    call is submitted, not RELEASE_DELAY_SECONDS later, so their memory does not add up."""
-    first = dataclasses.replace(graphs["denoise.full"], work_bytes_per_value=SHRINK_ARENA_ABOVE_BYTES)
-    second = dataclasses.replace(graphs["dense.full"], work_bytes_per_value=SHRINK_ARENA_ABOVE_BYTES)
-    x = batch_of(first, 1, seed=6, height=64, width=64)
-    y = batch_of(second, 1, seed=6)
-
-    async def scenario() -> tuple[bool, bool, InferenceEngine]:
-        engine, _ = make_engine(batching=False)
-        try:
-            await engine.run(first, {first.inputs[0].name: x}, "test")
-            queue = engine._queues[first.key]
-            held_after_first = bool(queue._unreleased)
-            task = asyncio.create_task(engine.run(second, {second.inputs[0].name: y}, "test"))
-            deadline = time.monotonic() + RELEASE_DELAY_SECONDS / 2  # well before the first graph's own timer
-            while queue._unreleased and time.monotonic() < deadline:  # the second call being submitted
-                await asyncio.sleep(0)
-            released_at_once = not queue._unreleased and queue._release_timer is None
-            await task
-            return held_after_first, released_at_once, engine
-        finally:
-            await engine.aclose()
-
-    held, released, engine = asyncio.run(scenario())
-    assert held, "the first call did not mark its session"
-    assert released, "the release did not start when the second call was submitted"
-    assert engine.arena_releases >= 1
 
 
 # -- real uvicorn -----------------------------------------------------------------------------------------------
