@@ -45,8 +45,8 @@ PEERS = (MLSERVER, MLSERVER_BATCHING, TUTORIAL, BENTOML)
 PATH_OF = {NOOP_RAW: "/bench/noop-raw", NOOP_PARSE: "/bench/noop-parse", ECHO: "/echo"}
 ENCODE_PATH_OF = {TUTORIAL: "/encode", BENTOML: "/encode"}
 """Where a peer takes the `/v1/encode` JSON body `{"inputs": [[...]]}` (the V2 cases keep their path)."""
-NPY_ENCODE_CASES = ("encode-npy-64", "encode-npy-512")
-"""The `.npy` encode batches issue 19's workers target takes the best of (ours and bare ORT alike)."""
+NPY_ENCODE_CASES = {"encode-npy-64": 64, "encode-npy-512": 512}
+"""The `.npy` encode cases (name -> rows) issue 19's workers target takes the best of (ours and bare ORT alike)."""
 PARALLEL_BARE_CASES = NPY_ENCODE_CASES
 """Cases whose bare runtime is also measured with one one-thread caller per usable CPU (issue 19's workers target)."""
 TWO_WORKER_CASES = ("encode-json-1", "v2-json-1", *NPY_ENCODE_CASES, "denoise-png-28")

@@ -74,18 +74,17 @@ def workers_target(run: Run) -> tuple[str, str, str, str]:
     Runtime's best on the same batches: one caller on every CPU, or one one-thread caller per CPU, whichever is
     faster."""
     res, top = run.results, max(run.config.levels)
-    batches = " / ".join(c.rsplit("-", 1)[-1] for c in NPY_ENCODE_CASES)
+    batches = " / ".join(str(rows) for rows in NPY_ENCODE_CASES.values())
     target = (
         f"`.npy` encode ({batches} rows), c={top}: `{TWO_WORKERS}` / bare ORT's best rows/s "
         "(1 caller x all CPUs or 1 per CPU), each at its best batch"
     )
     ours: list[tuple[float, str]] = []
     bare: list[tuple[float, str]] = []
-    for case in NPY_ENCODE_CASES:
+    for case, rows in NPY_ENCODE_CASES.items():
         cells = res.get(TWO_WORKERS, case, top)
         if cells:
             ours.append((median_of(cells, "rows_per_s"), case))
-        rows = int(case.rsplit("-", 1)[-1])
         for b in (res.bare_median(case, rows), res.bare_median(case, rows, callers=True)):
             if b is not None:
                 bare.append((b.rows_per_s, case))

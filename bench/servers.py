@@ -277,13 +277,18 @@ def start_bentoml(python: Path, run_dir: Path, model_file: Path, intra_op_thread
     return launch(name, description, command, env, run_dir, port, "/readyz", timeout)
 
 
+def _bare_uvicorn(app: str, port: int) -> list[str]:
+    """`app` under bare uvicorn in the service's own virtualenv: httptools, uvloop, no access log, one worker."""
+    return [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port), "--http", "httptools",
+            "--loop", "uvloop", "--no-access-log", "--workers", "1"]  # fmt: skip
+
+
 def start_floor(run_dir: Path, model_file: Path, intra_op_threads: int, name: str = "floor",
                 timeout: float = 60) -> Server:  # fmt: skip
     """The floor: `bench/peers/floor.py` (1-row JSON encode in a bare ASGI callable, ONNX Runtime inline, a JSON
     log line and metrics) under the echo's uvicorn, in the service's own virtualenv."""
     port = free_port()
-    command = [sys.executable, "-m", "uvicorn", "bench.peers.floor:app", "--host", "127.0.0.1", "--port", str(port),
-               "--http", "httptools", "--loop", "uvloop", "--no-access-log", "--workers", "1"]  # fmt: skip
+    command = _bare_uvicorn("bench.peers.floor:app", port)
     description = (f"the floor (`bench/peers/floor.py`): bare ASGI, ONNX Runtime inline (intra-op threads "
                    f"{intra_op_threads}), a JSON log line and metrics; the echo's uvicorn, 1 worker")  # fmt: skip
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "MODEL_PATH": str(model_file.resolve()),
@@ -295,8 +300,7 @@ def start_echo(run_dir: Path, name: str = "echo", timeout: float = 60) -> Server
     """The external ceiling: `bench/peers/echo.py` under bare uvicorn (httptools, uvloop, no access log, one
     worker), in the service's own virtualenv (the same uvicorn, httptools and uvloop as ours)."""
     port = free_port()
-    command = [sys.executable, "-m", "uvicorn", "bench.peers.echo:app", "--host", "127.0.0.1", "--port", str(port),
-               "--http", "httptools", "--loop", "uvloop", "--no-access-log", "--workers", "1"]  # fmt: skip
+    command = _bare_uvicorn("bench.peers.echo:app", port)
     description = "bare ASGI echo (`bench/peers/echo.py`): uvicorn, httptools, uvloop, no access log, 1 worker"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return launch(name, description, command, env, run_dir, port, "/", timeout)

@@ -108,7 +108,7 @@ class Config(TrainConfig):
     val_patches: int = 48
     val_patch: int = 96
     val_every: int = 250  # steps
-    given: list[str] = field(default_factory=list)  # fields set on the command line (kept on resume: RESUME_OVERRIDES)
+    given: list[str] = field(default_factory=list)  # fields set on the command line: a resumed run keeps them too
     checkpoint: str = DEFAULT_CHECKPOINT
     checkpoint_minutes: float = 5.0
     resume: bool = False
