@@ -12,14 +12,16 @@ import os
 import re
 import stat
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 CARD_FILE = "card.json"
 SUPPORTED_SCHEMA_VERSIONS = (1,)
-GraphRole = Literal["encoder", "decoder", "full"]
+# `gray`: a colour image model's gray specialist (photo), which the denoise task runs for gray images.
+GraphRole = Literal["encoder", "decoder", "full", "gray"]
+GRAPH_ROLES: tuple[str, ...] = get_args(GraphRole)
 Layout = Literal["vector", "image", "sequence"]
 MODEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, TypeVar
 
-from app.core.cards import display_name, name_is_valid
+from app.core.cards import GRAPH_ROLES, display_name, name_is_valid
 from app.core.engine import InferenceEngine, lower_thread_priority
 from app.core.errors import (
     ModelControlDisabled,
@@ -71,7 +71,6 @@ DRAIN_POLL_SECONDS = 0.005
 DRAIN_MARGIN_SECONDS = 5.0
 """Beyond the inference deadline, how long an unload waits for requests still using the entry before it frees
 it anyway (a request still reading a slow body then gets a 503 when it reaches the engine)."""
-GRAPH_ROLES = ("encoder", "decoder", "full")
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from app.core.responses import (
 )
 
 if TYPE_CHECKING:
+    from app.core.engine import GraphSession
     from app.core.registry import ModelEntry
     from app.core.service import InferenceService
 
@@ -203,27 +204,36 @@ async def _score(service: InferenceService, entry: ModelEntry, batch: InputBatch
 
 async def _denoise(service: InferenceService, entry: ModelEntry, batch: InputBatch) -> TaskResult:
     """Denoise each image: large ones in tiles (`app.core.tiling`), and, for a graph that takes the noise level,
-    with the caller's `sigma` (0..255) or the one `app.core.noise` estimates on each image."""
+    with the caller's `sigma` (0..255) or the one `app.core.noise` estimates on each image. A colour model with a
+    `gray` graph (photo's gray specialist) runs gray images, a gray upload or 3 identical channels, through it."""
     graph = entry.graph_for("denoise")
+    gray_graph = entry.graphs.get("gray")
     takes_sigma = any(spec.name == "sigma" for spec in graph.inputs[1:])
     given = batch.given.get("sigma")
-    parts, sigmas = [], []
+    parts, sigmas, index = [], [], 0
     for part in batch.parts:
         levels = np.zeros(len(part), dtype=np.float32)
         if takes_sigma:
             for i, image in enumerate(part):
                 levels[i] = given / 255.0 if given is not None else await service.compute(estimate_sigma, image, 0)
             sigmas.extend(float(v) * 255.0 for v in levels)
-        if service.tiles(graph, part.shape[2], part.shape[3]):
-            outs = [
-                await service.run_tiled(graph, image, "denoise", "denoised", _sigma_feed(takes_sigma, float(level)))
-                for image, level in zip(part, levels, strict=True)
-            ]
-            parts.append(outs[0][None] if len(outs) == 1 else np.stack(outs))
-        else:
-            feeds = {"sigma": levels} if takes_sigma else {}
-            array = np.ascontiguousarray(part)  # a photograph's sample may be a view (app/api/inputs.py)
-            parts.append((await service.run_graph(graph, array, "denoise", feeds))["denoised"])
+        gray = _gray_images(batch, index, part) if gray_graph is not None else np.zeros(len(part), dtype=bool)
+        index += len(part)
+        if not gray.any():
+            parts.append(await _denoise_part(service, graph, part, levels, takes_sigma))
+            continue
+        assert gray_graph is not None
+        # The gray graph's answers as 3 identical channels (a view): a gray upload's answer is their mean (exact),
+        # an array's keeps the shape it came in.
+        ones_in = part[:, :1] if gray.all() else part[gray, :1]
+        ones = await _denoise_part(service, gray_graph, ones_in, levels[gray], takes_sigma)
+        if gray.all():
+            parts.append(np.broadcast_to(ones, part.shape))
+            continue
+        out = np.empty(part.shape, dtype=np.float32)
+        out[gray] = ones
+        out[~gray] = await _denoise_part(service, graph, part[~gray], levels[~gray], takes_sigma)
+        parts.append(out)
     if batch.images is not None:
         parts = _back_to_uploads(parts, batch)
     extra_fields: dict[str, Any] = {}
@@ -232,6 +242,31 @@ async def _denoise(service: InferenceService, entry: ModelEntry, batch: InputBat
         extra_fields = {"sigma": [round(s, 3) for s in sigmas], "sigma_source": source}
         extra_fields["headers"] = {"X-Sigma": ",".join(f"{s:.2f}" for s in sigmas), "X-Sigma-Source": source}
     return TaskResult(entry, "denoise", {"denoised": parts}, batch, extra_fields)
+
+
+def _gray_images(batch: InputBatch, start: int, part: np.ndarray) -> np.ndarray:
+    """Which images of `part` (the batch's images from `start` on) are gray: an upload as its decoder saw it, an
+    array sample of 3 channels when they are identical."""
+    if batch.images is not None:
+        return np.array([not report.colour for report in batch.images[start : start + len(part)]], dtype=bool)
+    if part.ndim != 4 or part.shape[1] != 3:
+        return np.zeros(len(part), dtype=bool)
+    return np.array([np.array_equal(x[0], x[1]) and np.array_equal(x[0], x[2]) for x in part], dtype=bool)
+
+
+async def _denoise_part(
+    service: InferenceService, graph: GraphSession, part: np.ndarray, levels: np.ndarray, takes_sigma: bool
+) -> np.ndarray:
+    """`graph`'s denoised images [N, C, H, W] for `part` (same shape), in tiles when they are large."""
+    if service.tiles(graph, part.shape[2], part.shape[3]):
+        outs = [
+            await service.run_tiled(graph, image, "denoise", "denoised", _sigma_feed(takes_sigma, float(level)))
+            for image, level in zip(part, levels, strict=True)
+        ]
+        return outs[0][None] if len(outs) == 1 else np.stack(outs)
+    feeds = {"sigma": levels} if takes_sigma else {}
+    array = np.ascontiguousarray(part)  # a photograph's sample may be a view (app/api/inputs.py)
+    return (await service.run_graph(graph, array, "denoise", feeds))["denoised"]
 
 
 def _sigma_feed(takes_sigma: bool, level: float) -> Callable[[int], dict[str, np.ndarray]]:

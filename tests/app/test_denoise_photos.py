@@ -26,6 +26,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("photo-models")
     shutil.copytree(MODELS_DIR / "denoise", root / "denoise")
     write_sigma_denoiser(root / "photoish")
+    write_sigma_denoiser(root / "photoish-gray", gray=True)
     return root
 
 
@@ -211,6 +212,76 @@ def test_gray_in_gray_out_16_bit_and_alpha_kept(tiled: TestClient) -> None:
         headers={"accept": "application/json"},
     ).json()
     assert body["shapes"] == [[1, 24, 32], [3, 24, 32]]  # each upload as it came: gray, colour
+
+
+def _graph(models: Path, role: str, x: np.ndarray, sigma_255: float) -> np.ndarray:
+    """ONNX Runtime's answer of photoish-gray's `role` graph on `x` at one noise level."""
+    session = ort.InferenceSession(str(models / "photoish-gray" / f"{role}.onnx"), providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": x, "sigma": np.full(len(x), sigma_255 / 255, dtype=np.float32)})[0]
+
+
+def test_a_gray_specialist_runs_gray_images_and_the_full_graph_colour_ones(tiled: TestClient, models: Path) -> None:
+    """A model with a `gray` graph (photo's gray specialist): a gray upload, and an array image of 3 identical
+    channels, run through it on one channel; colour images through `full`; a batch mixing both, each through its
+    own graph."""
+    rng = np.random.default_rng(11)
+    gray = rng.integers(0, 256, (24, 32), dtype=np.uint8)
+    body = tiled.post(
+        "/v1/models/photoish-gray/denoise?sigma=20",
+        content=_upload(gray),
+        headers={"content-type": "image/png", "accept": "application/json"},
+    ).json()
+    got = np.array(body["denoised"], dtype=np.float32).reshape(24, 32)
+    want = _graph(models, "gray", (gray / 255.0).astype(np.float32)[None, None], 20)[0, 0]
+    colour_graph = _graph(models, "full", np.repeat((gray / 255.0).astype(np.float32)[None, None], 3, 1), 20)
+    assert np.abs(got - want).max() <= 1e-6
+    assert np.abs(got - colour_graph[0].mean(0)).max() > 0.01  # gain 8, not 4: the gray graph ran
+    image = _open(
+        tiled.post(
+            "/v1/models/photoish-gray/denoise?sigma=20", content=_upload(gray), headers={"content-type": "image/png"}
+        ).content
+    )
+    assert image.mode == "L" and np.abs(np.asarray(image) - np.rint(want * 255)).max() <= 1
+
+    plane = rng.random((24, 32), dtype=np.float32)
+    batch = np.stack([np.stack([plane] * 3), rng.random((3, 24, 32), dtype=np.float32)])
+    answer = tiled.post("/v1/models/photoish-gray/denoise?sigma=30", content=npy_bytes(batch), headers=NPY)
+    assert answer.status_code == 200, answer.text
+    out = load_npy(answer.content)
+    assert out.shape == batch.shape
+    np.testing.assert_allclose(out[0], np.repeat(_graph(models, "gray", batch[:1, :1], 30)[0], 3, 0), atol=1e-6)
+    np.testing.assert_allclose(out[1], _graph(models, "full", batch[1:], 30)[0], atol=1e-6)
+    alone = load_npy(
+        tiled.post("/v1/models/photoish-gray/denoise?sigma=30", content=npy_bytes(batch[:1]), headers=NPY).content
+    )
+    np.testing.assert_allclose(alone, out[:1], atol=1e-6)  # a gray image alone: the same answer
+
+
+def test_the_gray_graph_tiles_and_is_served_by_name(tiled: TestClient, untiled: TestClient, models: Path) -> None:
+    """A large gray image runs in tiles of the gray graph, equal to the untiled answer; the graph has its measured
+    receptive radius, shows in the model's detail and answers the Open Inference Protocol as `<model>.gray`."""
+    plane = np.random.default_rng(12).random((136, 200), dtype=np.float32)
+    image = np.broadcast_to(plane, (1, 3, 136, 200)).copy()
+    answers = [
+        load_npy(c.post("/v1/models/photoish-gray/denoise?sigma=25", content=npy_bytes(image), headers=NPY).content)
+        for c in (tiled, untiled)
+    ]
+    want = _graph(models, "gray", image[:, :1], 25)
+    assert np.abs(answers[0] - answers[1]).max() <= 1e-4
+    np.testing.assert_allclose(answers[1], np.repeat(want, 3, 1), atol=1e-6)
+    detail = tiled.get("/v1/models/photoish-gray").json()["graphs"]
+    assert set(detail) == {"full", "gray"} and detail["gray"]["receptive_radius"] == 1
+    x = image[:, :1, :16, :24]
+    v2 = {
+        "inputs": [
+            {"name": "x", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()},
+            {"name": "sigma", "shape": [1], "datatype": "FP32", "data": [0.1]},
+        ]
+    }
+    answer = tiled.post("/v2/models/photoish-gray.gray/infer", json=v2)
+    assert answer.status_code == 200, answer.text
+    got = np.array(answer.json()["outputs"][0]["data"], dtype=np.float32).reshape(x.shape)
+    np.testing.assert_allclose(got, _graph(models, "gray", np.ascontiguousarray(x), 25.5), atol=1e-6)
 
 
 def test_the_noise_estimate_of_a_large_image_reads_a_sample_of_it() -> None:

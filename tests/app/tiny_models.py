@@ -51,28 +51,26 @@ def write_encoder_model(
     (folder / "card.json").write_text(json.dumps(card))
 
 
-def write_sigma_denoiser(folder: Path) -> None:
-    """A photograph-denoiser-shaped model: `x` [batch, 3, height, width] and `sigma` [batch] -> `denoised`,
-    `clip(x - 4 sigma (x - box3x3(x)), 0, 1)` per channel (receptive radius 1), as `folder/full.onnx` + card."""
+def _sigma_denoiser_graph(channels: int, gain: float) -> bytes:
+    """`clip(x - gain sigma (x - box3x3(x)), 0, 1)` per channel on `x` [batch, channels, height, width]."""
     import numpy as np
     from onnx import TensorProto, numpy_helper
 
-    folder.mkdir(parents=True)
-    box = numpy_helper.from_array(np.full((3, 1, 3, 3), 1.0 / 9.0, dtype=np.float32), "box")
+    box = numpy_helper.from_array(np.full((channels, 1, 3, 3), 1.0 / 9.0, dtype=np.float32), "box")
     shape = numpy_helper.from_array(np.array([-1, 1, 1, 1], dtype=np.int64), "per_image")
-    four = numpy_helper.from_array(np.array(4.0, dtype=np.float32), "four")
+    factor = numpy_helper.from_array(np.array(gain, dtype=np.float32), "factor")
     low = numpy_helper.from_array(np.array(0.0, dtype=np.float32), "low")
     high = numpy_helper.from_array(np.array(1.0, dtype=np.float32), "high")
     nodes = [
-        helper.make_node("Conv", ["x", "box"], ["blur"], group=3, pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["x", "box"], ["blur"], group=channels, pads=[1, 1, 1, 1]),
         helper.make_node("Sub", ["x", "blur"], ["detail"]),
         helper.make_node("Reshape", ["sigma", "per_image"], ["s"]),
-        helper.make_node("Mul", ["s", "four"], ["gain"]),
+        helper.make_node("Mul", ["s", "factor"], ["gain"]),
         helper.make_node("Mul", ["gain", "detail"], ["noise"]),
         helper.make_node("Sub", ["x", "noise"], ["raw"]),
         helper.make_node("Clip", ["raw", "low", "high"], ["denoised"]),
     ]
-    image = ["batch", 3, "height", "width"]
+    image = ["batch", channels, "height", "width"]
     graph = helper.make_graph(
         nodes,
         "sigma_denoiser",
@@ -81,14 +79,43 @@ def write_sigma_denoiser(folder: Path) -> None:
             helper.make_tensor_value_info("sigma", TensorProto.FLOAT, ["batch"]),
         ],
         [helper.make_tensor_value_info("denoised", TensorProto.FLOAT, image)],
-        [box, shape, four, low, high],
+        [box, shape, factor, low, high],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.checker.check_model(model)
-    data = model.SerializeToString()
-    (folder / "full.onnx").write_bytes(data)
-    pixels = {"dtype": "float32", "range": [0.0, 1.0], "layout": "NCHW, 3 channels", "description": ""}
+    return model.SerializeToString()
+
+
+def write_sigma_denoiser(folder: Path, gray: bool = False) -> None:
+    """A photograph-denoiser-shaped model: `x` [batch, 3, height, width] and `sigma` [batch] -> `denoised`,
+    `clip(x - 4 sigma (x - box3x3(x)), 0, 1)` per channel (receptive radius 1), as `folder/full.onnx` + card.
+    `gray`: also a gray specialist as photo has one, `gray.onnx` on [batch, 1, height, width] with gain 8 (so a
+    test sees which graph ran)."""
+    folder.mkdir(parents=True)
+    graphs = {}
+    for role, channels, gain in (("full", 3, 4.0), ("gray", 1, 8.0))[: 2 if gray else 1]:
+        data = _sigma_denoiser_graph(channels, gain)
+        (folder / f"{role}.onnx").write_bytes(data)
+        image = ["batch", channels, "height", "width"]
+        pixels = {"dtype": "float32", "range": [0.0, 1.0], "layout": f"NCHW, {channels} channels", "description": ""}
+        graphs[role] = {
+            "file": f"{role}.onnx",
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "bytes": len(data),
+            "inputs": [
+                {"name": "x", "shape": image, **pixels},
+                {
+                    "name": "sigma",
+                    "shape": ["batch"],
+                    "dtype": "float32",
+                    "range": [0.0, 1.0],
+                    "layout": "[N]",
+                    "description": "noise sigma / 255",
+                },
+            ],
+            "outputs": [{"name": "denoised", "shape": image, **pixels}],
+        }
     card = {
         "schema_version": 1,
         "name": folder.name,
@@ -96,25 +123,7 @@ def write_sigma_denoiser(folder: Path) -> None:
         "kind": "photo-denoiser",
         "description": "test model shaped as the photograph denoiser",
         "tasks": ["denoise"],
-        "graphs": {
-            "full": {
-                "file": "full.onnx",
-                "sha256": hashlib.sha256(data).hexdigest(),
-                "bytes": len(data),
-                "inputs": [
-                    {"name": "x", "shape": image, **pixels},
-                    {
-                        "name": "sigma",
-                        "shape": ["batch"],
-                        "dtype": "float32",
-                        "range": [0.0, 1.0],
-                        "layout": "[N]",
-                        "description": "noise sigma / 255",
-                    },
-                ],
-                "outputs": [{"name": "denoised", "shape": image, **pixels}],
-            }
-        },
+        "graphs": graphs,
         "input": {
             "layout": "image",
             "range": [0.0, 1.0],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from torch.nn import functional as F
 
 from app.core.noise import estimate_sigma
 from training import registry
@@ -216,7 +218,7 @@ def test_quick_pipeline_writes_card_and_graph(quick_card):
     folder, card = quick_card
     assert json.loads((folder / CARD_FILE).read_text()) == card
     assert card["kind"] == "photo-denoise" and card["tasks"] == ["denoise"] and card["training"]["quick"]
-    assert sorted(p.name for p in folder.iterdir()) == ["card.json", "full.onnx", "samples.png"]
+    assert sorted(p.name for p in folder.iterdir()) == ["card.json", "full.onnx", "gray.onnx", "samples.png"]
     graph = card["graphs"]["full"]
     assert [t["name"] for t in graph["inputs"]] == ["x", "sigma"]
     assert graph["inputs"][0]["shape"] == ["batch", 3, "height", "width"]
@@ -225,7 +227,11 @@ def test_quick_pipeline_writes_card_and_graph(quick_card):
     assert card["input"]["image"] == {"height": None, "width": None, "channels": 3, "min_side": 2}
     image = card["image"]
     assert image["sigma_input"]["scale"].startswith("standard deviation on the 0..1 pixel scale")
-    assert "3 identical channels" in image["gray"]
+    assert "`gray` graph" in image["gray"]
+    gray = card["graphs"]["gray"]
+    assert gray["inputs"][0]["shape"] == ["batch", 1, "height", "width"] and gray["parity"]["max_abs"] <= 1e-4
+    assert gray["outputs"][0]["shape"] == ["batch", 1, "height", "width"]
+    assert card["metrics"]["training"]["gray"]["steps"] == 6
     # The sigma estimator's tracking at 0, 5, 15, 25, 50 and the gates, blind and given sigma, per kind.
     tracking = card["metrics"]["sigma_estimator"]["tracking_255"]
     assert list(tracking) == ["0", "5", "15", "25", "50"]
@@ -249,6 +255,7 @@ def test_exported_graph_runs_gray_and_colour_at_dynamic_sizes(quick_card):
     out_dims = [d.dim_param or d.dim_value for d in model.graph.output[0].type.tensor_type.shape.dim]
     assert out_dims == ["batch", 3, "height", "width"]
     sess = ort.InferenceSession(str(folder / "full.onnx"), providers=["CPUExecutionProvider"])
+    gray_sess = ort.InferenceSession(str(folder / "gray.onnx"), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
     for n, h, w in ((1, 64, 64), (2, 40, 96), (3, 18, 22), (1, 31, 45), (2, 2, 2)):
         colour = rng.random((n, 3, h, w), dtype=np.float32)
@@ -258,6 +265,8 @@ def test_exported_graph_runs_gray_and_colour_at_dynamic_sizes(quick_card):
             y = sess.run(None, {"x": x, "sigma": sigma})[0]
             assert y.shape == x.shape and y.dtype == np.float32
             assert np.isfinite(y).all() and y.min() >= 0.0 and y.max() <= 1.0
+        y = gray_sess.run(None, {"x": gray[:, :1], "sigma": sigma})[0]
+        assert y.shape == (n, 1, h, w) and np.isfinite(y).all() and y.min() >= 0.0 and y.max() <= 1.0
 
 
 def test_untrained_net_is_identity_and_blocks_start_as_identity():
@@ -273,6 +282,42 @@ def test_untrained_net_is_identity_and_blocks_start_as_identity():
         net.tail.weight.normal_(0, 0.05)
     y = net(x, s)  # a trained output layer: the noise is subtracted and the result kept in [0, 1], odd sides too
     assert y.shape == x.shape and not torch.equal(y, x) and y.min() >= 0.0 and y.max() <= 1.0
+
+
+def test_the_gray_copy_computes_the_joint_network_on_gray_images():
+    """`gray_copy`: a 1-channel network equal to the joint one fed 3 identical channels, averaged back (before the
+    clip), so the gray fine-tune starts where the joint network is."""
+    torch.manual_seed(1)
+    net = photo.PhotoDenoiser(16, 2)
+    with torch.no_grad():
+        for conv in (net.tail, *(b.conv2 for b in net.blocks)):
+            conv.weight.normal_(0, 0.05)
+            conv.bias.normal_(0, 0.01)
+    gray = photo.gray_copy(net)
+    assert gray.colours == 1 and gray.head.in_channels == 5 and gray.tail.out_channels == 4
+    x, s = torch.rand(2, 1, 21, 34) * 0.6 + 0.2, torch.tensor([0.05, 0.2])
+    with torch.no_grad():
+        padded = F.pad(x, (0, 0, 0, 1), mode="reflect")
+        want = net.noise(padded.expand(-1, 3, -1, -1), s).mean(1, keepdim=True)
+        assert torch.allclose(gray.noise(padded, s), want, atol=1e-6)
+
+
+def test_the_gray_stage_has_its_own_schedule_checkpoint_and_starting_point(tmp_path, caplog):
+    cfg = _quick_cfg(tmp_path, "j.pt")
+    cfg.given = ["gray_lr", "jitter_fraction", "steps"]
+    gcfg = photo.gray_config(cfg)
+    assert gcfg.checkpoint == str(tmp_path / "j-gray.pt") and gcfg.gray_fraction == 1.0
+    assert (gcfg.steps, gcfg.minutes, gcfg.lr) == (cfg.gray_steps, cfg.gray_minutes, cfg.gray_lr)
+    assert sorted(gcfg.given) == ["gray_lr", "jitter_fraction", "lr"]  # gray_lr given: the stage's lr is given
+    photos_ = load_train_photos(debian=False)[:3]
+    joint = photo.train_loop(cfg, photos_)
+    with caplog.at_level("INFO", logger="training"):
+        state = photo.train_loop(gcfg, photos_, start=photo.gray_copy(joint.net))
+    assert state.finished and state.net.colours == 1 and "photo (gray): starting point" in caplog.text
+    saved = torch.load(tmp_path / "j-gray.pt", weights_only=False)
+    assert saved["colours"] == 1 and saved["step"] == 6
+    with pytest.raises(ValueError, match="1-channel network's checkpoint, not 3"):
+        photo.train_loop(dataclasses.replace(gcfg, resume=True), photos_)
 
 
 # ------------------------------------------------------------------------------------------------ checkpoints

@@ -74,7 +74,18 @@ DEFAULT_CHECKPOINT = "runs/photo/checkpoint.pt"
 # Fields a resumed run always takes from the command line. Every other field comes from the checkpoint unless the
 # command line sets it (`--set gray_fraction=0.6`: a fine-tune; the checkpoint then records the new value), except
 # the fields that shape the network or its data stream, which a resumed run cannot change.
-RESUME_OVERRIDES = ("steps", "minutes", "checkpoint", "checkpoint_minutes", "threads", "resume", "bm3d", "quick")
+RESUME_OVERRIDES = (
+    "steps",
+    "minutes",
+    "gray_steps",
+    "gray_minutes",
+    "checkpoint",
+    "checkpoint_minutes",
+    "threads",
+    "resume",
+    "bm3d",
+    "quick",
+)
 FIXED_ON_RESUME = ("channels", "blocks", "seed")
 NLMEANS_MARGIN_DB = 0.5
 CLEAN_TARGET_DB = 40.0
@@ -105,6 +116,13 @@ class Config(TrainConfig):
     # weights normalised to mean 1 in the batch), so low-noise patches, whose errors are small, are not drowned out
     # by high-noise ones: the loss then follows PSNR at every sigma rather than the squared error.
     loss_sigma_floor: float = 0.0
+    # The gray specialist (second stage): a 1-channel copy of the trained network (`gray_copy`: the same function on
+    # gray input), fine-tuned on gray patches only and exported as the `gray` graph, which the service runs for gray
+    # images. 0 steps: no gray graph. Its own schedule (warm-up to `gray_lr`, cosine to `lr_min`) and checkpoint
+    # (`checkpoint`'s name + "-gray").
+    gray_steps: int = 12000
+    gray_minutes: float = 150.0
+    gray_lr: float = 2e-4
     val_patches: int = 48
     val_patch: int = 96
     val_every: int = 250  # steps
@@ -138,19 +156,22 @@ class ResBlock(nn.Module):
 
 
 class PhotoDenoiser(nn.Module):
-    def __init__(self, channels: int, blocks: int):
+    """`colours` 3: RGB (the joint network); 1: gray (the specialist, `gray_copy`)."""
+
+    def __init__(self, channels: int, blocks: int, colours: int = 3):
         super().__init__()
-        self.head = nn.Conv2d(13, channels, 3, padding=1)
+        self.colours = colours
+        self.head = nn.Conv2d(4 * colours + 1, channels, 3, padding=1)
         nn.init.kaiming_normal_(self.head.weight, nonlinearity="relu")
         nn.init.zeros_(self.head.bias)
         self.blocks = nn.Sequential(*(ResBlock(channels) for _ in range(blocks)))
-        self.tail = nn.Conv2d(channels, 12, 3, padding=1)
+        self.tail = nn.Conv2d(channels, 4 * colours, 3, padding=1)
         # The last layer starts at zero: the untrained network predicts no noise (the identity).
         nn.init.zeros_(self.tail.weight)
         nn.init.zeros_(self.tail.bias)
 
     def noise(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        """The predicted noise of x [N, 3, H, W] (H, W even) at noise level sigma [N]."""
+        """The predicted noise of x [N, colours, H, W] (H, W even) at noise level sigma [N]."""
         down = F.pixel_unshuffle(x, 2)
         level = sigma.reshape(-1, 1, 1, 1) * torch.ones_like(down[:, :1])
         h = self.blocks(F.relu(self.head(torch.cat([down, level], dim=1))))
@@ -164,6 +185,44 @@ class PhotoDenoiser(nn.Module):
     @property
     def convolutions(self) -> int:
         return 2 + 2 * len(self.blocks)
+
+
+@torch.no_grad()
+def gray_copy(net: PhotoDenoiser) -> PhotoDenoiser:
+    """A 1-channel network computing what `net` computes on a gray image given as 3 identical channels, averaged
+    back to one (exactly, before the output clip): after the 2x2 pixel-unshuffle, colour c's sub-pixel k is input
+    channel 4c + k, so the head's weights for those sum over c; the tail's outputs for them average over c."""
+    gray = PhotoDenoiser(net.head.out_channels, len(net.blocks), colours=1)
+    gray.load_state_dict(
+        {k: v for k, v in net.state_dict().items() if not k.startswith(("head.", "tail."))}, strict=False
+    )
+    head = net.head.weight
+    gray.head.weight.copy_(torch.cat([head[:, 0:12].reshape(head.shape[0], 3, 4, 3, 3).sum(1), head[:, 12:13]], 1))
+    gray.head.bias.copy_(net.head.bias)
+    tail = net.tail.weight
+    gray.tail.weight.copy_(tail.reshape(3, 4, *tail.shape[1:]).mean(0))
+    gray.tail.bias.copy_(net.tail.bias.reshape(3, 4).mean(0))
+    return gray
+
+
+def gray_config(cfg: Config) -> Config:
+    """The gray stage's training config: `cfg` with the gray schedule, gray patches only and its own checkpoint."""
+    given = [k for k in cfg.given if k not in ("steps", "minutes", "lr", "gray_fraction")]
+    given += [
+        plain
+        for gray, plain in (("gray_steps", "steps"), ("gray_minutes", "minutes"), ("gray_lr", "lr"))
+        if gray in cfg.given
+    ]
+    path = Path(cfg.checkpoint) if cfg.checkpoint else None
+    return dataclasses.replace(
+        cfg,
+        steps=cfg.gray_steps,
+        minutes=cfg.gray_minutes,
+        lr=cfg.gray_lr,
+        gray_fraction=1.0,
+        checkpoint=str(path.with_name(f"{path.stem}-gray{path.suffix}")) if path else "",
+        given=given,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------- training
@@ -253,14 +312,20 @@ def _save_checkpoint(path: Path, payload: dict) -> None:
 
 def checkpoint_path(cfg: Config) -> Path | None:
     """Quick runs do not checkpoint unless given a path of their own (they must not touch a real run's)."""
-    if cfg.quick and cfg.checkpoint == DEFAULT_CHECKPOINT:
+    default = Path(DEFAULT_CHECKPOINT)
+    if cfg.quick and cfg.checkpoint in (str(default), str(default.with_name(f"{default.stem}-gray{default.suffix}"))):
         return None
     return Path(cfg.checkpoint) if cfg.checkpoint else None
 
 
-def train_loop(cfg: Config, photos: list[Photo], run_steps: int | None = None) -> LoopState:
+def train_loop(
+    cfg: Config, photos: list[Photo], run_steps: int | None = None, start: PhotoDenoiser | None = None
+) -> LoopState:
     """Train (or continue training) until the planned progress is reached; `run_steps` stops this call after that
-    many steps with a checkpoint written (what a kill after the checkpoint would leave)."""
+    many steps with a checkpoint written (what a kill after the checkpoint would leave). `start`: the network to
+    fine-tune (the gray stage: `gray_copy` of the joint network, with `gray_config`), else a new one."""
+    colours = start.colours if start is not None else 3
+    label = "photo" if colours == 3 else "photo (gray)"
     ckpt = checkpoint_path(cfg)
     saved = None
     if ckpt is not None and ckpt.exists():
@@ -272,6 +337,8 @@ def train_loop(cfg: Config, photos: list[Photo], run_steps: int | None = None) -
         saved = torch.load(ckpt, map_location="cpu", weights_only=False)
         if saved.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"{ckpt}: checkpoint format {saved.get('format')} is not {CHECKPOINT_FORMAT}")
+        if saved.get("colours", 3) != colours:
+            raise ValueError(f"{ckpt}: a {saved.get('colours', 3)}-channel network's checkpoint, not {colours}")
         changed = [k for k in FIXED_ON_RESUME if k in cfg.given and getattr(cfg, k) != saved["config"].get(k)]
         if changed:
             raise ValueError(f"{ckpt}: a resumed run cannot change {', '.join(changed)} (start a new run)")
@@ -279,18 +346,22 @@ def train_loop(cfg: Config, photos: list[Photo], run_steps: int | None = None) -
             if key not in RESUME_OVERRIDES and key not in cfg.given and key != "given" and hasattr(cfg, key):
                 setattr(cfg, key, value)
         if cfg.given:
-            log.info("photo: resumed with %s", ", ".join(f"{k}={getattr(cfg, k)}" for k in cfg.given))
+            log.info("%s: resumed with %s", label, ", ".join(f"{k}={getattr(cfg, k)}" for k in cfg.given))
     quick = cfg.quick
     patch = cfg.quick_patch if quick else cfg.patch
     seed_everything(cfg.seed, cfg.threads)
-    net = PhotoDenoiser(cfg.channels, cfg.blocks)
+    net = copy.deepcopy(start) if start is not None else PhotoDenoiser(cfg.channels, cfg.blocks)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sampler = PatchSampler(photos, patch, cfg.gray_fraction, seed=cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     val = make_val_set(photos, cfg, cfg.quick_patch if quick else cfg.val_patch, 6 if quick else cfg.val_patches)
+    val = (val[0][:, :colours], val[1][:, :colours], val[2])
     names = [p.name for p in photos]
     step, seconds, history = 0, 0.0, []
     best_val, best_step, best_state = -math.inf, 0, copy.deepcopy(net.state_dict())
+    if start is not None and saved is None:  # a fine-tune keeps its starting point unless it beats it
+        best_val = val_psnr(net, val)
+        log.info("%s: starting point %.2f dB", label, best_val)
     if saved is not None:
         net.load_state_dict(saved["model"])
         opt.load_state_dict(saved["optimizer"])
@@ -299,13 +370,14 @@ def train_loop(cfg: Config, photos: list[Photo], run_steps: int | None = None) -
         torch.set_rng_state(saved["rng"]["torch"])
         step, seconds, history = saved["step"], saved["train_seconds"], saved["history"]
         best_val, best_step, best_state = saved["best"]["val_psnr"], saved["best"]["step"], saved["best"]["model"]
-        log.info("photo: resumed from %s at step %d (%.1f min of training)", ckpt, step, seconds / 60)
+        log.info("%s: resumed from %s at step %d (%.1f min of training)", label, ckpt, step, seconds / 60)
         if saved.get("photos") != names:
             # New training photographs: the validation patches (cut from them) changed, so the best so far is
             # measured again on the new ones before later steps are compared with it.
             best_val, best_step, best_state = val_psnr(net, val), step, copy.deepcopy(net.state_dict())
             log.info(
-                "photo: training photographs changed (%d -> %d); best so far re-measured: %.2f dB at step %d",
+                "%s: training photographs changed (%d -> %d); best so far re-measured: %.2f dB at step %d",
+                label,
                 len(saved.get("photos") or []),
                 len(names),
                 best_val,
@@ -321,12 +393,17 @@ def train_loop(cfg: Config, photos: list[Photo], run_steps: int | None = None) -
             # (every ReLU dead, output = input); a linear warm-up over `warmup_steps` does not.
             rewarm = (step, saved["scheduler"]["lr"])
             log.info(
-                "photo: longer plan: LR warms up from %.2e to %.2e over %d steps", rewarm[1], planned, cfg.warmup_steps
+                "%s: longer plan: LR warms up from %.2e to %.2e over %d steps",
+                label,
+                rewarm[1],
+                planned,
+                cfg.warmup_steps,
             )
 
     def payload(finished: bool) -> dict:
         return {
             "format": CHECKPOINT_FORMAT,
+            "colours": colours,
             "model": net.state_dict(),
             "optimizer": opt.state_dict(),
             "scheduler": {
@@ -365,6 +442,8 @@ def train_loop(cfg: Config, photos: list[Photo], run_steps: int | None = None) -
         clean, is_gray = sampler.sample(cfg.batch_size)
         clean_t = torch.from_numpy(clean)
         noisy, sigma_in, sigma = noisy_batch(clean_t, torch.from_numpy(is_gray), cfg, gen)
+        if colours == 1:  # gray patches: 3 identical channels
+            noisy, clean_t = noisy[:, :1].contiguous(), clean_t[:, :1].contiguous()
         opt.zero_grad(set_to_none=True)
         loss = patch_loss(noisy - net.noise(noisy, sigma_in), clean_t, sigma, cfg.loss_sigma_floor)
         loss.backward()
@@ -385,7 +464,8 @@ def train_loop(cfg: Config, photos: list[Photo], run_steps: int | None = None) -
         now = time.monotonic()
         if now - last_log >= 60 or done:
             log.info(
-                "photo: step %d  loss %.3e  lr %.2e  %.2f s/step  %.1f/%.0f min  val %s (best %.2f dB at %d)",
+                "%s: step %d  loss %.3e  lr %.2e  %.2f s/step  %.1f/%.0f min  val %s (best %.2f dB at %d)",
+                label,
                 step,
                 loss_sum / max(loss_count, 1),
                 lr,
@@ -410,9 +490,15 @@ def train_loop(cfg: Config, photos: list[Photo], run_steps: int | None = None) -
 # ---------------------------------------------------------------------------------------------------- evaluation
 
 
-def torch_denoiser(net: nn.Module) -> photo_eval.Denoiser:
+def torch_denoiser(net: nn.Module, gray: nn.Module | None = None) -> photo_eval.Denoiser:
+    """[N, 3, H, W] -> denoised, as the service runs the model: a batch of gray images (3 identical channels) goes
+    through the gray graph when there is one, on one channel, and comes back as 3 identical channels."""
+
     def fn(x: np.ndarray, sigma: np.ndarray) -> np.ndarray:
         with torch.no_grad():
+            if gray is not None and np.array_equal(x[:, 0], x[:, 1]) and np.array_equal(x[:, 0], x[:, 2]):
+                out = gray(torch.from_numpy(np.ascontiguousarray(x[:, :1])), torch.from_numpy(sigma)).numpy()
+                return np.repeat(out, 3, axis=1)
             return net(torch.from_numpy(x), torch.from_numpy(sigma)).numpy()
 
     return fn
@@ -529,6 +615,12 @@ Y_SPEC = TensorSpec(
 )
 
 
+X_GRAY_SPEC = dataclasses.replace(
+    X_SPEC, shape=("batch", 1, "height", "width"), layout=f"NCHW, 1 channel, any height and width >= {MIN_SIDE}"
+)
+Y_GRAY_SPEC = dataclasses.replace(Y_SPEC, shape=("batch", 1, "height", "width"), layout="NCHW, same size as x")
+
+
 def export_spec(net: PhotoDenoiser, parity: list[tuple[np.ndarray, ...]]) -> GraphSpec:
     return GraphSpec(
         "full",
@@ -537,6 +629,19 @@ def export_spec(net: PhotoDenoiser, parity: list[tuple[np.ndarray, ...]]) -> Gra
         [Y_SPEC],
         parity,
         description="noisy image + noise level -> denoised image (residual: x minus predicted noise, clipped)",
+    )
+
+
+def gray_export_spec(net: PhotoDenoiser, parity: list[tuple[np.ndarray, ...]]) -> GraphSpec:
+    """The gray specialist; `parity`: the colour graph's inputs, of which it takes the first channel."""
+    return GraphSpec(
+        "gray",
+        net,
+        [X_GRAY_SPEC, SIGMA_SPEC],
+        [Y_GRAY_SPEC],
+        [(np.ascontiguousarray(x[:, :1]), sigma) for x, sigma in parity],
+        description="noisy gray image + noise level -> denoised gray image: the gray specialist, which the service "
+        "runs for gray uploads (the full graph serves colour)",
     )
 
 
@@ -569,7 +674,9 @@ def train(cfg: Config, data: DataOptions) -> Trained:
         photos = photos[: cfg.quick_photos]
     state = train_loop(cfg, photos)
     net = state.net
-    fn = torch_denoiser(net)
+    gray_state = train_loop(gray_config(cfg), photos, start=gray_copy(net)) if cfg.gray_steps > 0 else None
+    gray_net = gray_state.net if gray_state is not None else None
+    fn = torch_denoiser(net, gray_net)
 
     held_out = load_held_out()
     eval_photos = [_center_crop(p, cfg.quick_crop) for p in held_out] if cfg.quick else held_out
@@ -667,6 +774,18 @@ def train(cfg: Config, data: DataOptions) -> Trained:
             "best_step": state.best_step,
             "val": "fixed patches of the training photographs at sigma 15/25/50, true sigma",
             "history": state.history[-200:],
+            "gray": None
+            if gray_state is None
+            else {
+                "what": "the gray graph: gray_copy of the best joint network, fine-tuned on gray patches only",
+                "steps": gray_state.step,
+                "train_minutes": gray_state.train_seconds / 60.0,
+                "lr": cfg.gray_lr,
+                "best_val_psnr_db": gray_state.best_val_psnr,
+                "best_step": gray_state.best_step,
+                "val": "fixed gray patches of the training photographs at sigma 15/25/50, true sigma",
+                "history": gray_state.history[-200:],
+            },
         },
         "parameters": sum(p.numel() for p in net.parameters()),
     }
@@ -674,7 +793,10 @@ def train(cfg: Config, data: DataOptions) -> Trained:
     fit = FitResult(best_epoch=state.best_step, best_val_loss=-state.best_val_psnr, seconds=state.train_seconds)
     image_section = {
         "channels": 3,
-        "gray": "feed a gray image as 3 identical channels; read back the mean (or any) output channel",
+        "gray": "the `gray` graph takes gray images as 1 channel (a specialist, fine-tuned on gray patches: what "
+        "the service runs for gray uploads)"
+        if gray_net is not None
+        else "feed a gray image as 3 identical channels; read back the mean (or any) output channel",
         "colour": "RGB; noise is removed jointly across the channels",
         "sides": f"any height and width >= {MIN_SIDE}; odd sides are reflect-padded by one pixel inside the graph "
         "and cropped back (the network works at half resolution after a 2x2 pixel-unshuffle)",
@@ -697,7 +819,7 @@ def train(cfg: Config, data: DataOptions) -> Trained:
         description="Residual convolutional denoiser for natural photographs (gray and colour, any size), blind "
         f"for Gaussian noise sigma 0..{cfg.sigma_max:g} of 255 with app/core/noise.py's estimate, or given sigma",
         tasks=["denoise"],
-        graphs=[export_spec(net, parity)],
+        graphs=[export_spec(net, parity)] + ([gray_export_spec(gray_net, parity)] if gray_net is not None else []),
         metrics=metrics,
         gates=gates,
         data={

@@ -25,7 +25,7 @@ from app.api.v2.schemas import (
     ModelMetadataResponse,
     ServerMetadataResponse,
 )
-from app.core.cards import ModelCard, TensorSpec, display_name
+from app.core.cards import GRAPH_ROLES, ModelCard, TensorSpec, display_name
 from app.core.engine import GraphSession, InferenceEngine, check_shape
 from app.core.errors import BadRequest, InvalidInput, ModelNotFound, ModelUnavailable
 from app.core.registry import ModelEntry, ModelRegistry
@@ -107,12 +107,12 @@ def locate(registry: ModelRegistry, name: str) -> tuple[ModelEntry, str]:
     if registry.knows(name):
         return registry.get(name), ALIAS_ROLE
     model, dot, role = name.rpartition(".")
-    if dot and role in ("encoder", "decoder", "full") and registry.knows(model):
+    if dot and role in GRAPH_ROLES and registry.knows(model):
         return registry.get(model), role
     known = ", ".join(model_names(registry)) or "none"
     raise ModelNotFound(
-        f"unknown model {display_name(name)!r}; V2 models are named <model>.<encoder|decoder|full>, or <model> for "
-        f"its full graph: {known}",
+        f"unknown model {display_name(name)!r}; V2 models are named <model>.<graph> ({'|'.join(GRAPH_ROLES)}), or "
+        f"<model> for its full graph: {known}",
         {"model": display_name(name)},
     )
 

@@ -46,7 +46,7 @@ router = APIRouter(prefix="/v2", tags=[TAG])
 ModelName = Annotated[
     str,
     Path(
-        description="`<model>.<encoder|decoder|full>`, or `<model>` for its full graph (`GET /v1/models` lists "
+        description="`<model>.<encoder|decoder|full|gray>`, or `<model>` for its full graph (`GET /v1/models` lists "
         "the models)",
         examples=["dense.encoder"],
     ),
