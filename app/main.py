@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ from app.core.registry import ModelRegistry
 from app.core.service import InferenceService
 from app.runtime.lifecycle import Lifecycle
 from app.runtime.logs import configure_logging
-from app.runtime.memory import MallocTrimmer
+from app.runtime.memory import TUNABLES_ENV, MallocTrimmer
 from app.runtime.metrics import Metrics
 from app.runtime.offload import Offload
 from app.server.protocol import HEAD_LIMITS_STATE, HeadLimits, close_idle_connections
@@ -187,6 +188,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "models": {r.name: {str(v): e.status.value for v, e in r.versions.items()} for r in registry.models()},
                 "not_ready": readiness.not_ready,
                 "grpc_port": grpc_server.port if grpc_server is not None else None,
+                "glibc_tunables": os.environ.get(TUNABLES_ENV),  # AE_MALLOC_TUNABLES, as the process started
             },
         )
         try:

@@ -20,8 +20,9 @@ import ctypes
 import ctypes.util
 import logging
 import os
+import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from app.runtime.metrics import Metrics
 from app.runtime.offload import Offload
@@ -89,6 +90,27 @@ def measure_growth(func: Callable[[], object]) -> int | None:
     if before is None or peak is None:
         return None
     return max(0, peak - before)
+
+
+TUNABLES_ENV = "GLIBC_TUNABLES"
+TUNED_MARKER = "AE_MALLOC_TUNED"
+"""Set in the environment of the re-run process (`tuned_environment`): it never re-runs itself twice."""
+
+
+def tuned_environment(tunables: str, environ: Mapping[str, str]) -> dict[str, str] | None:
+    """The environment in which to run the server again so that glibc's malloc starts with `tunables`
+    (`AE_MALLOC_TUNABLES`; glibc reads `GLIBC_TUNABLES` only when a process starts), or None when there is nothing
+    to do: none asked for, not glibc, already run again, or every one of them already in `GLIBC_TUNABLES` (what the
+    operator sets there wins, name by name)."""
+    wanted = [item for item in tunables.split(":") if item]
+    if not wanted or environ.get(TUNED_MARKER) or platform.libc_ver()[0] != "glibc":
+        return None
+    present = [item for item in environ.get(TUNABLES_ENV, "").split(":") if item]
+    names = {item.split("=", 1)[0] for item in present}
+    missing = [item for item in wanted if item.split("=", 1)[0] not in names]
+    if not missing:
+        return None
+    return {**environ, TUNABLES_ENV: ":".join(present + missing), TUNED_MARKER: "1"}
 
 
 class MallocTrimmer:

@@ -17,6 +17,7 @@ from pathlib import Path
 import uvicorn
 
 from app.runtime.logs import uvicorn_log_config
+from app.runtime.memory import tuned_environment
 from app.runtime.metrics import MULTIPROC_ENV
 from app.server.protocol import PROTOCOL as HTTP_PROTOCOL
 from app.settings import ENV_PREFIX, get_settings
@@ -59,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault(f"{ENV_PREFIX}GRPC_HOST", args.host)  # gRPC listens where HTTP does, unless told
     get_settings.cache_clear()
     settings = get_settings()
+    tuned = tuned_environment(settings.malloc_tunables, os.environ) if argv is None else None
+    if tuned is not None:  # glibc reads its tunables at start only: the same command again, with them
+        os.execve(sys.executable, sys.orig_argv, tuned)
     # SIGTERM first drains (app/runtime/lifecycle.py, AE_DRAIN_SECONDS), then uvicorn closes the listener and gives the
     # in-flight requests the rest of the grace period.
     args.timeout_graceful_shutdown = settings.shutdown_timeout()

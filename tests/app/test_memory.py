@@ -94,3 +94,56 @@ def test_a_large_calls_arena_memory_goes_back_after_its_release_run(tmp_path: Pa
     grew_without = kept["after_mib"] - kept["before_mib"]
     assert grew < 6, released
     assert grew_without > grew + 8, (released, kept)  # the release run is what gives it back
+
+
+def test_malloc_tunables_are_added_to_what_the_environment_sets() -> None:
+    """`AE_MALLOC_TUNABLES` goes into `GLIBC_TUNABLES` for the re-run process: added to the operator's own, whose
+    values win name by name; nothing to do when none are asked for, when they are all there, or once re-run."""
+    from app.runtime.memory import TUNABLES_ENV, TUNED_MARKER, tuned_environment
+
+    ours = "glibc.malloc.hugetlb=1:glibc.malloc.mmap_threshold=4194304"
+    if tuned_environment(ours, {}) is None:
+        pytest.skip("not glibc: the tunables are not applied")
+    env = tuned_environment(ours, {"PATH": "/bin"})
+    assert env == {"PATH": "/bin", TUNABLES_ENV: ours, TUNED_MARKER: "1"}
+    theirs = {TUNABLES_ENV: "glibc.malloc.mmap_threshold=65536:glibc.malloc.arena_max=2"}
+    env = tuned_environment(ours, theirs)
+    assert env is not None
+    assert env[TUNABLES_ENV] == "glibc.malloc.mmap_threshold=65536:glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
+    assert tuned_environment("", {}) is None
+    assert tuned_environment(ours, {TUNABLES_ENV: "glibc.malloc.hugetlb=0:glibc.malloc.mmap_threshold=1"}) is None
+    assert tuned_environment(ours, {TUNED_MARKER: "1"}) is None
+
+
+def _environ(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes()
+    return dict(item.split("=", 1) for item in raw.decode().split("\0") if "=" in item)
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists() or load_malloc_trim() is None, reason="Linux, glibc")
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, "glibc.malloc.hugetlb=1:glibc.malloc.mmap_threshold=4194304"),
+        (
+            {"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=1048576"},
+            "glibc.malloc.mmap_threshold=1048576:glibc.malloc.hugetlb=1",
+        ),
+        ({"AE_MALLOC_TUNABLES": ""}, None),
+    ],
+)
+def test_the_server_process_runs_with_the_malloc_tunables(
+    tmp_path: Path, env: dict[str, str], expected: str | None
+) -> None:
+    """`python -m app` runs itself again (same process id, same command) with the tunables in `GLIBC_TUNABLES`,
+    which glibc reads at start, and says which in its start-up log line; `AE_MALLOC_TUNABLES=""` leaves malloc
+    alone. (The process's /proc environ is not the place to read them: glibc rewrites its own copy there.)"""
+    from tests.app.live import running
+    from tests.app.tiny_models import write_sigma_denoiser
+
+    write_sigma_denoiser(tmp_path / "models" / "photoish")
+    with running(tmp_path / "models", tmp_path / "server.log", {"AE_GRPC_PORT": "0", **env}) as server:
+        assert ("AE_MALLOC_TUNED" in _environ(server.process.pid)) == (expected is not None)
+        assert server.process.args[:3] == [sys.executable, "-m", "app"]
+        started = [json.loads(line) for line in server.log().splitlines() if '"service started"' in line]
+        assert started and started[0]["glibc_tunables"] == expected
