@@ -113,19 +113,24 @@ def test_sigma_is_refused_where_the_model_takes_none(tiled: TestClient) -> None:
     assert_error(tiled.post("/v1/models/photoish/denoise?sigma=300", content=npy_bytes(image), headers=NPY), 422)
 
 
-def test_the_open_inference_protocol_feeds_both_inputs(tiled: TestClient, models: Path) -> None:
-    image = np.random.default_rng(6).random((1, 3, 16, 24), dtype=np.float32)
+def _v2_infer(client: TestClient, name: str, x: np.ndarray, sigma: float) -> np.ndarray:
+    """The Open Inference Protocol's answer of model `name` on image `x` and noise level `sigma` (0..1)."""
     body = {
         "inputs": [
-            {"name": "x", "shape": list(image.shape), "datatype": "FP32", "data": image.ravel().tolist()},
-            {"name": "sigma", "shape": [1], "datatype": "FP32", "data": [0.1]},
+            {"name": "x", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()},
+            {"name": "sigma", "shape": [1], "datatype": "FP32", "data": [sigma]},
         ]
     }
-    answer = tiled.post("/v2/models/photoish/infer", json=body)
+    answer = client.post(f"/v2/models/{name}/infer", json=body)
     assert answer.status_code == 200, answer.text
+    return np.array(answer.json()["outputs"][0]["data"], dtype=np.float32).reshape(x.shape)
+
+
+def test_the_open_inference_protocol_feeds_both_inputs(tiled: TestClient, models: Path) -> None:
+    image = np.random.default_rng(6).random((1, 3, 16, 24), dtype=np.float32)
+    got = _v2_infer(tiled, "photoish", image, 0.1)
     session = ort.InferenceSession(str(models / "photoish" / "full.onnx"), providers=["CPUExecutionProvider"])
     want = session.run(None, {"x": image, "sigma": np.array([0.1], dtype=np.float32)})[0]
-    got = np.array(answer.json()["outputs"][0]["data"], dtype=np.float32).reshape(want.shape)
     np.testing.assert_allclose(got, want, atol=1e-6)
 
 
@@ -271,17 +276,9 @@ def test_the_gray_graph_tiles_and_is_served_by_name(tiled: TestClient, untiled: 
     np.testing.assert_allclose(answers[1], np.repeat(want, 3, 1), atol=1e-6)
     detail = tiled.get("/v1/models/photoish-gray").json()["graphs"]
     assert set(detail) == {"full", "gray"} and detail["gray"]["receptive_radius"] == 1
-    x = image[:, :1, :16, :24]
-    v2 = {
-        "inputs": [
-            {"name": "x", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()},
-            {"name": "sigma", "shape": [1], "datatype": "FP32", "data": [0.1]},
-        ]
-    }
-    answer = tiled.post("/v2/models/photoish-gray.gray/infer", json=v2)
-    assert answer.status_code == 200, answer.text
-    got = np.array(answer.json()["outputs"][0]["data"], dtype=np.float32).reshape(x.shape)
-    np.testing.assert_allclose(got, _graph(models, "gray", np.ascontiguousarray(x), 25.5), atol=1e-6)
+    x = np.ascontiguousarray(image[:, :1, :16, :24])
+    got = _v2_infer(tiled, "photoish-gray.gray", x, 0.1)
+    np.testing.assert_allclose(got, _graph(models, "gray", x, 25.5), atol=1e-6)
 
 
 def test_the_noise_estimate_of_a_large_image_reads_a_sample_of_it() -> None:

@@ -595,8 +595,11 @@ def test_every_worker_serves_grpc_with_so_reuseport(model_copy: Any, tmp_path: P
             assert time.monotonic() < deadline, server.log()[-3000:]
             time.sleep(0.1)
         x = graph_input("dense", "encoder", batch=1)
-        for _ in range(24):  # a new connection each time
-            with tg.InferenceServerClient(f"127.0.0.1:{grpc_port}") as client:
+        # A new connection each time: gRPC otherwise shares a channel's connection with the next channel to the same
+        # target when the first has not finished closing (its global subchannel pool), and all 24 can reach one worker.
+        local = [("grpc.use_local_subchannel_pool", 1)]
+        for _ in range(24):
+            with tg.InferenceServerClient(f"127.0.0.1:{grpc_port}", channel_args=local) as client:
                 assert client.infer("dense.encoder", [infer_input("x", x)]).as_numpy("z").shape == (1, 32)
         log = server.log()
     pids = {json.loads(line)["pid"] for line in log.splitlines() if line.startswith("{") and '"grpc request"' in line}
