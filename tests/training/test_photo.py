@@ -210,7 +210,7 @@ def test_sigma_estimator_edge_cases():
 @pytest.fixture(scope="module")
 def quick_card(tmp_path_factory):
     out = tmp_path_factory.mktemp("models")
-    card = run("photo", out, make_config("photo", quick=True))
+    card = run("photo", out, make_config("photo", quick=True, overrides={"gray_steps": "6"}))  # with a gray stage
     return out / "photo", card
 
 

@@ -119,8 +119,11 @@ class Config(TrainConfig):
     # The gray specialist (second stage): a 1-channel copy of the trained network (`gray_copy`: the same function on
     # gray input), fine-tuned on gray patches only and exported as the `gray` graph, which the service runs for gray
     # images. 0 steps: no gray graph. Its own schedule (warm-up to `gray_lr`, cosine to `lr_min`) and checkpoint
-    # (`checkpoint`'s name + "-gray").
-    gray_steps: int = 12000
+    # (`checkpoint`'s name + "-gray"). Off by default: measured on the 412-min network (2026-12-05, 86 of a planned
+    # 120 minutes, 2,393 steps at up to 2e-4), it never beat its starting point on the validation patches (34.92 dB
+    # best vs 34.94 at the start) nor the joint network on the held-out gray photographs (sigma 15: 31.11-31.26 dB
+    # vs 31.13; sigma 25: 29.09-29.16 vs 29.09; BM3D 31.49 / 29.13).
+    gray_steps: int = 0
     gray_minutes: float = 150.0
     gray_lr: float = 2e-4
     val_patches: int = 48
