@@ -332,9 +332,9 @@ class Settings(_TaskDefaults, BaseSettings):  # type: ignore[misc, valid-type]
     (glibc otherwise raises that threshold to 32 MiB after the first such free, and a burst's image-sized buffers
     then stay in its heaps), and malloc asks for transparent huge pages, so the memory ONNX Runtime takes again
     after giving its arena back faults in 2 MiB at a time instead of 4 KiB. Measured on 1024x1024 denoising (`python
-    -m bench.lone_request`, `python -m bench.burst_memory`): one request at a time 0.90x -> 0.96x bare ONNX
-    Runtime, RSS after a burst back to 1.01x of idle at once (was 1.27x at 14 s, after a trim), peak 645 MiB (was
-    971)."""
+    -m bench.lone_request --seconds 20`, `python -m bench.burst_memory`): one request at a time 0.89x -> 1.00x bare
+    ONNX Runtime (four at a time 0.87x -> 0.94x), RSS after a burst back to 1.01-1.03x of idle at once in 3 runs
+    (was 1.16-1.27x, at the first trim 14 s later), peak ~645 MiB (was ~970); 64-row JSON requests may pay ~6 %."""
 
     malloc_trim_seconds: float = Field(default=10.0, ge=0)
     """Every this many seconds, hand the memory the process has freed back to the OS (glibc `malloc_trim`, in the
