@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from app.core.images import identical_channels
 from training import photo_eval
 from training.data.photos import load_held_out, load_train_photos
 
@@ -50,7 +51,7 @@ def onnx_denoiser(graphs: dict[str, ort.InferenceSession]) -> photo_eval.Denoise
     full, gray = graphs["full"], graphs.get("gray")
 
     def fn(x: np.ndarray, sigma: np.ndarray) -> np.ndarray:
-        if gray is not None and np.array_equal(x[:, 0], x[:, 1]) and np.array_equal(x[:, 0], x[:, 2]):
+        if gray is not None and identical_channels(x):
             return np.repeat(gray.run(None, {"x": np.ascontiguousarray(x[:, :1]), "sigma": sigma})[0], 3, axis=1)
         return full.run(None, {"x": x, "sigma": sigma})[0]
 

@@ -143,6 +143,13 @@ def to_gray(image: Image.Image) -> np.ndarray:
 _SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"BM", b"GIF87a", b"GIF89a")
 
 
+def identical_channels(images: np.ndarray) -> bool:
+    """Whether the 3 channels of `images` ([..., 3, H, W]: one image or a batch) are the same: a gray image given
+    in colour, which a model's gray graph can take on one channel."""
+    first = images[..., 0, :, :]
+    return bool(np.array_equal(first, images[..., 1, :, :]) and np.array_equal(first, images[..., 2, :, :]))
+
+
 def looks_like_allowed_image(data: bytes) -> bool:
     """The magic bytes of an accepted format (so a file that then fails to open is corrupt, not foreign)."""
     return data.startswith(_SIGNATURES) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")

@@ -19,7 +19,7 @@ import numpy as np
 
 from app.core.cards import AnomalySection, CardError, GraphRole, ModelCard, check_input, window_starts
 from app.core.errors import InvalidInput
-from app.core.images import ImageReport, resize
+from app.core.images import ImageReport, identical_channels, resize
 from app.core.noise import estimate_sigma
 from app.core.responses import (
     DecodeResponse,
@@ -251,7 +251,7 @@ def _gray_images(batch: InputBatch, start: int, part: np.ndarray) -> np.ndarray:
         return np.array([not report.colour for report in batch.images[start : start + len(part)]], dtype=bool)
     if part.ndim != 4 or part.shape[1] != 3:
         return np.zeros(len(part), dtype=bool)
-    return np.array([np.array_equal(x[0], x[1]) and np.array_equal(x[0], x[2]) for x in part], dtype=bool)
+    return np.array([identical_channels(x) for x in part], dtype=bool)
 
 
 async def _denoise_part(

@@ -48,6 +48,7 @@ from PIL import Image
 from torch import nn
 from torch.nn import functional as F
 
+from app.core.images import identical_channels
 from app.core.noise import estimate_sigma
 from training import photo_eval
 from training.baselines import psnr as mean_psnr
@@ -499,7 +500,7 @@ def torch_denoiser(net: nn.Module, gray: nn.Module | None = None) -> photo_eval.
 
     def fn(x: np.ndarray, sigma: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            if gray is not None and np.array_equal(x[:, 0], x[:, 1]) and np.array_equal(x[:, 0], x[:, 2]):
+            if gray is not None and identical_channels(x):
                 out = gray(torch.from_numpy(np.ascontiguousarray(x[:, :1])), torch.from_numpy(sigma)).numpy()
                 return np.repeat(out, 3, axis=1)
             return net(torch.from_numpy(x), torch.from_numpy(sigma)).numpy()
