@@ -68,9 +68,9 @@ train: $(VENV)/.all
 train-photo: $(VENV)/.all photo-data
 	nice -n 10 $(BIN)/python -m training photo --resume
 
-# The photographs in Debian packages (wallpapers, opencv-doc samples, PyWavelets) the photo model also trains on
-# (apt-get download + dpkg-deb -x, no root needed;
-# a machine without apt trains on the bundled photographs alone).
+# The photographs in Debian packages (wallpapers, opencv-doc samples, PyWavelets) the photo model's eval checks it
+# on beside the held-out gate (never trained on unless --set debian=true); apt-get download + dpkg-deb -x, no root
+# needed; a machine without apt skips the check.
 photo-data:
 	$(BIN)/python -m training.data.debian_photos || echo "photo-data: continuing without the Debian photographs"
 

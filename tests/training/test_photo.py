@@ -81,8 +81,8 @@ def test_debian_photographs_are_reduced_and_missing_ones_skipped(tmp_path, monke
     _fake_debian_root(tmp_path, present)
     monkeypatch.setattr(photos, "DEBIAN_ROOTS", (str(tmp_path / "nowhere"), str(tmp_path)))
     with caplog.at_level("WARNING", logger="training.data"):
-        loaded = load_train_photos()
-    bundled = load_train_photos(debian=False)
+        loaded = load_train_photos(debian=True)
+    bundled = load_train_photos()
     assert [p.name for p in loaded] == [p.name for p in bundled] + present
     for p in loaded[len(bundled) :]:
         # 2600 x 1500 reduced by 3 (the smallest integer factor to a long side <= 1280), in [0, 1], colour.
@@ -120,13 +120,44 @@ def test_gray_debian_photographs_stay_gray_including_pywavelets_arrays(tmp_path,
 def test_a_held_out_photograph_under_another_name_and_size_is_caught():
     from PIL import Image
 
-    train, held = load_train_photos(), load_held_out()
+    train, held = load_train_photos(debian=True), load_held_out()
     assert photos.near_duplicates(train, held) == []  # the bundled and (when fetched) Debian photographs
     camera = next(h for h in held if h.name == "camera").image[:, :, 0]
     smaller = np.asarray(Image.fromarray((camera * 255).astype(np.uint8)).resize((300, 300)), np.float32) / 255
     disguised = photos.Photo("wp_disguised", np.rot90(smaller)[:, :, None].repeat(3, axis=2).copy())
     (pair,) = photos.near_duplicates([*train[:3], disguised], held)
     assert pair[:2] == ("wp_disguised", "camera") and pair[2] > 0.95
+
+
+def test_the_model_trains_on_the_bundled_photographs_only_unless_asked(tmp_path, monkeypatch):
+    """Issue 14: "any other photographs you find are for checking, never for training" -- the Debian packages'
+    photographs are the eval's check set; they train the model only with `--set debian=true`."""
+    _fake_debian_root(tmp_path, ["wp_aqua"], size=(400, 300))
+    monkeypatch.setattr(photos, "DEBIAN_ROOTS", (str(tmp_path),))
+    assert photo.Config().debian is False and make_config("photo").debian is False
+    assert make_config("photo", overrides={"debian": "true"}).debian is True
+    default = load_train_photos()
+    assert {p.name for p in default} <= set(TRAIN_PHOTOS) and len(default) >= 10
+    assert [p.name for p in load_train_photos(debian=True)] == [p.name for p in default] + ["wp_aqua"]
+    prov = photos.provenance(default)
+    assert prov["debian_photos"] == {} and "other photographs are for checking" in prov["source"]
+    assert "Debian packages" in photos.provenance(load_train_photos(debian=True))["source"]
+
+
+def test_check_photographs_are_measured_beside_the_gate():
+    """The card's `check_photos`: central crops, the model beside the noisy input and NL-means, per kind."""
+    rng = np.random.default_rng(4)
+    base = rng.random((12, 12, 3)).astype(np.float32)
+    smooth = np.kron(base, np.ones((8, 8, 1), np.float32))  # 96 x 96, blocks: NL-means cleans it well
+    check = [photos.Photo("wp_a", smooth), photos.Photo("cv_b", smooth[:, :, :1])]
+    result = photo.check_photos_eval(lambda x, sigma: x, check, use_bm3d=False, crop=64)  # identity "model"
+    assert result["photos"] == ["wp_a", "cv_b"] and "never trained on" in result["what"]
+    for s in ("15", "25", "50"):
+        for kind in ("gray", "colour"):
+            row = result["by_sigma"][s][kind]
+            assert set(row) == {"model_blind", "model_given_sigma", "noisy_input", "nl_means", "photos"}
+            assert row["model_blind"]["psnr_db"] == pytest.approx(row["noisy_input"]["psnr_db"])
+            assert row["nl_means"]["psnr_db"] > row["noisy_input"]["psnr_db"] + 3
 
 
 def test_fetching_the_debian_photographs_reports_a_clear_error_without_apt(tmp_path, monkeypatch, capsys):
@@ -375,19 +406,19 @@ def test_a_resumed_run_keeps_what_the_command_line_sets(tmp_path, caplog):
     first = _quick_cfg(tmp_path, "f.pt", jitter_fraction=0.25)
     photo.train_loop(first, photos_, run_steps=2)
     base = {"checkpoint": str(tmp_path / "f.pt"), "val_every": "2"}
-    tune = make_config("photo", quick=True, overrides={**base, "gray_fraction": "0.7", "loss_sigma_floor": "10"})
+    tune = make_config("photo", quick=True, overrides={**base, "gray_fraction": "0.7", "loss_sigma_floor": "5"})
     tune.resume = True
     with caplog.at_level("INFO", logger="training"):
         photo.train_loop(tune, photos_, run_steps=2)
     assert "resumed with checkpoint=" in caplog.text and "gray_fraction=0.7" in caplog.text
     saved = torch.load(tmp_path / "f.pt", weights_only=False)
-    assert saved["step"] == 4 and saved["config"]["gray_fraction"] == 0.7 and saved["config"]["loss_sigma_floor"] == 10
+    assert saved["step"] == 4 and saved["config"]["gray_fraction"] == 0.7 and saved["config"]["loss_sigma_floor"] == 5
     assert saved["config"]["jitter_fraction"] == 0.25  # not given: the checkpoint's value
     plain = make_config("photo", quick=True, overrides=base)
     plain.resume = True
     state = photo.train_loop(plain, photos_)
     assert state.finished and state.step == 6
-    assert (plain.gray_fraction, plain.loss_sigma_floor, plain.jitter_fraction) == (0.7, 10.0, 0.25)
+    assert (plain.gray_fraction, plain.loss_sigma_floor, plain.jitter_fraction) == (0.7, 5.0, 0.25)
     wider = make_config("photo", quick=True, overrides={**base, "channels": "32"})
     wider.resume = True
     with pytest.raises(ValueError, match="cannot change channels"):

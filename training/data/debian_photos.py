@@ -1,4 +1,5 @@
-"""Fetch the Debian wallpaper packages whose photographs train the `photo` denoiser (`make photo-data`).
+"""Fetch the Debian packages whose photographs check the `photo` denoiser beside its held-out gate (`make photo-data`;
+they train it only with `--set debian=true`).
 
     python -m training.data.debian_photos [--root runs/data/debian]
 
