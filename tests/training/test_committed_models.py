@@ -65,14 +65,19 @@ def test_photo_is_committed():
 
 
 # Quality gates a committed model does not reach yet, reported in its card with the gap (the gate is never lowered):
-# `photo` after 412 minutes of training on 2 cores (issue 14) is below BM3D on the gray photographs at sigma 15 and
-# 25 (it beats BM3D elsewhere, and NL-means + 0.5 dB everywhere). The test fails when one of these starts passing,
-# so that this list stays true.
+# `photo` after 180 minutes of training on 2 cores on the bundled photographs (issue 14) is below BM3D at sigma 15
+# and 25 and below NL-means + 0.5 dB at sigma 15, gray and colour (it beats both at sigma 50). The test fails when
+# one of these starts passing, so that this list stays true.
 KNOWN_GAPS = {
-    # The gaps left after 412 min of training (models/README.md and README.md give each in dB).
+    # The gaps left after 180 min of training on the bundled photographs only, as issue 14 sets it (models/README.md
+    # and README.md give each in dB).
     "photo": {
+        "gray sigma 15: blind PSNR >= NL-means (true sigma) + 0.5 dB",
         "gray sigma 15: blind PSNR >= BM3D (true sigma)",
+        "colour sigma 15: blind PSNR >= NL-means (true sigma) + 0.5 dB",
+        "colour sigma 15: blind PSNR >= BM3D (true sigma)",
         "gray sigma 25: blind PSNR >= BM3D (true sigma)",
+        "colour sigma 25: blind PSNR >= BM3D (true sigma)",
     },
     # The seed documents' designs as written (issue 18) measured against our gates: that they fall short is the
     # finding (models/README.md sets each beside ours), not a defect to train away.
