@@ -397,6 +397,9 @@ def test_resume_with_new_photographs_measures_the_best_again(tmp_path, caplog):
     assert "training photographs changed (3 -> 4); best so far re-measured" in caplog.text
     saved = torch.load(tmp_path / "c.pt", weights_only=False)
     assert saved["photos"] == [p.name for p in bundled[:4]] and saved["best"]["step"] >= 3
+    # The other way is refused: the network has learned from photographs the card would no longer name.
+    with pytest.raises(ValueError, match=r"trained on 2 photographs this run leaves out \(chelsea, rocket\)"):
+        photo.train_loop(_quick_cfg(tmp_path, "c.pt", resume=True, steps=8), [bundled[0], *bundled[3:5]])
 
 
 def test_a_resumed_run_keeps_what_the_command_line_sets(tmp_path, caplog):

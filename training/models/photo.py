@@ -382,6 +382,14 @@ def train_loop(
         step, seconds, history = saved["step"], saved["train_seconds"], saved["history"]
         best_val, best_step, best_state = saved["best"]["val_psnr"], saved["best"]["step"], saved["best"]["model"]
         log.info("%s: resumed from %s at step %d (%.1f min of training)", label, ckpt, step, seconds / 60)
+        dropped = sorted(set(saved.get("photos") or []) - set(names))
+        if dropped:
+            # The network has learned from these; a card listing only this run's photographs would misstate its data.
+            raise ValueError(
+                f"{ckpt} was trained on {len(dropped)} photographs this run leaves out ({', '.join(dropped[:5])}"
+                f"{', ...' if len(dropped) > 5 else ''}): resume with the same set (e.g. --set debian=true) or start "
+                "a new run (--set checkpoint=...)"
+            )
         if saved.get("photos") != names:
             # New training photographs: the validation patches (cut from them) changed, so the best so far is
             # measured again on the new ones before later steps are compared with it.
