@@ -725,10 +725,11 @@ def train(cfg: Config, data: DataOptions) -> Trained:
     clean = clean_photos_check(fn, eval_photos)
     mnist = mnist_check(fn, data, cfg.quick)
     onnx_1024 = None if cfg.quick else onnx_seconds_1024(net)
-    check_set = [] if cfg.quick or cfg.debian else load_photos(DEBIAN_PHOTOS, skip_missing=True, quiet=True)
-    if not cfg.quick and not cfg.debian:
+    check = None
+    if not cfg.quick and not cfg.debian:  # with debian=true they are training photographs, no check
+        check_set = load_photos(DEBIAN_PHOTOS, skip_missing=True, quiet=True)
         log.info("photo: %d check photographs, never trained on (`make photo-data` fetches them)", len(check_set))
-    check = check_photos_eval(fn, check_set, use_bm3d) if check_set else None
+        check = check_photos_eval(fn, check_set, use_bm3d) if check_set else None
 
     gates = []
     for s in photo_eval.GATE_SIGMAS:
